@@ -1,0 +1,43 @@
+"""The exceptions zerograd raises for mistakes a user can fix.
+
+Every one carries a message that says what was wrong and how to fix it; the CLI prints it as one
+line and exits with code 2 instead of showing a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ZerogradError(Exception):
+    """Base class: a problem the user can fix (bad config, bad data, missing files)."""
+
+
+class ConfigError(ZerogradError, ValueError):
+    """An unknown key, a wrong type or an out-of-range value in a config or a call."""
+
+
+class DataError(ZerogradError, ValueError):
+    """Data that cannot be read or does not fit the model/loss (bad files, shapes, labels)."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """A data set's files are nowhere zerograd looked, and could not be downloaded."""
+
+
+class DownloadError(DataError):
+    """A download failed or its checksum did not match."""
+
+
+class RunDirError(ZerogradError, FileNotFoundError):
+    """A run directory is missing or incomplete."""
+
+
+class TrainingError(ZerogradError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
