@@ -7,23 +7,26 @@ SHARED_DATA := $(abspath ../shared/datasets)
 # MNIST for the tests comes from ../shared/datasets when it exists (see README).
 TEST_ENV := $(if $(wildcard $(SHARED_DATA)/mnist),ZEROGRAD_DATA=$(SHARED_DATA),)
 
-.PHONY: setup data demo test test-fast bench clean
+.PHONY: setup data test-deps demo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,all]'
 	touch $@
 
 # Debian's packages the data and tests need (installed only when run as root and missing).
 data:
 	@bash scripts/install-system-deps.sh
 
+test-deps:
+	@bash scripts/install-system-deps.sh --tests
+
 demo: setup data
 	$(VENV)/bin/zerograd train fashion-cnn
 
-test: setup data
+test: setup test-deps
 	$(TEST_ENV) $(PY) -m pytest
 
 test-fast: setup

@@ -1,0 +1,33 @@
+"""zerograd: train PyTorch networks with one command or one call.
+
+    import zerograd
+    history = zerograd.fit(model, (X, y), epochs=5, lr=1e-3)
+    run = zerograd.train("fashion-cnn")
+"""
+from zerograd.api import Run, evaluate_run, load_run, train
+from zerograd.callbacks import Callback, EarlyStopping
+from zerograd.engine import FitOptions, History, LoopState, evaluate, fit, predict
+from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError
+from zerograd.runs import load_history
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Callback",
+    "ConfigError",
+    "DataError",
+    "EarlyStopping",
+    "FitOptions",
+    "History",
+    "LoopState",
+    "Run",
+    "TrainingError",
+    "ZerogradError",
+    "evaluate",
+    "evaluate_run",
+    "fit",
+    "load_history",
+    "load_run",
+    "predict",
+    "train",
+]

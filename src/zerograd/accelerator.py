@@ -1,0 +1,186 @@
+"""Device, precision and distribution: the one thin layer the training loop calls.
+
+The loop never asks which device it runs on or whether it is distributed; it calls
+`autocast()`, `backward()`, `step()` and `all_reduce_sum()` here (the shape of Lightning Fabric).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from zerograd.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f'unknown device "{device}": use auto, cpu, cuda, cuda:N or mps')
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f'device "{device}" was asked for but this machine has no usable CUDA GPU; use --device cpu or auto')
+    if kind == "mps" and not _mps_available():
+        raise ConfigError(f'device "{device}" was asked for but MPS is not available here; use --device cpu or auto')
+    return torch.device(name)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+@dataclass
+class Accelerator:
+    """Where and how the loop computes: device, mixed precision, and (optionally) DDP."""
+
+    device: torch.device
+    precision: str = "fp32"
+    rank: int = 0
+    world_size: int = 1
+    scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, device: str | torch.device = "auto", precision: str = "fp32") -> "Accelerator":
+        resolved = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ConfigError(f'unknown precision "{precision}": use one of {", ".join(PRECISIONS)}')
+        if precision == "fp16" and resolved.type != "cuda":
+            raise ConfigError('precision "fp16" needs a CUDA GPU (it uses a gradient scaler); on CPU use "bf16"')
+        rank, world_size = _distributed_rank_and_size()
+        if world_size > 1 and resolved.type == "cuda" and resolved.index is None:
+            resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        return cls(resolved, precision, rank, world_size, scaler)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_AMP_DTYPES[self.precision])
+
+    def prepare_model(self, model: nn.Module, *, compile: bool = False) -> nn.Module:
+        """Move the model to the device once; wrap it for DDP and torch.compile when asked."""
+        model.to(self.device)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        if compile:
+            model = compile_or_fall_back(model)
+        return model
+
+    def to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        non_blocking = self.device.type == "cuda"
+        return tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, *, clip_grad_norm: float | None = None,
+             clip_grad_value: float | None = None) -> None:
+        """Clip (on unscaled gradients) and take the optimizer step."""
+        if clip_grad_norm is not None or clip_grad_value is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if clip_grad_value is not None:
+                torch.nn.utils.clip_grad_value_(params, clip_grad_value)
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    @contextlib.contextmanager
+    def no_sync(self, model: nn.Module, skip: bool) -> Iterator[None]:
+        """Skip DDP's gradient all-reduce on accumulation steps that do not end in an update."""
+        if skip and self.distributed and hasattr(model, "no_sync"):
+            with model.no_sync():
+                yield
+        else:
+            yield
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over all ranks (a no-op in one process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+def _distributed_rank_and_size() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under any DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # torch.compile
+        elif hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel, _CompiledOrEager)):
+            model = model.module
+        else:
+            return model
+
+
+class _CompiledOrEager(nn.Module):
+    """Runs the compiled model; if compiling fails on the first call, warns once and runs eager."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self._compiled = torch.compile(module)
+        self._failed = False
+
+    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        if not self._failed:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as error:  # compile errors come in many types from inductor/dynamo
+                self._failed = True
+                warnings.warn(
+                    f"torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                    "training goes on without compiling (set compile: false to silence this)",
+                    stacklevel=2,
+                )
+        return self.module(*args, **kwargs)
+
+
+def compile_or_fall_back(model: nn.Module) -> nn.Module:
+    return _CompiledOrEager(model)

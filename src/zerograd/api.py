@@ -1,0 +1,121 @@
+"""Train from a recipe or config in one call, and use a finished run again.
+
+    run = zerograd.train("fashion-cnn", overrides={"epochs": 1})
+    run.summary["final"]["test_accuracy"]
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from zerograd import config as configs
+from zerograd import runs
+from zerograd.callbacks import Callback
+from zerograd.engine import History, LoopState, evaluate, fit, seed_everything
+from zerograd.experiment import Experiment, build_data, build_experiment
+from zerograd.models import build_model
+from zerograd.reporting.progress import EpochPrinter
+
+
+@dataclass
+class Run:
+    """A finished training run: where its files are, its history and summary, and the model."""
+
+    dir: Path
+    history: History
+    summary: dict[str, Any]
+    model: nn.Module
+    config: dict[str, Any]
+
+
+class _FinalState(Callback):
+    """Keeps the loop state so the summary can say how training ended."""
+
+    state: LoopState | None = None
+
+    def on_fit_end(self, state: LoopState) -> None:
+        self.state = state
+
+
+def train(
+    source: str | Path | dict[str, Any],
+    *,
+    overrides: dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    quiet: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> Run:
+    """Train a recipe name, a YAML file or a config mapping, writing a run directory."""
+    config = configs.resolve(source, overrides)
+    seed_everything(config["seed"])  # the model's initial weights come from the seed too
+    experiment = build_experiment(config)
+    run_dir = Path(out) if out else runs.new_run_dir(config["name"])
+    runs.write_config(run_dir, config)
+    final = _FinalState()
+    hooks: list[Callback] = [runs.MetricsWriter(run_dir), *callbacks, final]
+    if not quiet:
+        hooks.insert(0, EpochPrinter(title=config["name"]))
+    history = fit(
+        experiment.model,
+        experiment.data.train,
+        eval_data=experiment.data.test,
+        callbacks=hooks,
+        **configs.fit_options(config),
+    )
+    assert final.state is not None
+    summary = build_summary(experiment, history, final.state)
+    if final.state.accelerator.is_main:
+        runs.save_weights(final.state.raw_model, run_dir / runs.WEIGHTS)
+        runs.write_summary(run_dir, summary)
+    return Run(run_dir, history, summary, final.state.raw_model, config)
+
+
+def build_summary(experiment: Experiment, history: History, state: LoopState) -> dict[str, Any]:
+    config, data = experiment.config, experiment.data
+    record = history.last
+    if state.best_epoch is not None and state.stop_reason == "early_stopping":
+        record = history.records[state.best_epoch - 1]  # the weights were restored to this epoch
+    final = {k: v for k, v in record.items() if k not in ("epoch", "lr", "seconds")}
+    summary: dict[str, Any] = {
+        "recipe": config["name"],
+        "task": experiment.task,
+        "epochs_completed": len(history),
+        "train_seconds": round(state.train_seconds, 3),
+        "final": final,
+        "best_epoch": state.best_epoch if state.best_epoch is not None else len(history),
+        "stop_reason": state.stop_reason,
+        "precision": state.accelerator.precision,
+        "device": str(state.accelerator.device),
+        "world_size": state.accelerator.world_size,
+        "input_shape": data.input_shape,
+        "class_names": data.class_names,
+    }
+    model = state.raw_model
+    if isinstance(model, nn.Linear) and model.weight.numel() == 1:
+        summary["weight"] = final["weight"] = float(model.weight.detach().reshape(()))
+        summary["bias"] = final["bias"] = float(model.bias.detach().reshape(()))
+    return summary
+
+
+def load_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a run directory (architecture from config.yaml, weights from
+    model.safetensors) and its config."""
+    path = runs.require_run_dir(run_dir)
+    config = runs.read_config(path)
+    model = runs.load_weights(build_model(config["model"]), path / runs.WEIGHTS)
+    return model.eval(), config
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, float]:
+    """Loss and metrics of a finished run recomputed from its saved weights, on the test set
+    (`test_*`), or on the training set (`train_*`) for data sets without one."""
+    model, config = load_run(run_dir)
+    data = build_data(config["data"])
+    prefix, eval_data = ("test_", data.test) if data.test is not None else ("train_", data.train)
+    results = evaluate(model, eval_data, loss=config["loss"], metrics=config.get("metrics"),
+                       batch_size=config.get("eval_batch_size", 1000), device=device)
+    return {prefix + key: value for key, value in results.items()}

@@ -1,0 +1,152 @@
+"""One config grammar for recipes, YAML files, `--set key=value` and `fit(**options)`.
+
+A config is a plain mapping: the training options of `FitOptions` at the top level (lr,
+batch_size, epochs, ...), plus `data:` and `model:` sections and a little metadata. A file may
+start from another with `extends: RECIPE|FILE`. Resolving fills in every default, so the
+`config.yaml` a run writes is complete and trains the same run again.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zerograd.engine import FitOptions
+from zerograd.errors import ConfigError, did_you_mean
+
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
+META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress")
+TOP_KEYS = META_KEYS + TRAIN_KEYS
+NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping")
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_dir() -> Any:
+    return resources.files("zerograd") / "recipes"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path`, loaded with the safe loader (no code runs)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_source(source: str | Path | dict[str, Any], _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The raw config of a recipe name, a YAML file or a mapping, with `extends` merged in."""
+    if isinstance(source, dict):
+        config, label = copy.deepcopy(source), "<mapping>"
+    else:
+        label = str(source)
+        if label in _seen:
+            raise ConfigError(f"config 'extends' loops: {' -> '.join(_seen + (label,))}")
+        config = _load_named(label)
+    parent = config.pop("extends", None)
+    if parent is None:
+        return config
+    base = load_source(parent, _seen + (label,))
+    base.pop("name", None)
+    return deep_merge(base, config)
+
+
+def _load_named(source: str) -> dict[str, Any]:
+    if source.endswith((".yaml", ".yml")) or "/" in source or Path(source).is_file():
+        config = load_yaml(source)
+        config.setdefault("name", Path(source).stem)
+        return config
+    names = recipe_names()
+    if source not in names:
+        raise ConfigError(f'unknown recipe "{source}"{did_you_mean(source, names)}; run "zerograd recipes" to list them, or give a .yaml file')
+    config = yaml.safe_load((_recipe_dir() / f"{source}.yaml").read_text())
+    config["name"] = source
+    return config
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; nested mappings merge, everything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and "name" not in value:
+            merged[key] = deep_merge(merged[key], value)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict) and value.get("name") == merged[key].get("name"):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'a.b=VALUE' -> ('a.b', VALUE parsed as YAML: numbers, booleans, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f'--set expects key=value (e.g. --set lr=0.01), got "{text}"')
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`model.sizes`, `schedule.name`) on a copy of `config`."""
+    result = copy.deepcopy(config)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        check_top_key(parts[0], what="--set key")
+        if len(parts) > 1 and parts[0] not in NESTED_KEYS:
+            raise ConfigError(f'"{parts[0]}" is not a section, so "{dotted}" cannot be set; use --set {parts[0]}=VALUE')
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if isinstance(child, str):  # e.g. optimizer: adam  ->  {name: adam}
+                child = {"name": child}
+            node[part] = child if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return result
+
+
+def check_top_key(key: str, *, what: str = "config key") -> None:
+    if key not in TOP_KEYS:
+        raise ConfigError(f'unknown {what} "{key}"{did_you_mean(key, TOP_KEYS)}; valid keys: {", ".join(TOP_KEYS)}')
+
+
+def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The complete, validated config: source + extends + overrides + defaults."""
+    config = apply_overrides(load_source(source), overrides or {})
+    for key in config:
+        check_top_key(key)
+    for key in ("data", "model"):
+        if key not in config:
+            raise ConfigError(f'the config has no "{key}" section; say which {key} to train (see the recipes in "zerograd recipes")')
+    defaults = FitOptions().to_dict()
+    options = {key: config.get(key, defaults[key]) for key in TRAIN_KEYS}
+    FitOptions.from_kwargs(options)  # type and range checks, with clear messages
+    resolved = {"name": config.get("name", "custom"), "description": config.get("description", "")}
+    resolved |= {"data": config["data"], "model": config["model"]}
+    resolved |= {key: config[key] for key in META_KEYS if key in config and key not in resolved and key != "extends"}
+    resolved |= options
+    return resolved
+
+
+def fit_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The `fit(**options)` part of a resolved config."""
+    return {key: config[key] for key in TRAIN_KEYS if key in config}
+
+
+def dump(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,171 @@
+"""Batches for the training loop.
+
+The fast path is `TensorLoader`: when a data set is a few tensors held in memory, every batch is
+cut from whole tensors with one index of a per-epoch permutation. No per-sample `__getitem__`, no
+collate, no worker processes: at batch 10 that is most of the time the textbook DataLoader spends.
+Anything else (a user's Dataset or DataLoader) goes through `torch.utils.data.DataLoader`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from zerograd.errors import DataError
+
+Batch = tuple[torch.Tensor, ...]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffle order of one epoch: a pure function of (seed, epoch), so it can be recomputed
+    on resume and is identical on every distributed rank."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class TensorLoader:
+    """Iterates over batches of in-memory tensors.
+
+    `batch_size` is the global batch: with `world_size` > 1 each rank takes its own contiguous share
+    of every global batch (the tail batch is split as evenly as possible), so the set of samples per
+    step, and so the averaged gradient, does not depend on the number of processes.
+    """
+
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not tensors:
+            raise DataError("TensorLoader needs at least one tensor")
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            sizes = ", ".join(str(len(t)) for t in tensors)
+            raise DataError(f"the data tensors have different lengths ({sizes}); inputs and targets must have one row per sample")
+        self.tensors = tuple(tensors)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.tensors[0])
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch (its shuffle order) and the batch to start from (for exact resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def to(self, device: torch.device) -> "TensorLoader":
+        """Move the data to `device` once, so batches need no host-to-device copy."""
+        self.tensors = tuple(t.to(device) for t in self.tensors)
+        return self
+
+    def __iter__(self) -> Iterator[Batch]:
+        n, b = self.num_samples, self.batch_size
+        order = epoch_permutation(n, self.seed, self.epoch).to(self.tensors[0].device) if self.shuffle else None
+        for i in range(self.start_batch, len(self)):
+            lo, hi = self._rank_slice(i * b, min((i + 1) * b, n))
+            if order is None:
+                yield tuple(t[lo:hi] for t in self.tensors)
+            else:
+                index = order[lo:hi]
+                yield tuple(t[index] for t in self.tensors)
+        self.start_batch = 0
+
+    def _rank_slice(self, lo: int, hi: int) -> tuple[int, int]:
+        if self.world_size == 1:
+            return lo, hi
+        bounds = np.linspace(lo, hi, self.world_size + 1).round().astype(int)
+        return int(bounds[self.rank]), int(bounds[self.rank + 1])
+
+
+def in_memory_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
+    """The tensors behind `data` when it is held in memory as whole tensors, else None."""
+    if isinstance(data, TensorDataset):
+        return tuple(data.tensors)
+    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset):
+        index = torch.as_tensor(data.indices, dtype=torch.long)
+        return tuple(t[index] for t in data.dataset.tensors)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(_is_array(a) for a in data):
+        return as_tensors(data[0], data[1])
+    return None
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, np.ndarray))
+
+
+def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert (X, y) arrays to tensors: float64 inputs become float32 (what models expect)."""
+    x = torch.as_tensor(np.ascontiguousarray(inputs) if isinstance(inputs, np.ndarray) else inputs)
+    y = torch.as_tensor(np.ascontiguousarray(targets) if isinstance(targets, np.ndarray) else targets)
+    if x.dtype == torch.float64:
+        x = x.float()
+    if y.dtype == torch.float64:
+        y = y.float()
+    if len(x) != len(y):
+        raise DataError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input row")
+    return x, y
+
+
+def make_loader(
+    data: Any,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TensorLoader | DataLoader:
+    """The loader for `data`: a TensorLoader for in-memory tensors, the user's own DataLoader as
+    given, or a DataLoader over any other Dataset."""
+    if isinstance(data, (TensorLoader, DataLoader)):
+        return data
+    tensors = in_memory_tensors(data)
+    if tensors is not None:
+        if len(tensors[0]) == 0:
+            raise DataError("the data set is empty: it has no samples to train or evaluate on")
+        return TensorLoader(tensors, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    if isinstance(data, Dataset):
+        if len(data) == 0:  # type: ignore[arg-type]
+            raise DataError("the data set is empty: it has no samples to train or evaluate on")
+        generator = torch.Generator().manual_seed(seed)
+        sampler = None
+        if world_size > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+            shuffle = False
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator)
+    raise DataError(
+        f"cannot train on a {type(data).__name__}: give a torch Dataset, a DataLoader, "
+        "or a pair (inputs, targets) of NumPy arrays or tensors"
+    )
+
+
+def num_samples(loader: TensorLoader | DataLoader) -> int:
+    """How many samples one pass over `loader` yields on this process."""
+    if isinstance(loader, TensorLoader):
+        return loader.num_samples
+    return len(loader.dataset)  # type: ignore[arg-type]

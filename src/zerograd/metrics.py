@@ -1,0 +1,153 @@
+"""Metrics computed over a whole epoch.
+
+Each metric keeps running sums as tensors on the device (no `.item()` per batch, so no host sync
+in the hot loop) and turns them into one number at the end of the epoch. Precision, recall and F1
+come from the epoch's confusion matrix, not from averaging per-batch values.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from zerograd.errors import ConfigError, did_you_mean
+
+
+class Metric:
+    """Base: `update(output, target)` each batch, `compute()` once per epoch."""
+
+    name = "metric"
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> float:
+        raise NotImplementedError
+
+    def state(self) -> list[torch.Tensor]:
+        """The running sums, for summing across ranks and for checkpoints."""
+        return [value for value in vars(self).values() if isinstance(value, torch.Tensor)]
+
+
+class Accuracy(Metric):
+    """Top-k accuracy for class-index targets (k=1: plain accuracy)."""
+
+    def __init__(self, k: int = 1) -> None:
+        self.k = k
+        self.name = "accuracy" if k == 1 else f"top{k}_accuracy"
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = torch.zeros((), dtype=torch.long)
+        self.count = torch.zeros((), dtype=torch.long)
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        labels = _class_targets(target)
+        if self.k == 1:
+            hits = (output.argmax(dim=1) == labels).sum()
+        else:
+            topk = output.topk(self.k, dim=1).indices
+            hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
+        self.correct = self.correct.to(hits.device) + hits
+        self.count = self.count.to(hits.device) + labels.shape[0]
+
+    def compute(self) -> float:
+        return float(self.correct) / max(1, int(self.count))
+
+
+class _ConfusionMetric(Metric):
+    """Macro-averaged precision / recall / F1 from the epoch's confusion matrix."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = kind
+        self.reset()
+
+    def reset(self) -> None:
+        self.matrix = torch.zeros((0, 0), dtype=torch.long)
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        classes = output.shape[1]
+        labels = _class_targets(target)
+        if self.matrix.shape[0] != classes:
+            self.matrix = torch.zeros((classes, classes), dtype=torch.long, device=output.device)
+        index = labels * classes + output.argmax(dim=1)
+        self.matrix += torch.bincount(index, minlength=classes * classes).view(classes, classes)
+
+    def compute(self) -> float:
+        matrix = self.matrix.double()
+        true_pos = matrix.diag()
+        precision = true_pos / matrix.sum(0).clamp(min=1)
+        recall = true_pos / matrix.sum(1).clamp(min=1)
+        if self.kind == "precision":
+            return float(precision.mean())
+        if self.kind == "recall":
+            return float(recall.mean())
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        return float(f1.mean())
+
+
+class _RegressionMetric(Metric):
+    """MAE, RMSE and R^2 from sums of errors and targets over the epoch."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = kind
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(5, dtype=torch.float64)  # n, sum|e|, sum e^2, sum y, sum y^2
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        error = (output.detach().double() - target.double()).reshape(-1)
+        y = target.double().reshape(-1)
+        batch = torch.stack([
+            torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device),
+            error.abs().sum(), (error * error).sum(), y.sum(), (y * y).sum(),
+        ])
+        self.sums = self.sums.to(batch.device) + batch
+
+    def compute(self) -> float:
+        n, abs_sum, sq_sum, y_sum, y_sq = (float(v) for v in self.sums)
+        if n == 0:
+            return float("nan")
+        if self.kind == "mae":
+            return abs_sum / n
+        if self.kind == "rmse":
+            return (sq_sum / n) ** 0.5
+        total = y_sq - y_sum * y_sum / n
+        return 1.0 - sq_sum / total if total > 0 else float("nan")
+
+
+def _class_targets(target: torch.Tensor) -> torch.Tensor:
+    """Class indices from index targets, or from one-hot / soft targets by argmax."""
+    return target.argmax(dim=1) if target.dim() > 1 else target
+
+
+METRICS: dict[str, Callable[[], Metric]] = {
+    "accuracy": Accuracy,
+    "top3_accuracy": lambda: Accuracy(3),
+    "top5_accuracy": lambda: Accuracy(5),
+    "precision": lambda: _ConfusionMetric("precision"),
+    "recall": lambda: _ConfusionMetric("recall"),
+    "f1": lambda: _ConfusionMetric("f1"),
+    "mae": lambda: _RegressionMetric("mae"),
+    "rmse": lambda: _RegressionMetric("rmse"),
+    "r2": lambda: _RegressionMetric("r2"),
+}
+
+DEFAULT_METRICS = {"classification": ("accuracy",), "regression": ()}
+
+
+def build_metrics(names: Sequence[str] | None, task: str) -> list[Metric]:
+    """Metric objects for `names` (None: the task's defaults)."""
+    chosen = DEFAULT_METRICS.get(task, ()) if names is None else names
+    metrics = []
+    for name in chosen:
+        if name not in METRICS:
+            raise ConfigError(f'unknown metric "{name}"{did_you_mean(name, METRICS)}; choose from {", ".join(METRICS)}')
+        metrics.append(METRICS[name]())
+    return metrics

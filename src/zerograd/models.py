@@ -1,0 +1,125 @@
+"""The model zoo: the tutorials' networks, built from a name and keyword arguments.
+
+A config names a model as `{name: mlp, sizes: [784, 64, 64, 64, 10]}`; `build_model` checks the
+keyword arguments against the builder's signature so a typo is caught before training.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from zerograd.errors import ConfigError, did_you_mean
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f'unknown activation "{name}"{did_you_mean(name, ACTIVATIONS)}; choose from {", ".join(ACTIVATIONS)}')
+    return ACTIVATIONS[name]()
+
+
+def mlp(
+    sizes: Sequence[int] = (784, 64, 64, 64, 10),
+    activation_fn: str = "relu",
+    *,
+    flatten: bool = True,
+    dropout: float = 0.0,
+    log_softmax: bool = False,
+) -> nn.Sequential:
+    """A multi-layer perceptron: Linear layers of `sizes` with an activation between them.
+
+    `flatten` turns images [N, 1, 28, 28] into rows [N, 784] (the tutorials' `x.view(-1, 784)`);
+    `log_softmax` ends the net in log-probabilities, for the NLL loss.
+    """
+    if len(sizes) < 2:
+        raise ConfigError("mlp needs at least two sizes (inputs and outputs), e.g. sizes: [784, 10]")
+    layers: list[nn.Module] = [nn.Flatten()] if flatten else []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(activation(activation_fn))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+    if log_softmax:
+        layers.append(nn.LogSoftmax(dim=1))
+    return nn.Sequential(*layers)
+
+
+class TutorialCNN(nn.Module):
+    """The Fashion-MNIST tutorial's CNN: conv(1,6,5)-pool-conv(6,12,5)-pool-fc 192-120-60-10."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=5)
+        self.conv2 = nn.Conv2d(6, 12, kernel_size=5)
+        self.fc1 = nn.Linear(12 * 4 * 4, 120)
+        self.fc2 = nn.Linear(120, 60)
+        self.out = nn.Linear(60, num_classes)
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.out(x)
+
+
+def tutorial_cnn(in_channels: int = 1, num_classes: int = 10) -> TutorialCNN:
+    return TutorialCNN(in_channels, num_classes)
+
+
+def linear(in_features: int = 1, out_features: int = 1) -> nn.Linear:
+    """A single Linear layer: y = a x + b for the linear-regression tutorial."""
+    return nn.Linear(in_features, out_features)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "tutorial_cnn": tutorial_cnn,
+    "linear": linear,
+}
+
+
+def build_model(spec: str | dict[str, Any]) -> nn.Module:
+    """Build a zoo model from `"name"` or `{name: ..., **kwargs}`."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"model must be a name or a mapping with a 'name' key, got {spec!r}")
+    kwargs = dict(spec)
+    name = kwargs.pop("name")
+    if name not in MODELS:
+        raise ConfigError(f'unknown model "{name}"{did_you_mean(name, MODELS)}; choose from {", ".join(MODELS)}')
+    builder = MODELS[name]
+    check_kwargs(f"model {name}", builder, kwargs)
+    return builder(**kwargs)
+
+
+def check_kwargs(what: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Reject keyword arguments `function` does not take, naming the closest valid one."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for key in kwargs:
+        if key not in parameters:
+            raise ConfigError(
+                f'{what} has no option "{key}"{did_you_mean(key, parameters)}; valid options: {", ".join(parameters) or "none"}'
+            )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
