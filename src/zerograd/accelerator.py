@@ -64,7 +64,13 @@ class Accelerator:
             raise ConfigError('precision "fp16" needs a CUDA GPU (it uses a gradient scaler); on CPU use "bf16"')
         rank, world_size = _distributed_rank_and_size()
         if world_size > 1 and resolved.type == "cuda" and resolved.index is None:
-            resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"worker with LOCAL_RANK {local_rank} has no GPU of its own ({torch.cuda.device_count()} on this machine): "
+                    "start at most one process per GPU (--nproc), or train on --device cpu"
+                )
+            resolved = torch.device("cuda", local_rank)
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -130,6 +136,22 @@ class Accelerator:
                 yield
         else:
             yield
+
+    def rank_share(self, loss: torch.Tensor, outputs: torch.Tensor, local_count: int, global_count: int,
+                   reduction: str) -> torch.Tensor:
+        """The loss this rank back-propagates so that DDP's gradient *average* over ranks equals
+        the gradient of the whole global batch in one process.
+
+        A mean-reduced loss is weighted by world * local / global (1 when the shares are equal,
+        which they are except in an uneven tail batch); a summed loss by world. A rank with an
+        empty share (a tail smaller than the world) still joins the all-reduce, with zeros.
+        """
+        if not self.distributed:
+            return loss
+        if local_count == 0:
+            return outputs.sum() * 0.0
+        weight = self.world_size if reduction == "sum" else self.world_size * local_count / global_count
+        return loss if weight == 1 else loss * weight
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all ranks (a no-op in one process)."""

@@ -13,12 +13,13 @@ from typing import Any
 from torch import nn
 
 from zerograd import config as configs
-from zerograd import runs
+from zerograd import distributed, runs
+from zerograd.accelerator import Accelerator
 from zerograd.callbacks import Callback
 from zerograd.engine import History, LoopState, evaluate, fit, seed_everything
-from zerograd.experiment import Experiment, build_data, build_experiment
+from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import build_model
-from zerograd.reporting.progress import EpochPrinter
+from zerograd.reporting.hooks import RunReporters
 
 
 @dataclass
@@ -41,6 +42,7 @@ class _FinalState(Callback):
         self.state = state
 
 
+@distributed.in_process_group  # under torchrun: join the job (no-op when the CLI already did)
 def train(
     source: str | Path | dict[str, Any],
     *,
@@ -48,37 +50,46 @@ def train(
     out: str | Path | None = None,
     quiet: bool = False,
     callbacks: Sequence[Callback] = (),
+    progress: str | None = None,
 ) -> Run:
-    """Train a recipe name, a YAML file or a config mapping, writing a run directory."""
+    """Train a recipe name, a YAML file or a config mapping, writing a run directory.
+
+    `progress` (bar, plain or none) overrides the config's `progress:`; `quiet` prints nothing."""
     config = configs.resolve(source, overrides)
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
     experiment = build_experiment(config)
-    run_dir = Path(out) if out else runs.new_run_dir(config["name"])
-    runs.write_config(run_dir, config)
+    Accelerator.create(config["device"], config["precision"])  # a device this machine lacks fails before any run file is written
+    run_dir = Path(out) if out else distributed.broadcast_from_main(runs.new_run_dir(config["name"]))
+    if distributed.is_main():  # one writer: rank 0 owns the run directory
+        runs.write_config(run_dir, config)
+        runs.write_preprocessing(run_dir, experiment.data.preprocessing)
     final = _FinalState()
-    hooks: list[Callback] = [runs.MetricsWriter(run_dir), *callbacks, final]
-    if not quiet:
-        hooks.insert(0, EpochPrinter(title=config["name"]))
-    history = fit(
-        experiment.model,
-        experiment.data.train,
-        eval_data=experiment.data.test,
-        callbacks=hooks,
-        **configs.fit_options(config),
-    )
+    reporters = RunReporters(config, run_dir, experiment, quiet=quiet, progress=progress)
+    hooks: list[Callback] = [*reporters.callbacks, runs.MetricsWriter(run_dir, every_steps=reporters.log_every),
+                             *callbacks, final]
+    with reporters:  # takes a live progress bar down even when training fails
+        history = fit(
+            experiment.model,
+            experiment.data.train,
+            eval_data=experiment.data.test,
+            val_data=experiment.data.val,
+            callbacks=hooks,
+            **configs.fit_options(config),
+        )
     assert final.state is not None
     summary = build_summary(experiment, history, final.state)
     if final.state.accelerator.is_main:
         runs.save_weights(final.state.raw_model, run_dir / runs.WEIGHTS)
         runs.write_summary(run_dir, summary)
+        reporters.finish(final.state.raw_model, device=str(final.state.accelerator.device))  # metrics.csv, plots/
     return Run(run_dir, history, summary, final.state.raw_model, config)
 
 
 def build_summary(experiment: Experiment, history: History, state: LoopState) -> dict[str, Any]:
     config, data = experiment.config, experiment.data
     record = history.last
-    if state.best_epoch is not None and state.stop_reason == "early_stopping":
-        record = history.records[state.best_epoch - 1]  # the weights were restored to this epoch
+    if state.restored_epoch is not None:  # early stopping put this epoch's weights back: report its figures
+        record = next((r for r in history.records if r.get("epoch") == state.restored_epoch), record)
     final = {k: v for k, v in record.items() if k not in ("epoch", "lr", "seconds")}
     summary: dict[str, Any] = {
         "recipe": config["name"],
@@ -91,6 +102,8 @@ def build_summary(experiment: Experiment, history: History, state: LoopState) ->
         "precision": state.accelerator.precision,
         "device": str(state.accelerator.device),
         "world_size": state.accelerator.world_size,
+        "batch_size": state.options.batch_size,  # the global batch, the same for any process count
+        "per_rank_batch_size": state.options.batch_size // state.accelerator.world_size,
         "input_shape": data.input_shape,
         "class_names": data.class_names,
     }
@@ -106,7 +119,8 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model.safetensors) and its config."""
     path = runs.require_run_dir(run_dir)
     config = runs.read_config(path)
-    model = runs.load_weights(build_model(config["model"]), path / runs.WEIGHTS)
+    input_shape = (runs.read_preprocessing(path) or runs.read_summary(path)).get("input_shape")  # sizes layer lists
+    model = runs.load_weights(build_model(config["model"], input_shape=input_shape), path / runs.WEIGHTS)
     return model.eval(), config
 
 
@@ -114,7 +128,7 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, floa
     """Loss and metrics of a finished run recomputed from its saved weights, on the test set
     (`test_*`), or on the training set (`train_*`) for data sets without one."""
     model, config = load_run(run_dir)
-    data = build_data(config["data"])
+    data = build_data(data_spec(config))
     prefix, eval_data = ("test_", data.test) if data.test is not None else ("train_", data.train)
     results = evaluate(model, eval_data, loss=config["loss"], metrics=config.get("metrics"),
                        batch_size=config.get("eval_batch_size", 1000), device=device)

@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.metrics import resolve_mode
 
 if TYPE_CHECKING:
     from zerograd.engine import LoopState
@@ -32,15 +33,17 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when `monitor` has not improved by `min_delta` for `patience` epochs; restore the best
-    weights at the end (Keras' `restore_best_weights=True`)."""
+    """Stop after `patience` epochs in a row in which `monitor` did not improve on its best value
+    by more than `min_delta` (Keras' and Lightning's rule: patience 2, best at epoch 3 -> stops
+    after epoch 5; patience 0 stops at the first epoch without improvement). At the end, the
+    weights of the best epoch are put back (Keras' `restore_best_weights=True`).
+
+    `mode` "auto" watches accuracy/precision/recall/f1/r2 for a rise and anything else (losses,
+    errors) for a fall."""
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 3,
                  min_delta: float = 0.0, restore_best: bool = True) -> None:
-        if mode == "auto":
-            mode = "max" if any(word in monitor for word in ("accuracy", "f1", "precision", "recall", "r2")) else "min"
-        if mode not in ("min", "max"):
-            raise ConfigError(f'early_stopping mode must be "min", "max" or "auto", got "{mode}"')
+        mode = resolve_mode(mode, monitor, what="early_stopping mode")
         if patience < 0:
             raise ConfigError(f"early_stopping patience must be >= 0, got {patience}")
         self.monitor, self.mode, self.patience = monitor, mode, patience
@@ -70,13 +73,14 @@ class EarlyStopping(Callback):
                 self.best_weights = copy.deepcopy(state.raw_model.state_dict())
         else:
             self.wait += 1
-            if self.wait > self.patience:
+            if self.wait >= self.patience:
                 state.request_stop("early_stopping")
         state.best_epoch = self.best_epoch
 
     def on_fit_end(self, state: "LoopState") -> None:
         if self.restore_best and self.best_weights is not None:
             state.raw_model.load_state_dict(self.best_weights)
+            state.restored_epoch = self.best_epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}

@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from zerograd import api
 from zerograd import config as configs
-from zerograd.errors import ConfigError, DataError, ZerogradError
+from zerograd import distributed, predictor, shortcut
+from zerograd.errors import ConfigError, ZerogradError
+from zerograd.sweep import add_sweep_arguments
+from zerograd.sweep import print_result as print_sweep_result
+from zerograd.sweep import sweep as run_sweep
 
 EXIT_USAGE = 2
 
@@ -26,17 +28,27 @@ EXIT_USAGE = 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` re-runs in each worker
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)
     except ZerogradError as error:
-        print(f"zerograd: error: {error}", file=sys.stderr)
+        print(f"zerograd: error: {distributed.rank_prefix()}{error}", file=sys.stderr)
+        distributed.record_error(error)  # under torchrun: the launcher shows this rank's message
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("zerograd: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if distributed.is_peer_failure(error):  # another rank died first; its error is the one to read
+            print(f"zerograd: error: {distributed.rank_prefix()}a collective operation failed; another worker "
+                  f"crashed or stopped responding ({str(error).splitlines()[0][:300]})", file=sys.stderr)
+            distributed.record_error(error)
+            return 1
+        distributed.record_error(error)
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     recipes = commands.add_parser("recipes", help="list the built-in recipes")
     recipes.set_defaults(handler=cmd_recipes)
 
-    train = commands.add_parser("train", help="train a recipe or a YAML config and write a run directory")
-    train.add_argument("recipe", metavar="RECIPE|FILE.yaml", help="a recipe name (see `zerograd recipes`) or a config file")
+    train = commands.add_parser("train", help="train a recipe, a YAML config or your own data (--data) and write a run directory")
+    train.add_argument("recipe", metavar="RECIPE|FILE.yaml", nargs="?", help="a recipe name (see `zerograd recipes`) or a config file")
+    add_own_data_arguments(train)
     add_training_arguments(train)
+    distributed.add_launch_arguments(train)
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="re-load a run's weights and print its test loss and metrics")
@@ -56,12 +70,61 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="predict classes for images (PNG/JPEG) or rows of a .npy file")
+    predict = commands.add_parser("predict", help="predict with a trained run: images (PNG/JPEG), .npy arrays or .csv rows")
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("files", metavar="FILE", nargs="+")
     predict.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per input")
     predict.set_defaults(handler=cmd_predict)
+
+    serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the predictions")
+    serve.add_argument("run_dir", metavar="RUN_DIR")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
+    serve.add_argument("--quiet", action="store_true", help="do not log requests")
+    serve.set_defaults(handler=cmd_serve)
+
+    export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
+    export.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt)")
+    export.set_defaults(handler=cmd_export)
+
+    plot = commands.add_parser("plot", help="draw a run's plots (curves, confusion matrix, predictions...) into RUN_DIR/plots/")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.add_argument("--out", help="folder for the PNG files (default RUN_DIR/plots)")
+    plot.add_argument("--device", default="auto", help="where to compute predictions (default auto)")
+    plot.set_defaults(handler=cmd_plot)
+
+    report = commands.add_parser("report", help="write a self-contained report.html for a run (or a folder of runs)")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
+    report.add_argument("--replot", action="store_true", help="draw the plots again even if RUN_DIR/plots/ has them")
+    report.set_defaults(handler=cmd_report)
+
+    compare = commands.add_parser("compare", help="compare runs: config differences and final metrics, best first, and their curves")
+    compare.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories, or folders that hold runs")
+    compare.add_argument("--out", help="the overlay plot (default compare.png beside the first run)")
+    compare.add_argument("--metric", help="rank by this final metric (default: val/test accuracy, or loss for regression)")
+    compare.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    compare.set_defaults(handler=cmd_compare)
+
+    sweep = commands.add_parser("sweep", help="train a grid (or a random/Optuna sample) of configurations and rank them")
+    sweep.add_argument("recipe", metavar="RECIPE|FILE.yaml", help="the config every run starts from")
+    add_training_arguments(sweep)
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(handler=cmd_sweep)
+
+    lr_find = commands.add_parser("lr-find", help="sweep the learning rate up exponentially, plot loss vs lr and suggest one")
+    lr_find.add_argument("recipe", metavar="RECIPE|FILE.yaml", help="a recipe name or a config file")
+    lr_find.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                         help="set any config key, as for train (e.g. --set batch_size=128)")
+    lr_find.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<recipe>-lr-find-<timestamp>)")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
+    lr_find.add_argument("--steps", type=int, default=100, help="training steps in the sweep (default 100)")
+    lr_find.set_defaults(handler=cmd_lr_find)
     return parser
 
 
@@ -75,12 +138,17 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="set any config key, dotted for nested ones (e.g. --set model.sizes=[784,128,10])")
     parser.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    parser.add_argument("--progress", choices=("bar", "plain", "none"),
+                        help="bar: live progress bar (default; per-epoch lines when not a terminal), "
+                             "plain: the tutorials' text, none: no progress")
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also write TensorBoard event files to RUN_DIR/tensorboard/ (pip install 'zerograd[tensorboard]')")
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = dict(configs.parse_assignment(text) for text in args.assignments)
-    for key in ("epochs", "lr", "batch_size", "seed", "device"):
-        value = getattr(args, key)
+    for key in ("epochs", "lr", "batch_size", "seed", "device", "progress", "tensorboard"):
+        value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
     return overrides
@@ -94,9 +162,23 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    run = api.train(args.recipe, overrides=training_overrides(args), out=args.out, quiet=args.quiet)
-    print_summary(run.summary, run.dir)
+    args.recipe = train_source(args)
+    launch = distributed.launch_options(args)
+    if launch is not None:
+        return launch_workers(launch, args)
+    with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
+        run = api.train(args.recipe, overrides=training_overrides(args), out=args.out, quiet=args.quiet)
+        if distributed.is_main():
+            print_summary(run.summary, run.dir)
     return 0
+
+
+def launch_workers(launch: distributed.LaunchOptions, args: argparse.Namespace) -> int:
+    """Check the config once here (a typo fails before any worker starts), then run torchrun."""
+    config = configs.resolve(args.recipe, training_overrides(args))
+    if launch.fixed_world_size is not None:
+        distributed.check_global_batch(config["batch_size"], launch.fixed_world_size)
+    return distributed.launch(launch, args.argv)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
@@ -108,7 +190,66 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         console.print(f"learned: y = {summary['weight']:.4f} x + {summary['bias']:.4f}")
     if "test_accuracy" in final:
         console.print(f"final test accuracy: {final['test_accuracy']:.4f}")
+    if summary.get("stop_reason") == "early_stopping":
+        console.print(f"stopped early after epoch {summary['epochs_completed']} (no improvement); "
+                      f"weights and figures from the best epoch, {summary['best_epoch']}")
     console.print(f"run directory: {run_dir}")
+    if (run_dir / "plots").is_dir():
+        console.print(f"plots: {run_dir / 'plots'}  (report: zerograd report {run_dir})")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    result = run_sweep(args.recipe, grid=args.grid, space=args.space, random=args.random, optuna=args.optuna,
+                       seeds=args.seeds, sweep_seed=args.sweep_seed, overrides=training_overrides(args), out=args.out,
+                       jobs=args.jobs, metric=args.metric, median_stop=args.median_stop, quiet=args.quiet)
+    if args.quiet:
+        print_sweep_result(result)
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from zerograd.lr_find import lr_find_config
+
+    overrides = dict(configs.parse_assignment(text) for text in args.assignments)
+    result, folder = lr_find_config(args.recipe, overrides=overrides, out=args.out, start_lr=args.start_lr,
+                                    end_lr=args.end_lr, steps=args.steps)
+    ended = "the loss diverged" if result.stop_reason == "diverged" else f"reached lr {result.lrs[-1]:.2g}"
+    print(f"lr-find: {len(result.lrs)} steps from lr {result.lrs[0]:.2g}, stopped because {ended}")
+    if result.suggested_lr is None:
+        print("suggested lr: none (the loss never fell; try a larger --end-lr or more --steps)")
+    else:
+        print(f"suggested lr: {result.suggested_lr:.3g}  (steepest fall of the smoothed loss)")
+    print(f"plot: {result.plot}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from zerograd.reporting.plots import write_plots
+
+    for path in write_plots(args.run_dir, out_dir=args.out, device=args.device):
+        print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from zerograd.reporting.report import write_report
+
+    print(write_report(args.run_dir, args.out, replot=args.replot))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
+
+    rows = compare_runs(args.run_dirs, metric=args.metric)
+    plot = plot_comparison(rows, args.out or default_plot_path(rows))
+    if args.json:
+        print(json.dumps({"runs": [r.to_dict() for r in rows], "plot": str(plot)}, indent=2))
+        return 0
+    console = Console(highlight=False)
+    console.print(comparison_table(rows))
+    console.print(f"overlay plot: {plot}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -118,76 +259,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model, config = api.load_run(args.run_dir)
-    summary = api.runs.read_summary(Path(args.run_dir))
-    class_names = summary.get("class_names")
+    model = predictor.load(args.run_dir)
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
     for path in args.files:
-        inputs = load_inputs(Path(path), summary.get("input_shape"), config)
-        with torch.no_grad():
-            outputs = model(inputs).float()
-        for row, output in enumerate(outputs):
-            label = path if len(outputs) == 1 else f"{path}[{row}]"
-            print(format_prediction(label, output, class_names, args.top, as_json=args.json))
+        predictions = model.predict(path, top=args.top)
+        rows = predictions if isinstance(predictions, list) else [predictions]
+        for row, prediction in enumerate(rows):
+            label = path if not isinstance(predictions, list) else f"{path}[{row}]"
+            print(format_prediction(label, prediction, as_json=args.json))
     return 0
 
 
-def format_prediction(label: str, output: torch.Tensor, class_names: list[str] | None, top: int, *, as_json: bool) -> str:
-    if class_names is None:  # regression: print the values
-        values = output.tolist()
-        return json.dumps({"input": label, "output": values}) if as_json else f"{label}: {values}"
-    probabilities = _probabilities(output)
-    k = min(top, len(probabilities))
-    best = probabilities.topk(k)
-    ranked = [{"label": class_names[i], "probability": round(float(p), 4)} for p, i in zip(best.values, best.indices)]
+def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: bool) -> str:
+    """`digit.png: 7  (7 98.1%, 1 1.2%, 9 0.3%)`, or one JSON object per input."""
     if as_json:
-        return json.dumps({"input": label, "top": ranked})
-    shown = ", ".join(f"{r['label']} {r['probability']:.1%}" for r in ranked)
-    return f"{label}: {ranked[0]['label']}  ({shown})"
+        return json.dumps({"input": label, **prediction.to_dict()})
+    if prediction.probability is None:  # regression: the values
+        return f"{label}: {prediction.output}"
+    shown = ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
+    return f"{label}: {prediction.label}  ({shown})"
 
 
-def _probabilities(output: torch.Tensor) -> torch.Tensor:
-    """Softmax of logits; models ending in log_softmax give log-probabilities, so exp is enough."""
-    if output.max() <= 0 and torch.allclose(output.exp().sum(), torch.tensor(1.0), atol=1e-3):
-        return output.exp()
-    return output.softmax(dim=0)
+def cmd_serve(args: argparse.Namespace) -> int:
+    from zerograd.serve import serve
+
+    serve(args.run_dir, args.host, args.port, top=args.top, quiet=args.quiet)
+    return 0
 
 
-def load_inputs(path: Path, input_shape: list[int] | None, config: dict[str, Any]) -> torch.Tensor:
-    """A batch of model inputs from an image or a .npy file, preprocessed like the training data."""
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        array = np.load(path, allow_pickle=False).astype(np.float32)
-        x = torch.from_numpy(array)
-        if x.dim() == 1 and input_shape and x.numel() == int(np.prod(input_shape)):
-            x = x.unsqueeze(0)
-    else:
-        x = _load_image(path, input_shape)
-    if input_shape:
-        expected = int(np.prod(input_shape))
-        if x[0].numel() != expected:
-            raise DataError(f"{path}: each input has {x[0].numel()} values but the model takes {expected} ({'x'.join(map(str, input_shape))})")
-        x = x.reshape(-1, *input_shape)
-    data = config.get("data", {})
-    if data.get("normalize") and data.get("dataset") in ("mnist", "fashion-mnist"):
-        from zerograd.data import DATASETS
+def cmd_export(args: argparse.Namespace) -> int:
+    from zerograd.export import export_run
 
-        dataset = DATASETS[data["dataset"]]
-        x = (x - dataset.mean) / dataset.std
-    return x
+    result = export_run(args.run_dir, args.format, args.out)
+    print(f"exported {result.path} ({result.format}); checked on {result.checked_inputs} inputs against PyTorch: "
+          f"largest difference {result.max_abs_diff:.2g}")
+    return 0
 
 
-def _load_image(path: Path, input_shape: list[int] | None) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+def add_own_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="PATH", help="train on your own data: an image folder (PATH/<class>/*.png), a .csv, .npy or .npz file")
+    parser.add_argument("--target", metavar="COLUMN", help="with --data: the table column to predict (default: the last)")
+    parser.add_argument("--model", metavar="NAME|module:Class",
+                        help="with --data: cnn, mlp, linear, a zoo model, or your nn.Module as package.module:Class (default: cnn for images, mlp for tables)")
+    parser.add_argument("--task", choices=("classify", "regress"), help="with --data: what to learn (default: inferred from the target)")
 
-    try:
-        image = Image.open(path).convert("L")
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path} is not an image zerograd can read ({error}); give a PNG or JPEG") from None
-    if input_shape and len(input_shape) == 3:
-        image = image.resize((input_shape[2], input_shape[1]))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).unsqueeze(0)
+
+def train_source(args: argparse.Namespace) -> str | dict[str, Any]:
+    """What `train` trains: the recipe or config file, or a config made for `--data PATH`."""
+    own = {"--target": args.target, "--model": args.model, "--task": args.task}
+    if args.data is None:
+        if args.recipe is None:
+            raise ConfigError("give a recipe or config file to train (see `zerograd recipes`), or --data PATH to train on your own data")
+        given = [flag for flag, value in own.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --data PATH; for a recipe use --set (e.g. --set model.name=...)")
+        return args.recipe
+    if args.recipe is not None:
+        raise ConfigError(f"give a recipe or config ({args.recipe}) or --data PATH, not both")
+    config, notes = shortcut.data_config(args.data, target=args.target, model=args.model, task=args.task,
+                                         epochs=args.epochs, batch_size=args.batch_size)
+    if not args.quiet and distributed.is_main():
+        for note in notes:
+            print(note)
+    return config
 
 
 if __name__ == "__main__":

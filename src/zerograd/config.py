@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from zerograd.engine import FitOptions
 from zerograd.errors import ConfigError, did_you_mean
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
-META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress")
+META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress", "plots", "log_every")
 TOP_KEYS = META_KEYS + TRAIN_KEYS
 NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping")
 
@@ -32,11 +33,25 @@ def _recipe_dir() -> Any:
     return resources.files("zerograd") / "recipes"
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """The safe loader (no code runs), but reading `1e-3` as a number as YAML 1.2 and Python do;
+    plain YAML 1.1 makes it the string "1e-3", and `lr: 1e-3` would then be rejected."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from `path`, loaded with the safe loader (no code runs)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as error:
@@ -52,15 +67,28 @@ def load_source(source: str | Path | dict[str, Any], _seen: tuple[str, ...] = ()
         config, label = copy.deepcopy(source), "<mapping>"
     else:
         label = str(source)
-        if label in _seen:
+        if _identity(label) in map(_identity, _seen):
             raise ConfigError(f"config 'extends' loops: {' -> '.join(_seen + (label,))}")
         config = _load_named(label)
     parent = config.pop("extends", None)
     if parent is None:
         return config
-    base = load_source(parent, _seen + (label,))
+    base = load_source(_beside(parent, label), _seen + (label,))
     base.pop("name", None)
     return deep_merge(base, config)
+
+
+def _identity(label: str) -> str:
+    """The same file however it is spelled (`a.yaml`, `./a.yaml`, `/abs/a.yaml`)."""
+    return str(Path(label).resolve()) if Path(label).is_file() else label
+
+
+def _beside(parent: Any, child: str) -> Any:
+    """`extends: base.yaml` in a config file means the file next to it (else as given)."""
+    if not isinstance(parent, str) or not Path(child).is_file() or Path(parent).is_absolute():
+        return parent
+    candidate = Path(child).parent / parent
+    return str(candidate) if candidate.is_file() else parent
 
 
 def _load_named(source: str) -> dict[str, Any]:
@@ -71,7 +99,7 @@ def _load_named(source: str) -> dict[str, Any]:
     names = recipe_names()
     if source not in names:
         raise ConfigError(f'unknown recipe "{source}"{did_you_mean(source, names)}; run "zerograd recipes" to list them, or give a .yaml file')
-    config = yaml.safe_load((_recipe_dir() / f"{source}.yaml").read_text())
+    config = yaml_load((_recipe_dir() / f"{source}.yaml").read_text())
     config["name"] = source
     return config
 
@@ -95,7 +123,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f'--set expects key=value (e.g. --set lr=0.01), got "{text}"')
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from zerograd.accelerator import Accelerator, unwrap
+from zerograd.accelerator import PRECISIONS, Accelerator, unwrap
 from zerograd.callbacks import Callback, early_stopping_from
-from zerograd.data.loader import TensorLoader, as_tensors, in_memory_tensors, make_loader
+from zerograd.data.loader import TensorLoader, as_tensors, global_batch_size, in_memory_tensors, make_loader
+from zerograd.distributed import check_global_batch
 from zerograd.errors import ConfigError, DataError, did_you_mean
 from zerograd.losses import build_loss, task_of
 from zerograd.metrics import Metric, build_metrics
-from zerograd.optim import Schedule, build_optimizer, build_schedule, current_lr
+from zerograd.optim import Schedule, build_optimizer, build_schedule, check_schedule, current_lr
 
 
 @dataclass
@@ -52,7 +53,7 @@ class FitOptions:
     threads: int | None = None
     schedule: dict | str | None = None
     val_split: float = 0.0
-    early_stopping: dict | None = None
+    early_stopping: dict | bool | None = None
     accumulate: int = 1
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
@@ -83,6 +84,11 @@ class FitOptions:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ConfigError(f"{key} must be > 0 (or null for no clipping), got {value}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f'unknown precision "{self.precision}"{did_you_mean(self.precision, PRECISIONS)}; use one of {", ".join(PRECISIONS)}')
+        # Schedules and early stopping fail here, at config time, not after the data has loaded.
+        check_schedule(self.schedule, lr=self.lr, epochs=self.epochs)
+        early_stopping_from(self.early_stopping)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +147,8 @@ class EpochTotals:
 
     def record(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor, reduction: str) -> None:
         n = targets.shape[0]
+        if n == 0:  # an empty rank share of a tiny tail batch (its mean loss is NaN)
+            return
         self.loss_sum += loss if reduction == "sum" else loss * n
         self.count += n
         for metric in self.metrics:
@@ -165,6 +173,7 @@ class LoopState:
     train_seconds: float = 0.0
     stop_reason: str = "completed"
     best_epoch: int | None = None
+    restored_epoch: int | None = None  # the epoch whose weights EarlyStopping put back at the end
     totals: EpochTotals | None = None
     stop_requested: bool = False
 
@@ -202,12 +211,13 @@ def fit(
 def _fit(model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
          callbacks: list[Callback], opts: FitOptions) -> History:
     acc = Accelerator.create(opts.device, opts.precision)
+    check_global_batch(opts.batch_size, acc.world_size)  # batch_size is global: per rank = batch / world
     seed_everything(opts.seed)
     loss_fn = build_loss(opts.loss).to(acc.device)
     task = task_of(opts.loss)
     train_data, val_data = split_validation(train_data, val_data, opts.val_split, opts.seed)
 
-    train_loader = _device_loader(train_data, opts.batch_size, acc, shuffle=opts.shuffle, seed=opts.seed)
+    train_loader = _device_loader(train_data, opts.batch_size, acc, shuffle=opts.shuffle, seed=opts.seed, training=True)
     val_loader = _device_loader(val_data, opts.eval_batch_size, acc) if val_data is not None else None
     test_loader = _device_loader(eval_data, opts.eval_batch_size, acc) if eval_data is not None else None
 
@@ -268,7 +278,10 @@ def _train_epoch(state: LoopState, loader: Any, loss_fn: nn.Module, callbacks: l
             with acc.autocast():
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
-            acc.backward(loss / window if window > 1 else loss)
+            n_global = global_batch_size(loader, index, targets.shape[0], acc.world_size)
+            share = acc.rank_share(loss, outputs, targets.shape[0], n_global, reduction)  # = loss in one process
+            # mean loss: average over the window (= one batch of k*b); a summed loss adds up as is
+            acc.backward(share / window if window > 1 and reduction == "mean" else share)
         if updates_now:
             acc.step(optimizer, clip_grad_norm=opts.clip_grad_norm, clip_grad_value=opts.clip_grad_value)
             if state.schedule is not None:
@@ -329,7 +342,8 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1000, device: st
     acc = Accelerator.create(device)
     model.to(acc.device).eval()
     if isinstance(inputs, Dataset) and in_memory_tensors(inputs) is None:
-        batches = (b[0] for b in DataLoader(inputs, batch_size=batch_size))
+        # Items may be (input, target) pairs or bare inputs (then a batch is one tensor).
+        batches = (b[0] if isinstance(b, (tuple, list)) else b for b in DataLoader(inputs, batch_size=batch_size))
     else:
         tensors = in_memory_tensors(inputs)
         x = tensors[0] if tensors is not None else as_tensors(inputs, np.zeros(len(inputs)))[0]
@@ -340,9 +354,11 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1000, device: st
     return torch.cat(outputs)
 
 
-def _device_loader(data: Any, batch_size: int, acc: Accelerator, *, shuffle: bool = False, seed: int = 0) -> Any:
+def _device_loader(data: Any, batch_size: int, acc: Accelerator, *, shuffle: bool = False, seed: int = 0,
+                   training: bool = False) -> Any:
     """The loader for `data`, with in-memory tensors moved to the device once (not per batch)."""
-    loader = make_loader(data, batch_size, shuffle=shuffle, seed=seed, rank=acc.rank, world_size=acc.world_size)
+    loader = make_loader(data, batch_size, shuffle=shuffle, seed=seed, rank=acc.rank, world_size=acc.world_size,
+                         training=training)
     if isinstance(loader, TensorLoader):
         loader.to(acc.device)
     return loader

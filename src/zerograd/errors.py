@@ -37,6 +37,22 @@ class TrainingError(ZerogradError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
+class CheckpointError(ZerogradError, OSError):
+    """A checkpoint could not be written (full disk, no permission) or read back safely."""
+
+
+class TrainingInterrupted(ZerogradError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; `exit_code` is 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ZerogradWarning(UserWarning):
+    """Something that works but is probably not what the user meant (the CLI prints one line)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -8,10 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from zerograd.data import line_data, load_dataset, sinc_data
+from zerograd.data.images import load_image_folder
+from zerograd.data.tabular import load_table_data
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.losses import task_of
 from zerograd.models import build_model, check_kwargs
@@ -26,6 +29,10 @@ class DataBundle:
     class_names: list[str] | None = None
     input_shape: list[int] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    val: Any = None  # a validation split the data source made itself (e.g. before fitting standardisation)
+    # How raw inputs become model inputs (scaling, image size, class names): stored with the run as
+    # preprocessing.json, so `zerograd.load(run).predict(raw)` prepares new inputs the same way.
+    preprocessing: dict[str, Any] | None = None
 
 
 def _idx_images(name: str) -> Callable[..., DataBundle]:
@@ -33,18 +40,50 @@ def _idx_images(name: str) -> Callable[..., DataBundle]:
         train = load_dataset(name, train=True, root=root, normalize=normalize, download=download)
         test = load_dataset(name, train=False, root=root, normalize=normalize, download=download)
         info = {"mean": train.mean, "std": train.std} if normalize else {}
-        return DataBundle(train, test, list(train.classes), list(train.tensors[0].shape[1:]), info)
+        shape = list(train.tensors[0].shape[1:])
+        preprocessing = {
+            "kind": "image", "task": "classification", "class_names": list(train.classes), "input_shape": shape,
+            "size": shape[1:], "mode": "grayscale", "fit": "pad",
+            "mean": [train.mean if normalize else 0.0], "std": [train.std if normalize else 1.0],
+            # new drawings and photos are prepared the way the data set's images were made
+            "style": "digit" if name == "mnist" else "centered",
+        }
+        return DataBundle(train, test, list(train.classes), shape, info, preprocessing=preprocessing)
 
     return build
 
 
 def _line() -> DataBundle:
-    return DataBundle(line_data(), input_shape=[1])
+    preprocessing = {"kind": "table", "task": "regression", "input_shape": [1],
+                     "columns": [{"name": "x", "kind": "number", "mean": 0.0, "std": 1.0}]}
+    return DataBundle(line_data(), input_shape=[1], preprocessing=preprocessing)
 
 
 def _sinc(n: int = 50, low: float = -10.0, high: float = 10.0) -> DataBundle:
     dataset, info = sinc_data(n, low, high)
-    return DataBundle(dataset, input_shape=[2], info=info)
+    columns = [{"name": axis, "kind": "number", "mean": m, "std": s} for axis, m, s in zip("xy", info["mean"], info["std"])]
+    preprocessing = {"kind": "table", "task": "regression", "input_shape": [2], "columns": columns}
+    return DataBundle(dataset, input_shape=[2], info=info, preprocessing=preprocessing)
+
+
+def _table(train: str, target: str | int | None = None, test: str | None = None, features: list[str] | None = None,
+           task: str = "auto", standardize: bool = True, test_split: float = 0.2, val_split: float = 0.0,
+           seed: int = 0) -> DataBundle:
+    """Your own CSV / .npy / .npz file (see `zerograd.data.tabular`)."""
+    splits = load_table_data(train, target=target, test=test, features=features, task=task, standardize=standardize,
+                             test_split=test_split, val_split=val_split, seed=seed)
+    return DataBundle(splits.train, splits.test, splits.class_names, splits.input_shape, {"notes": splits.notes},
+                      val=splits.val, preprocessing=splits.preprocessing())
+
+
+def _images(images: str, test: str | None = None, size: int | list[int] | str = "auto", mode: str = "auto",
+            fit: str = "crop", normalize: bool = True, augment: bool | dict[str, Any] = False, test_split: float = 0.2,
+            val_split: float = 0.0, seed: int = 0, cache: bool | str = "auto", workers: int = 2) -> DataBundle:
+    """Your own folder of images, one sub-folder per class (see `zerograd.data.images`)."""
+    splits = load_image_folder(images, test=test, size=size, mode=mode, fit=fit, normalize=normalize, augment=augment,
+                               test_split=test_split, val_split=val_split, seed=seed, cache=cache, workers=workers)
+    return DataBundle(splits.train, splits.test, splits.class_names, splits.input_shape, {"notes": splits.notes},
+                      val=splits.val, preprocessing=splits.preprocessing())
 
 
 DATA_SOURCES: dict[str, Callable[..., DataBundle]] = {
@@ -52,11 +91,16 @@ DATA_SOURCES: dict[str, Callable[..., DataBundle]] = {
     "fashion-mnist": _idx_images("fashion-mnist"),
     "line": _line,
     "sinc": _sinc,
+    "table": _table,
+    "images": _images,
 }
 
 
 def build_data(spec: dict[str, Any]) -> DataBundle:
-    """The data named by a config's `data:` section, e.g. `{dataset: mnist, normalize: true}`."""
+    """The data named by a config's `data:` section, e.g. `{dataset: mnist, normalize: true}`, or your
+    own files: `{train: file.csv, target: column}` (a table), `{images: DIR}` (an image folder)."""
+    if isinstance(spec, dict) and "dataset" not in spec:
+        spec = {"dataset": own_data_kind(spec), **spec}
     if not isinstance(spec, dict) or "dataset" not in spec:
         raise ConfigError(f"the data section needs a 'dataset' key (one of {', '.join(DATA_SOURCES)}), got {spec!r}")
     options = dict(spec)
@@ -80,9 +124,54 @@ class Experiment:
         return task_of(self.config["loss"])
 
 
+def own_data_kind(spec: dict[str, Any]) -> str | None:
+    """"images" for `{images: DIR}`, "table" for `{train: FILE}`, else None (a built-in `dataset`)."""
+    if "images" in spec:
+        return "images"
+    if "train" in spec:
+        return "table"
+    return None
+
+
+def data_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's data section as the source takes it: a table's targets are classes or values
+    as the loss says (cross_entropy: classes, mse: values), unless `data.task` says otherwise."""
+    spec = dict(config["data"]) if isinstance(config["data"], dict) else config["data"]
+    if isinstance(spec, dict) and spec.get("dataset", own_data_kind(spec)) == "table" and spec.get("task", "auto") == "auto":
+        spec["task"] = task_of(config["loss"])
+    if isinstance(spec, dict) and spec.get("val_split") and config.get("val_split"):
+        raise ConfigError("val_split is set twice (top level and in data:); keep data.val_split, which is held out before the data is standardised")
+    return spec
+
+
 def build_experiment(config: dict[str, Any]) -> Experiment:
-    data = build_data(config["data"])
-    return Experiment(config, build_model(config["model"]), data)
+    data = build_data(data_spec(config))
+    model = build_model(config["model"], input_shape=data.input_shape)
+    check_model_fits(model, data, task_of(config["loss"]))
+    return Experiment(config, model, data)
+
+
+def check_model_fits(model: nn.Module, data: DataBundle, task: str) -> None:
+    """One forward pass on one training sample, so a model that does not fit the data fails now,
+    with the shapes named, and not inside the first training step."""
+    try:
+        sample = data.train[0][0]
+    except (TypeError, IndexError, KeyError, NotImplementedError):
+        return  # not an indexable data set: nothing to try
+    if not isinstance(sample, torch.Tensor):
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(sample.unsqueeze(0))
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise ConfigError(f"the model cannot take this data's inputs (one sample has shape {list(sample.shape)}): {error}") from None
+    finally:
+        model.train(was_training)
+    classes = len(data.class_names or [])
+    if task == "classification" and classes and isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] < classes:
+        raise ConfigError(f"the model outputs {output.shape[1]} values per sample but the data has {classes} classes; make its last layer {classes} wide")
 
 
 def is_dataset(value: Any) -> bool:

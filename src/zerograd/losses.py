@@ -1,23 +1,47 @@
-"""Loss functions by name. A config says `loss: mse` or `loss: {name: mse, reduction: sum}`."""
+"""Loss functions by name. A config says `loss: mse` or `loss: {name: mse, reduction: sum}`.
+
+The loss also decides the task, and so the default metrics and how outputs are read:
+- "classification": class-index targets [N] (or one-hot / soft probability targets [N, C]) for
+  `cross_entropy` / `nll`; predictions are the argmax of the outputs.
+- "binary": `bce_with_logits`, one logit per sample ([N] or [N, 1]) and 0/1 (or soft) targets of
+  either shape; a prediction is positive when its logit is > 0.
+- "regression": anything else (`mse`, `l1`), targets shaped like the outputs.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from zerograd.errors import ConfigError, did_you_mean
+
+
+class BinaryCrossEntropyWithLogits(nn.BCEWithLogitsLoss):
+    """`nn.BCEWithLogitsLoss` that also takes targets as [N] for outputs [N, 1] (or the reverse)
+    and integer 0/1 labels, the shapes and dtypes binary data sets usually come in."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        if target.shape != input.shape and target.numel() == input.numel():
+            target = target.reshape(input.shape)
+        if not target.is_floating_point():
+            target = target.to(input.dtype)
+        return super().forward(input, target)
+
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "cross_entropy": nn.CrossEntropyLoss,
     "nll": nn.NLLLoss,
     "mse": nn.MSELoss,
     "l1": nn.L1Loss,
-    "bce_with_logits": nn.BCEWithLogitsLoss,
+    "bce_with_logits": BinaryCrossEntropyWithLogits,
 }
 
-# Losses whose targets are class indices: they get accuracy by default.
+# Losses whose targets are classes (indices, or one-hot / soft for cross_entropy): accuracy by default.
 CLASSIFICATION_LOSSES = frozenset({"cross_entropy", "nll"})
+BINARY_LOSSES = frozenset({"bce_with_logits"})
+TASKS = ("classification", "binary", "regression")
 
 
 def loss_name(spec: str | dict[str, Any]) -> str:
@@ -42,7 +66,12 @@ def build_loss(spec: str | dict[str, Any] | nn.Module) -> nn.Module:
 
 
 def task_of(loss: str | dict[str, Any] | nn.Module) -> str:
-    """'classification' when targets are class indices, else 'regression'."""
+    """'classification' (class targets), 'binary' (one logit, 0/1 targets) or 'regression'."""
     if isinstance(loss, nn.Module):
-        return "classification" if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)) else "regression"
-    return "classification" if loss_name(loss) in CLASSIFICATION_LOSSES else "regression"
+        if isinstance(loss, (nn.CrossEntropyLoss, nn.NLLLoss)):
+            return "classification"
+        return "binary" if isinstance(loss, nn.BCEWithLogitsLoss) else "regression"
+    name = loss_name(loss)
+    if name in CLASSIFICATION_LOSSES:
+        return "classification"
+    return "binary" if name in BINARY_LOSSES else "regression"

@@ -6,11 +6,12 @@ come from the epoch's confusion matrix, not from averaging per-batch values.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
 
-from zerograd.errors import ConfigError, did_you_mean
+from zerograd.errors import ConfigError, DataError, did_you_mean
 
 
 class Metric:
@@ -35,7 +36,11 @@ class Metric:
 class Accuracy(Metric):
     """Top-k accuracy for class-index targets (k=1: plain accuracy)."""
 
+    reads_classes = True
+
     def __init__(self, k: int = 1) -> None:
+        if k < 1:
+            raise ConfigError(f"top-k accuracy needs k >= 1, got {k}")
         self.k = k
         self.name = "accuracy" if k == 1 else f"top{k}_accuracy"
         self.reset()
@@ -48,6 +53,8 @@ class Accuracy(Metric):
         labels = _class_targets(target)
         if self.k == 1:
             hits = (output.argmax(dim=1) == labels).sum()
+        elif self.k > output.shape[1]:
+            raise ConfigError(f"metric {self.name} needs at least {self.k} classes, but the model outputs {output.shape[1]}")
         else:
             topk = output.topk(self.k, dim=1).indices
             hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
@@ -59,7 +66,10 @@ class Accuracy(Metric):
 
 
 class _ConfusionMetric(Metric):
-    """Macro-averaged precision / recall / F1 from the epoch's confusion matrix."""
+    """Macro-averaged precision / recall / F1 from the epoch's confusion matrix (a class never
+    predicted has precision 0, as in scikit-learn's `zero_division=0`)."""
+
+    reads_classes = True
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -102,8 +112,14 @@ class _RegressionMetric(Metric):
         self.sums = torch.zeros(5, dtype=torch.float64)  # n, sum|e|, sum e^2, sum y, sum y^2
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        error = (output.detach().double() - target.double()).reshape(-1)
-        y = target.double().reshape(-1)
+        if output.numel() != target.numel():
+            raise DataError(
+                f"{self.name} compares outputs and targets value by value, but the outputs have shape "
+                f"{list(output.shape)} and the targets {list(target.shape)}"
+            )
+        # Flatten both: comparing [N, 1] with [N] must not broadcast to an [N, N] table.
+        y = target.detach().double().reshape(-1)
+        error = output.detach().double().reshape(-1) - y
         batch = torch.stack([
             torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device),
             error.abs().sum(), (error * error).sum(), y.sum(), (y * y).sum(),
@@ -122,6 +138,36 @@ class _RegressionMetric(Metric):
         return 1.0 - sq_sum / total if total > 0 else float("nan")
 
 
+class BinaryOutputs(Metric):
+    """Runs a class metric on binary outputs: one logit per sample ([N] or [N, 1]) is class 1
+    when > 0, and a 0/1 (or soft) target is class 1 when > 0.5."""
+
+    def __init__(self, inner: Metric, name: str | None = None) -> None:
+        self.inner = inner
+        self.name = name or inner.name
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        logits = output.reshape(output.shape[0], -1)
+        if logits.shape[1] != 1:
+            raise DataError(
+                f"binary metric {self.name} needs one logit per sample (outputs [N] or [N, 1]), got outputs of shape "
+                f"{list(output.shape)}; for several classes use cross_entropy"
+            )
+        # Two columns [0, z]: argmax picks class 1 exactly when z > 0.
+        two_class = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        labels = (target.reshape(-1) > 0.5).long()
+        self.inner.update(two_class, labels)
+
+    def compute(self) -> float:
+        return self.inner.compute()
+
+    def state(self) -> list[torch.Tensor]:
+        return self.inner.state()
+
+
 def _class_targets(target: torch.Tensor) -> torch.Tensor:
     """Class indices from index targets, or from one-hot / soft targets by argmax."""
     return target.argmax(dim=1) if target.dim() > 1 else target
@@ -129,6 +175,7 @@ def _class_targets(target: torch.Tensor) -> torch.Tensor:
 
 METRICS: dict[str, Callable[[], Metric]] = {
     "accuracy": Accuracy,
+    "binary_accuracy": lambda: BinaryOutputs(Accuracy(), name="binary_accuracy"),
     "top3_accuracy": lambda: Accuracy(3),
     "top5_accuracy": lambda: Accuracy(5),
     "precision": lambda: _ConfusionMetric("precision"),
@@ -139,15 +186,40 @@ METRICS: dict[str, Callable[[], Metric]] = {
     "r2": lambda: _RegressionMetric("r2"),
 }
 
-DEFAULT_METRICS = {"classification": ("accuracy",), "regression": ()}
+DEFAULT_METRICS = {"classification": ("accuracy",), "binary": ("accuracy",), "regression": ()}
+_TOP_K = re.compile(r"top(\d+)_accuracy")
 
 
 def build_metrics(names: Sequence[str] | None, task: str) -> list[Metric]:
-    """Metric objects for `names` (None: the task's defaults)."""
+    """Metric objects for `names` (None: the task's defaults). `topK_accuracy` works for any K.
+    For the "binary" task, class metrics (accuracy, precision, ...) read the outputs as logits."""
     chosen = DEFAULT_METRICS.get(task, ()) if names is None else names
     metrics = []
     for name in chosen:
-        if name not in METRICS:
-            raise ConfigError(f'unknown metric "{name}"{did_you_mean(name, METRICS)}; choose from {", ".join(METRICS)}')
-        metrics.append(METRICS[name]())
+        metric = _metric_named(name)
+        if task == "binary" and getattr(metric, "reads_classes", False):
+            metric = BinaryOutputs(metric)
+        metrics.append(metric)
     return metrics
+
+
+def _metric_named(name: str) -> Metric:
+    if name in METRICS:
+        return METRICS[name]()
+    top_k = _TOP_K.fullmatch(str(name))
+    if top_k:
+        return Accuracy(int(top_k.group(1)))
+    raise ConfigError(f'unknown metric "{name}"{did_you_mean(str(name), METRICS)}; choose from {", ".join(METRICS)} (or topK_accuracy)')
+
+
+# Logged names containing one of these are better when higher; everything else (losses, errors) when lower.
+HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall", "r2")
+
+
+def resolve_mode(mode: str, monitor: str, *, what: str = "mode") -> str:
+    """'min' or 'max' for watching `monitor`; 'auto' decides by the metric's name."""
+    if mode == "auto":
+        return "max" if any(word in monitor for word in HIGHER_IS_BETTER) else "min"
+    if mode not in ("min", "max"):
+        raise ConfigError(f'{what} must be "min", "max" or "auto", got "{mode}"')
+    return mode

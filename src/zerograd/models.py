@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.layers import build_layer_list, import_model, is_import_path
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -94,14 +95,21 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(spec: str | dict[str, Any]) -> nn.Module:
-    """Build a zoo model from `"name"` or `{name: ..., **kwargs}`."""
+def build_model(spec: str | dict[str, Any] | list[Any], input_shape: Sequence[int] | None = None) -> nn.Module:
+    """Build a zoo model from `"name"` or `{name: ..., **kwargs}`, a layer list `[{linear: 64}, relu, ...]`
+    sized from `input_shape`, or the user's own class `{name: "package.module:Class", **kwargs}`."""
+    if isinstance(spec, dict) and set(spec) == {"layers"}:
+        spec = spec["layers"]
+    if isinstance(spec, list):
+        return build_layer_list(spec, input_shape)
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"model must be a name or a mapping with a 'name' key, got {spec!r}")
+        raise ConfigError(f"model must be a name, a mapping with a 'name' key or a list of layers, got {spec!r}")
     kwargs = dict(spec)
     name = kwargs.pop("name")
+    if is_import_path(name):
+        return import_model(name, kwargs)
     if name not in MODELS:
         raise ConfigError(f'unknown model "{name}"{did_you_mean(name, MODELS)}; choose from {", ".join(MODELS)}')
     builder = MODELS[name]

@@ -14,6 +14,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.metrics import resolve_mode
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -58,13 +59,18 @@ def build_optimizer(
 @dataclass
 class Schedule:
     """A learning-rate scheduler and when the loop steps it: after every 'step', every 'epoch',
-    or every epoch with the monitored metric ('plateau')."""
+    or every epoch with the monitored metric ('plateau').
+
+    `last_lr` is the lr the latest optimizer step used (the per-step log; the epoch log `lr` is
+    the lr at the start of the epoch)."""
 
     scheduler: Any
     interval: str
     monitor: str | None = None
+    last_lr: float | None = None
 
     def after_step(self) -> None:
+        self.last_lr = current_lr(self.scheduler.optimizer)
         if self.interval == "step":
             self.scheduler.step()
 
@@ -81,63 +87,119 @@ class Schedule:
 
 
 SCHEDULES = ("step", "exponential", "cosine", "onecycle", "warmup_cosine", "plateau")
+SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "step": ("step_size", "gamma"),
+    "exponential": ("gamma",),
+    "cosine": ("min_lr",),
+    "onecycle": ("max_lr", "pct_start", "div_factor", "final_div_factor", "anneal", "cycle_momentum"),
+    "warmup_cosine": ("warmup_steps", "warmup_fraction", "min_lr"),
+    "plateau": ("monitor", "mode", "factor", "patience", "min_delta", "min_lr"),
+}
 
 
 def build_schedule(
     optimizer: torch.optim.Optimizer, spec: dict[str, Any] | str | None, *, steps_per_epoch: int, epochs: int
 ) -> Schedule | None:
-    """The schedule named by `spec`, sized to the run (`steps_per_epoch` optimizer steps per epoch)."""
+    """The schedule named by `spec`, sized to the run (`steps_per_epoch` optimizer steps per epoch).
+
+    step, exponential: every epoch, lr x gamma (every `step_size` epochs for step).
+    cosine: per step, from lr down to min_lr over the run.  onecycle: per step, up from
+    max_lr/div_factor to max_lr over pct_start of the run, then down to max_lr/div_factor/final_div_factor.
+    warmup_cosine: per step, linear warm-up to lr over warmup_steps (or warmup_fraction of the run),
+    then cosine down to min_lr.  plateau: lr x factor when `monitor` (default val_loss) has not
+    improved by min_delta for more than `patience` epochs.
+    """
     if spec is None:
         return None
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = options.pop("name", None)
-    total = max(1, steps_per_epoch * epochs)
-    base_lr = optimizer.param_groups[0]["lr"]
-
-    def take(key: str, default: Any) -> Any:
-        return options.pop(key, default)
-
-    if name == "step":
-        result = Schedule(lr_scheduler.StepLR(optimizer, step_size=take("step_size", 1), gamma=take("gamma", 0.1)), "epoch")
-    elif name == "exponential":
-        result = Schedule(lr_scheduler.ExponentialLR(optimizer, gamma=take("gamma", 0.9)), "epoch")
-    elif name == "cosine":
-        result = Schedule(lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=take("min_lr", 0.0)), "step")
-    elif name == "onecycle":
-        scheduler = lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=take("max_lr", base_lr),
-            total_steps=total,
-            pct_start=take("pct_start", 0.25),
-            div_factor=take("div_factor", 25.0),
-            final_div_factor=take("final_div_factor", 1e4),
-            anneal_strategy=take("anneal", "cos"),
-            cycle_momentum=take("cycle_momentum", "momentum" in optimizer.defaults or "betas" in optimizer.defaults),
-        )
-        result = Schedule(scheduler, "step")
-    elif name == "warmup_cosine":
-        warmup = take("warmup_steps", None)
-        if warmup is None:
-            warmup = int(round(take("warmup_fraction", 0.05) * total))
-        min_factor = take("min_lr", 0.0) / base_lr if base_lr else 0.0
-        result = Schedule(lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total, min_factor)), "step")
-    elif name == "plateau":
-        scheduler = lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode=take("mode", "min"),
-            factor=take("factor", 0.1),
-            patience=take("patience", 2),
-            threshold=take("min_delta", 1e-4),
-            threshold_mode="abs",
-            min_lr=take("min_lr", 0.0),
-        )
-        result = Schedule(scheduler, "plateau", monitor=take("monitor", "val_loss"))
-    else:
+    if name not in SCHEDULES:
         raise ConfigError(f'unknown schedule "{name}"{did_you_mean(str(name), SCHEDULES)}; choose from {", ".join(SCHEDULES)}')
-    if options:
-        key = next(iter(options))
-        raise ConfigError(f'schedule {name} has no option "{key}"')
-    return result
+    for key in options:
+        if key not in SCHEDULE_OPTIONS[name]:
+            valid = SCHEDULE_OPTIONS[name]
+            raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: {", ".join(valid)}')
+    try:
+        return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, steps_per_epoch * epochs))
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise ConfigError(f"bad options for schedule {name}: {error}") from None
+
+
+def _step(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: int) -> Schedule:
+    scheduler = lr_scheduler.StepLR(optimizer, step_size=options.get("step_size", 1), gamma=options.get("gamma", 0.1))
+    return Schedule(scheduler, "epoch")
+
+
+def _exponential(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: int) -> Schedule:
+    return Schedule(lr_scheduler.ExponentialLR(optimizer, gamma=options.get("gamma", 0.9)), "epoch")
+
+
+def _cosine(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: int) -> Schedule:
+    return Schedule(lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=options.get("min_lr", 0.0)), "step")
+
+
+def _onecycle(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: int) -> Schedule:
+    # Cycle momentum only where the optimizer already uses it: plain SGD (momentum 0) stays plain.
+    uses_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
+    pct_start = options.get("pct_start", 0.25)
+    if isinstance(pct_start, (int, float)) and pct_start * total <= 1:
+        raise ValueError(f"the warm-up part (pct_start {pct_start} of {total} optimizer steps) must span more than one step; "
+                         "train more epochs, use a smaller batch or a larger pct_start")
+    scheduler = lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=options.get("max_lr", optimizer.param_groups[0]["lr"]),
+        total_steps=total,
+        pct_start=pct_start,
+        div_factor=options.get("div_factor", 25.0),
+        final_div_factor=options.get("final_div_factor", 1e4),
+        anneal_strategy=options.get("anneal", "cos"),
+        cycle_momentum=options.get("cycle_momentum", uses_momentum),
+    )
+    return Schedule(scheduler, "step")
+
+
+def _warmup_cosine_schedule(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: int) -> Schedule:
+    warmup = options.get("warmup_steps")
+    if warmup is None:
+        warmup = int(round(options.get("warmup_fraction", 0.05) * total))
+    if warmup < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup}")
+    base_lr = optimizer.param_groups[0]["lr"]
+    min_factor = options.get("min_lr", 0.0) / base_lr
+    return Schedule(lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total, min_factor)), "step")
+
+
+def _plateau(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: int) -> Schedule:
+    monitor = options.get("monitor", "val_loss")
+    scheduler = lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode=resolve_mode(options.get("mode", "auto"), monitor, what="schedule plateau mode"),
+        factor=options.get("factor", 0.1),
+        patience=options.get("patience", 2),
+        threshold=options.get("min_delta", 1e-4),
+        threshold_mode="abs",
+        min_lr=options.get("min_lr", 0.0),
+    )
+    return Schedule(scheduler, "plateau", monitor=monitor)
+
+
+_SCHEDULE_BUILDERS = {
+    "step": _step,
+    "exponential": _exponential,
+    "cosine": _cosine,
+    "onecycle": _onecycle,
+    "warmup_cosine": _warmup_cosine_schedule,
+    "plateau": _plateau,
+}
+
+
+def check_schedule(spec: dict[str, Any] | str | None, *, lr: float, epochs: int) -> None:
+    """Raise ConfigError for a bad schedule now, before any data is loaded (builds it on a dummy
+    one-parameter optimizer)."""
+    if spec is None:
+        return
+    dummy = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
+    build_schedule(dummy, spec, steps_per_epoch=100, epochs=epochs)  # the run's real size is checked at fit
 
 
 def _warmup_cosine(warmup: int, total: int, min_factor: float):  # noqa: ANN202

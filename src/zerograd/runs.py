@@ -1,12 +1,19 @@
 """The run directory: everything a training run leaves behind, as plain files.
 
     RUN_DIR/config.yaml         the fully resolved config (trains the same run again)
-    RUN_DIR/metrics.jsonl       one JSON line per epoch, written as the epoch ends
+    RUN_DIR/metrics.jsonl       one JSON line per epoch, written as the epoch ends (and every
+                                `log_every` steps a line with "kind": "step"; load_history skips them)
+    RUN_DIR/metrics.csv         the epoch records as CSV (steps.csv: the step records)
     RUN_DIR/model.safetensors   the trained weights (no pickle)
     RUN_DIR/summary.json        final metrics, epochs completed, time, best epoch, stop reason
+    RUN_DIR/preprocessing.json  how raw inputs become model inputs (scaling, image size, classes)
+    RUN_DIR/model_summary.txt   layers, output shapes, parameter counts and data sizes
+    RUN_DIR/plots/*.png         the run's plots (see zerograd.reporting.plots)
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -17,7 +24,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from zerograd.callbacks import Callback
@@ -26,6 +33,7 @@ from zerograd.engine import History, LoopState
 from zerograd.errors import RunDirError
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
+PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
 
 
 def new_run_dir(name: str, base: str | Path = "runs") -> Path:
@@ -44,6 +52,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(fd, _new_file_mode())  # mkstemp's 0o600 would hide run files from other users
         with os.fdopen(fd, "wb") as handle:
             handle.write(text.encode() if isinstance(text, str) else text)
             handle.flush()
@@ -52,6 +61,13 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the umask (read back by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -64,9 +80,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 def save_weights(model: nn.Module, path: Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, save(tensors))
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -93,6 +107,16 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:
+    if preprocessing is not None:
+        write_atomic(run_dir / PREPROCESSING, json.dumps(_plain(preprocessing), indent=2) + "\n")
+
+
+def read_preprocessing(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / PREPROCESSING
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_history(run_dir: str | Path) -> History:
     """The per-epoch records of a run, from its metrics.jsonl."""
     path = Path(run_dir) / METRICS
@@ -102,16 +126,76 @@ def load_history(run_dir: str | Path) -> History:
     return History([r for r in records if "epoch" in r and r.get("kind", "epoch") == "epoch"])
 
 
-class MetricsWriter(Callback):
-    """Appends each epoch's record to metrics.jsonl as soon as the epoch ends."""
+def load_steps(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The every-N-steps records of a run (`"kind": "step"` lines of metrics.jsonl): step,
+    fractional epoch, the train loss over the steps since the previous record, and the lr."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise RunDirError(f"{path} does not exist; is {run_dir} a zerograd run directory?")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == "step"]
 
-    def __init__(self, run_dir: Path) -> None:
+
+def export_csv(run_dir: str | Path, path: str | Path | None = None, *, kind: str = "epoch") -> Path:
+    """Write a run's history as CSV (default RUN_DIR/metrics.csv; kind="step": steps.csv), one
+    column per key in first-seen order; empty cells where a record lacks a key. Returns the path."""
+    if kind not in ("epoch", "step"):
+        raise RunDirError(f'export_csv kind must be "epoch" or "step", got "{kind}"')
+    records = load_history(run_dir).records if kind == "epoch" else load_steps(run_dir)
+    target = Path(path) if path else Path(run_dir) / ("metrics.csv" if kind == "epoch" else "steps.csv")
+    columns = list(dict.fromkeys(k for r in records for k in r if k != "kind"))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    write_atomic(target, buffer.getvalue())
+    return target
+
+
+class MetricsWriter(Callback):
+    """Appends each epoch's record to metrics.jsonl as soon as the epoch ends, and every
+    `every_steps` optimizer steps a `"kind": "step"` record (0: none; none either when an epoch
+    has fewer steps). A step record reads the loss from the device, so it is a host sync once per
+    `every_steps` steps, not per step."""
+
+    def __init__(self, run_dir: Path, *, every_steps: int = 0) -> None:
         self.path = Path(run_dir) / METRICS
+        self.every_steps = every_steps
+        self._next_step: float = float("inf")
+        self._window: tuple[Any, float, int, int] = (None, 0.0, 0, 0)  # (epoch totals, loss sum, count, batch) at the last record
 
     def on_fit_start(self, state: LoopState) -> None:
         if state.accelerator.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
+            steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
+            if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
+                self._next_step = state.global_step + self.every_steps
+
+    def on_batch_end(self, state: LoopState) -> None:
+        if state.global_step < self._next_step:  # the common case: one comparison
+            return
+        self._next_step = state.global_step + self.every_steps
+        totals = state.totals
+        if totals is None:
+            return
+        previous, loss_before, count_before, batch_before = self._window
+        if previous is not totals:  # a new epoch's running sums
+            loss_before, count_before, batch_before = 0.0, 0, 0
+        loss_sum, count = float(totals.loss_sum), totals.count
+        # as the epoch's train_loss: per sample for reduction "mean", per batch for "sum"
+        summed = isinstance(state.options.loss, dict) and state.options.loss.get("reduction") == "sum"
+        window = (state.batch - batch_before) if summed else (count - count_before)
+        record = {
+            "kind": "step",
+            "step": state.global_step,
+            "epoch": state.epoch + state.batch / max(1, state.batches_per_epoch),
+            "train_loss": (loss_sum - loss_before) / max(1, window),
+            "lr": float(state.optimizer.param_groups[0]["lr"]),
+        }
+        self._window = (totals, loss_sum, count, state.batch)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(_plain(record)) + "\n")
 
     def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
         if state.accelerator.is_main:

@@ -71,6 +71,12 @@ class TensorLoader:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
+    def global_batch_len(self, index: int) -> int:
+        """How many samples batch `index` holds over all ranks together (the last may be short)."""
+        if self.drop_last:
+            return self.batch_size
+        return min((index + 1) * self.batch_size, self.num_samples) - index * self.batch_size
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch (its shuffle order) and the batch to start from (for exact resume)."""
         self.epoch = epoch
@@ -117,13 +123,18 @@ def _is_array(value: Any) -> bool:
 
 
 def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert (X, y) arrays to tensors: float64 inputs become float32 (what models expect)."""
+    """Convert (X, y) arrays to tensors: float64 and uint8 inputs become float32 (what models
+    expect), small integer targets int64 (what class-index losses expect)."""
     x = torch.as_tensor(np.ascontiguousarray(inputs) if isinstance(inputs, np.ndarray) else inputs)
     y = torch.as_tensor(np.ascontiguousarray(targets) if isinstance(targets, np.ndarray) else targets)
     if x.dtype == torch.float64:
         x = x.float()
     if y.dtype == torch.float64:
         y = y.float()
+    if y.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        y = y.long()  # class indices: NumPy's int32 (Windows' default) would fail in cross_entropy
+    if x.dtype == torch.uint8:
+        x = x.float()  # raw pixels: layers take floats (other integer inputs may be token ids: kept)
     if len(x) != len(y):
         raise DataError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input row")
     return x, y
@@ -137,11 +148,19 @@ def make_loader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    training: bool = True,
 ) -> TensorLoader | DataLoader:
     """The loader for `data`: a TensorLoader for in-memory tensors, the user's own DataLoader as
-    given, or a DataLoader over any other Dataset."""
+    given, or a DataLoader over any other Dataset.
+
+    `batch_size` is the global batch. With `world_size` > 1 a generic Dataset is sharded by a
+    DistributedSampler for training (every rank gets the same number of samples, padded with a few
+    repeats, so every step's all-reduce lines up on all ranks) and by an unpadded stride for
+    evaluation (`training=False`: each sample counted once)."""
     if isinstance(data, (TensorLoader, DataLoader)):
         return data
+    if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (image folders)
+        return data.make_loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, training=training)
     tensors = in_memory_tensors(data)
     if tensors is not None:
         if len(tensors[0]) == 0:
@@ -151,17 +170,31 @@ def make_loader(
         if len(data) == 0:  # type: ignore[arg-type]
             raise DataError("the data set is empty: it has no samples to train or evaluate on")
         generator = torch.Generator().manual_seed(seed)
-        sampler = None
+        sampler: Any = None
         if world_size > 1:
             from torch.utils.data.distributed import DistributedSampler
 
-            sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+            if training:
+                sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+            else:
+                sampler = range(rank, len(data), world_size)  # type: ignore[arg-type]
             shuffle = False
+            batch_size = max(1, math.ceil(batch_size / world_size))
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator)
     raise DataError(
         f"cannot train on a {type(data).__name__}: give a torch Dataset, a DataLoader, "
         "or a pair (inputs, targets) of NumPy arrays or tensors"
     )
+
+
+def global_batch_size(loader: Any, index: int, local_count: int, world_size: int) -> int:
+    """Samples in training step `index` over all ranks, given this rank's `local_count`.
+
+    A TensorLoader knows (its tail batch may split unevenly); a DistributedSampler gives every
+    rank the same share, so there it is `local_count * world_size`."""
+    if isinstance(loader, TensorLoader):
+        return loader.global_batch_len(index)
+    return local_count * world_size
 
 
 def num_samples(loader: TensorLoader | DataLoader) -> int:

@@ -1,0 +1,78 @@
+"""TensorBoard event files for a run (`tensorboard: true` / `--tensorboard`), an optional extra.
+
+Scalars are tagged by quantity then split (`loss/train`, `loss/test`, `accuracy/val`), so
+TensorBoard shows train and test side by side; every scalar is logged at the optimizer step,
+so all charts share one x axis. View with `tensorboard --logdir RUN_DIR/tensorboard`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zerograd.callbacks import Callback
+from zerograd.engine import LoopState
+from zerograd.errors import ConfigError
+from zerograd.optim import current_lr
+
+TENSORBOARD_DIR = "tensorboard"
+INSTALL_HINT = "pip install 'zerograd[tensorboard]'"
+
+
+def summary_writer_class() -> Any:
+    """torch's SummaryWriter, or a ConfigError saying how to install TensorBoard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ConfigError(f"tensorboard: true needs the tensorboard package ({error}); install it with: {INSTALL_HINT}") from None
+    return SummaryWriter
+
+
+def scalar_tag(key: str) -> str:
+    """`train_loss` -> `loss/train`, `test_accuracy` -> `accuracy/test`, `lr` -> `lr`."""
+    prefix, _, name = key.partition("_")
+    if prefix in ("train", "val", "test") and name:
+        return f"{name}/{prefix}"
+    return key
+
+
+class TensorBoardLogger(Callback):
+    """Writes each epoch's record, and the lr every `every_steps` optimizer steps, as scalars
+    under `log_dir`. Only the main process writes."""
+
+    def __init__(self, log_dir: str | Path, *, every_steps: int = 50) -> None:
+        self.writer_class = summary_writer_class()  # fail before training, not after an epoch
+        self.log_dir = Path(log_dir)
+        self.every_steps = every_steps
+        self.writer: Any = None
+        self._next_step = every_steps if every_steps > 0 else float("inf")
+
+    def on_fit_start(self, state: LoopState) -> None:
+        if state.accelerator.is_main:
+            self.writer = self.writer_class(log_dir=str(self.log_dir))
+            self._next_step = state.global_step + self.every_steps if self.every_steps > 0 else float("inf")
+        else:
+            self._next_step = float("inf")
+
+    def on_batch_end(self, state: LoopState) -> None:
+        if state.global_step < self._next_step:
+            return
+        self._next_step = state.global_step + self.every_steps
+        self.writer.add_scalar("lr/step", current_lr(state.optimizer), state.global_step)
+
+    def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for key, value in logs.items():
+            if key == "epoch" or not isinstance(value, (int, float)):
+                continue
+            self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value, state.global_step)
+        self.writer.add_scalar("epoch", logs["epoch"], state.global_step)
+        self.writer.flush()
+
+    def on_fit_end(self, state: LoopState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

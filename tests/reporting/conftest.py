@@ -1,0 +1,64 @@
+"""Small finished runs for the reporting tests, trained once per session.
+
+The image run uses a tiny Fashion-MNIST-format data set written here (class k is a bright band at
+rows 2k..2k+5 with a little noise), so the plots get the real ten Fashion-MNIST class names
+without the real data or more than a few seconds of training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zerograd
+from zerograd.data.idx import write_idx
+
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def band_image(label: int, rng: np.random.Generator) -> np.ndarray:
+    image = rng.integers(0, 90, (28, 28)).astype(np.uint8)
+    image[2 * label: 2 * label + 6, 4:24] = rng.integers(120, 256)
+    return image
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-fashion")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 500), ("t10k", 200)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack([band_image(int(k), rng) for k in labels]))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_run(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fashion-mlp, shrunk: 2 epochs of 8 steps with a validation split and a step record every 2 steps."""
+    out = tmp_path_factory.mktemp("runs") / "fashion"
+    zerograd.train("fashion-mlp", out=out, quiet=True, overrides={
+        "data.root": str(tiny_fashion), "model.sizes": [784, 16, 10], "epochs": 2, "batch_size": 50,
+        "lr": 0.02, "val_split": 0.2, "log_every": 2, "device": "cpu",
+    })
+    return out
+
+
+@pytest.fixture(scope="session")
+def sinc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "sinc"
+    zerograd.train("sinc-surface", out=out, quiet=True, overrides={"epochs": 3, "data.n": 12, "device": "cpu"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def line_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The line recipe with three learning rates, in one folder (like a small sweep)."""
+    folder = tmp_path_factory.mktemp("line-runs")
+    result = []
+    for lr in (0.001, 0.02, 0.01):
+        out = folder / f"line-lr{lr}"
+        zerograd.train("linear-regression", out=out, quiet=True, overrides={"lr": lr, "epochs": 30, "device": "cpu"})
+        result.append(out)
+    return result
