@@ -114,3 +114,13 @@ def test_unknown_loss_and_bad_reduction_are_clear_errors():
         build_loss("cross_entropi")
     with pytest.raises(ConfigError, match='reduction must be "mean" or "sum"'):
         build_loss({"name": "mse", "reduction": "none"})
+
+
+def test_binary_targets_outside_0_1_or_of_the_wrong_count_fail_before_training():
+    from zerograd.errors import DataError
+
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match=r"targets must lie in \[0, 1\].*range from -1 to 1"):
+        fit(nn.Linear(3, 1), (x, torch.tensor([-1.0, 1.0] * 10)), loss="bce_with_logits", batch_size=10, device="cpu")
+    with pytest.raises(DataError, match="one target \\(0 or 1\\) per output logit.*cross_entropy"):
+        fit(nn.Linear(3, 2), (x, torch.ones(20)), loss="bce_with_logits", batch_size=10, device="cpu")

@@ -89,9 +89,12 @@ class Accelerator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=_AMP_DTYPES[self.precision])
 
-    def prepare_model(self, model: nn.Module, *, compile: bool = False) -> nn.Module:
-        """Move the model to the device once; wrap it for DDP and torch.compile when asked."""
+    def prepare_model(self, model: nn.Module, *, compile: bool = False, channels_last: bool = False) -> nn.Module:
+        """Move the model to the device once (its conv weights channels-last when asked); wrap it
+        for DDP and torch.compile when asked."""
         model.to(self.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -137,6 +140,11 @@ class Accelerator:
         else:
             yield
 
+    def prepare_loss(self, loss_fn: nn.Module) -> nn.Module:
+        """In DDP, a loss that is 0 (not NaN) on an empty batch: a tail batch smaller than the
+        world leaves some rank nothing, and that rank must still join the gradient all-reduce."""
+        return _EmptyShareLoss(loss_fn) if self.distributed else loss_fn
+
     def rank_share(self, loss: torch.Tensor, outputs: torch.Tensor, local_count: int, global_count: int,
                    reduction: str) -> torch.Tensor:
         """The loss this rank back-propagates so that DDP's gradient *average* over ranks equals
@@ -160,6 +168,21 @@ class Accelerator:
 
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+
+class _EmptyShareLoss(nn.Module):
+    """`loss_fn`, except that an empty batch gives a zero connected to the graph (a mean over
+    nothing would be NaN, and the NaN check would stop training)."""
+
+    def __init__(self, loss_fn: nn.Module) -> None:
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.reduction = getattr(loss_fn, "reduction", "mean")
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.shape[0] == 0:
+            return outputs.sum() * 0.0
+        return self.loss_fn(outputs, targets)
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:

@@ -12,11 +12,12 @@ from typing import Any
 
 from torch import nn
 
+from zerograd import checkpoint, distributed, runs, signals
 from zerograd import config as configs
-from zerograd import distributed, runs
 from zerograd.accelerator import Accelerator
 from zerograd.callbacks import Callback
 from zerograd.engine import History, LoopState, evaluate, fit, seed_everything
+from zerograd.errors import ConfigError, TrainingInterrupted
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import build_model
 from zerograd.reporting.hooks import RunReporters
@@ -51,23 +52,42 @@ def train(
     quiet: bool = False,
     callbacks: Sequence[Callback] = (),
     progress: str | None = None,
+    resume: str | Path | None = None,
 ) -> Run:
     """Train a recipe name, a YAML file or a config mapping, writing a run directory.
 
-    `progress` (bar, plain or none) overrides the config's `progress:`; `quiet` prints nothing."""
+    `progress` (bar, plain or none) overrides the config's `progress:`; `quiet` prints nothing.
+    `resume=RUN_DIR` continues that run in place from its newest intact checkpoint (the config
+    must be the one it started with); SIGINT/SIGTERM save a checkpoint and raise
+    `TrainingInterrupted`."""
     config = configs.resolve(source, overrides)
+    if resume is not None:
+        config = checkpoint.resume_config(resume, config)
+    every, keep = checkpoint.settings_from(config)
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
     experiment = build_experiment(config)
     Accelerator.create(config["device"], config["precision"])  # a device this machine lacks fails before any run file is written
-    run_dir = Path(out) if out else distributed.broadcast_from_main(runs.new_run_dir(config["name"]))
+    if resume is not None:
+        if out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise ConfigError(f"--resume continues {resume} in place; leave out --out (it says {out})")
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(out) if out else distributed.broadcast_from_main(runs.new_run_dir(config["name"]))
+        checkpoint.refuse_existing_run(run_dir)  # never write over an earlier run's files
     if distributed.is_main():  # one writer: rank 0 owns the run directory
-        runs.write_config(run_dir, config)
+        if resume is None:
+            runs.write_config(run_dir, config)
         runs.write_preprocessing(run_dir, experiment.data.preprocessing)
     final = _FinalState()
     reporters = RunReporters(config, run_dir, experiment, quiet=quiet, progress=progress)
     hooks: list[Callback] = [*reporters.callbacks, runs.MetricsWriter(run_dir, every_steps=reporters.log_every),
                              *callbacks, final]
-    with reporters:  # takes a live progress bar down even when training fails
+    stop = signals.StopSignal()
+    saver = checkpoint.Checkpointer(run_dir / checkpoint.CHECKPOINTS, every=every, keep=keep, stop=stop)
+    hooks.insert(len(hooks) - 1, saver)  # last before `final`: it saves what the other callbacks did this epoch
+    if resume is not None:  # first: the others start from the restored state
+        hooks.insert(0, checkpoint.ResumeFrom(run_dir / checkpoint.CHECKPOINTS, metrics_path=run_dir / runs.METRICS))
+    with reporters, signals.graceful_stop(stop):  # takes a live progress bar down even when training fails
         history = fit(
             experiment.model,
             experiment.data.train,
@@ -77,12 +97,23 @@ def train(
             **configs.fit_options(config),
         )
     assert final.state is not None
+    if final.state.stop_reason == "interrupted":
+        raise TrainingInterrupted(
+            f"training stopped by {stop.name or 'a stop signal (to another rank)'} at epoch {final.state.epoch + 1}, after {final.state.global_step} steps; "
+            f"checkpoint saved in {saver.saved}. Continue with: zerograd resume {run_dir}{distributed.relaunch_flags()}", exit_code=stop.exit_code)
     summary = build_summary(experiment, history, final.state)
     if final.state.accelerator.is_main:
         runs.save_weights(final.state.raw_model, run_dir / runs.WEIGHTS)
         runs.write_summary(run_dir, summary)
         reporters.finish(final.state.raw_model, device=str(final.state.accelerator.device))  # metrics.csv, plots/
     return Run(run_dir, history, summary, final.state.raw_model, config)
+
+
+def resume(run_dir: str | Path, *, quiet: bool = False, callbacks: Sequence[Callback] = (),
+           progress: str | None = None) -> Run:
+    """Continue an interrupted run in place from its newest intact checkpoint, with the config it
+    started with; it ends with the same files (and, on CPU, the same weights) as an uninterrupted run."""
+    return train(checkpoint.resume_config(run_dir), resume=run_dir, quiet=quiet, callbacks=callbacks, progress=progress)
 
 
 def build_summary(experiment: Experiment, history: History, state: LoopState) -> dict[str, Any]:

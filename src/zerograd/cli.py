@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from rich.console import Console
 
 from zerograd import api
 from zerograd import config as configs
-from zerograd import distributed, predictor, shortcut
-from zerograd.errors import ConfigError, ZerogradError
+from zerograd import checkpoint, distributed, predictor, runs, shortcut
+from zerograd.errors import ConfigError, TrainingInterrupted, ZerogradError, ZerogradWarning
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
 from zerograd.sweep import sweep as run_sweep
@@ -33,7 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.handler(args) or 0)
+        with warnings.catch_warnings():  # zerograd's own warnings as one line each, like its errors
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return int(args.handler(args) or 0)
+    except TrainingInterrupted as error:  # a checkpoint was saved: say how to go on, exit 128 + signal
+        if distributed.is_main():  # every rank stops at the same step; one says so
+            print(f"zerograd: {error}", file=sys.stderr)
+        distributed.record_error(error)
+        return error.exit_code
     except ZerogradError as error:
         print(f"zerograd: error: {distributed.rank_prefix()}{error}", file=sys.stderr)
         distributed.record_error(error)  # under torchrun: the launcher shows this rank's message
@@ -51,6 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def _one_line_warnings(show: Any) -> Any:
+    def show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                     line: str | None = None) -> None:
+        if issubclass(category, ZerogradWarning):
+            print(f"zerograd: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zerograd", description="Train PyTorch networks with one command.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -62,8 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", metavar="RECIPE|FILE.yaml", nargs="?", help="a recipe name (see `zerograd recipes`) or a config file")
     add_own_data_arguments(train)
     add_training_arguments(train)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue this interrupted run in place from its newest checkpoint (same config)")
     distributed.add_launch_arguments(train)
     train.set_defaults(handler=cmd_train)
+
+    resume = commands.add_parser("resume", help="continue an interrupted run from its newest checkpoint, exactly")
+    resume.add_argument("run_dir", metavar="RUN_DIR")
+    resume.add_argument("--quiet", action="store_true", help="print only the summary")
+    resume.add_argument("--progress", choices=("bar", "plain", "none"), help="as for train")
+    distributed.add_launch_arguments(resume)  # a DDP run resumes with as many processes as it had
+    resume.set_defaults(handler=cmd_resume)
 
     evaluate = commands.add_parser("evaluate", help="re-load a run's weights and print its test loss and metrics")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -162,12 +190,27 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    args.recipe = train_source(args)
     launch = distributed.launch_options(args)
     if launch is not None:
         return launch_workers(launch, args)
+    if args.resume is not None and args.recipe is None and args.data is None:
+        return cmd_resume(argparse.Namespace(run_dir=args.resume, quiet=args.quiet, progress=args.progress,
+                                             dist_timeout=args.dist_timeout))
+    args.recipe = train_source(args)
     with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
-        run = api.train(args.recipe, overrides=training_overrides(args), out=args.out, quiet=args.quiet)
+        run = api.train(args.recipe, overrides=training_overrides(args), out=args.out, quiet=args.quiet,
+                        resume=args.resume or distributed.resume_after_restart(args.out))
+        if distributed.is_main():
+            print_summary(run.summary, run.dir)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    launch = distributed.launch_options(args) if hasattr(args, "nproc") else None
+    if launch is not None:
+        return launch_workers(launch, args)
+    with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
+        run = api.resume(args.run_dir, quiet=args.quiet, progress=args.progress)
         if distributed.is_main():
             print_summary(run.summary, run.dir)
     return 0
@@ -175,10 +218,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def launch_workers(launch: distributed.LaunchOptions, args: argparse.Namespace) -> int:
     """Check the config once here (a typo fails before any worker starts), then run torchrun."""
-    config = configs.resolve(args.recipe, training_overrides(args))
+    resuming = getattr(args, "run_dir", None) or getattr(args, "resume", None)
+    if resuming and getattr(args, "recipe", None) is None and getattr(args, "data", None) is None:
+        config = checkpoint.resume_config(resuming)
+    else:
+        config = configs.resolve(train_source(argparse.Namespace(**{**vars(args), "quiet": True})),
+                                 training_overrides(args))
     if launch.fixed_world_size is not None:
         distributed.check_global_batch(config["batch_size"], launch.fixed_world_size)
-    return distributed.launch(launch, args.argv)
+    argv = args.argv
+    if launch.max_restarts and not resuming and args.out is None:
+        argv = [*argv, "--out", str(runs.new_run_dir(config["name"]))]  # a restart must find the same run
+    return distributed.launch(launch, argv)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
@@ -195,7 +246,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
                       f"weights and figures from the best epoch, {summary['best_epoch']}")
     console.print(f"run directory: {run_dir}")
     if (run_dir / "plots").is_dir():
-        console.print(f"plots: {run_dir / 'plots'}  (report: zerograd report {run_dir})")
+        console.print(f"plots: {run_dir / 'plots'}  (report: zerograd report {run_dir})", soft_wrap=True)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -248,7 +299,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     console = Console(highlight=False)
     console.print(comparison_table(rows))
-    console.print(f"overlay plot: {plot}")
+    console.print(f"overlay plot: {plot}", soft_wrap=True)
     return 0
 
 

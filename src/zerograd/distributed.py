@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -32,6 +33,8 @@ import torch
 from zerograd.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 120.0
+_INTERRUPTED = "TrainingInterrupted: "  # how a worker's error file names a graceful stop
+_NO_REPORT = "it wrote no error report (see its output above)"
 ENTRY_MODULE = "zerograd"
 
 _T = TypeVar("_T")
@@ -97,7 +100,16 @@ def init_process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     if timeout_s <= 0:
         raise ConfigError(f"the collective timeout must be > 0 seconds, got {timeout_s}")
     _bind_local_gpu(env)
-    dist.init_process_group(backend=backend_name(), timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    if env.restart_count == 0:
+        dist.init_process_group(backend=backend_name(), timeout=timeout)  # env:// from torchrun's variables
+        return True
+    # torchrun keeps its store across restarts (--max-restarts), with the failed attempt's keys in
+    # it: without a namespace of its own a new worker can read a dead peer's address and fail to
+    # connect (gloo: "connectFullMesh failed ... Connection refused").
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"zerograd/restart-{env.restart_count}", store)
+    dist.init_process_group(backend=backend_name(), store=store, rank=rank, world_size=world, timeout=timeout)
     return True
 
 
@@ -191,6 +203,28 @@ def check_global_batch(batch_size: int, world: int) -> int:
             f"use a multiple of {world} (e.g. {lower} or {lower + world})"
         )
     return batch_size // world
+
+
+def relaunch_flags() -> str:
+    """The flags that start this job's processes again (for `zerograd resume RUN_DIR ...`)."""
+    env = WorkerEnv.from_environ()
+    if not env.is_worker:
+        return ""
+    flags = f" --nproc {env.local_world_size}"
+    if env.world_size != env.local_world_size:
+        flags += f" --nnodes {env.world_size // env.local_world_size} --rdzv-endpoint HOST:PORT (on every node)"
+    return flags
+
+
+def resume_after_restart(out: str | os.PathLike[str] | None) -> Path | None:
+    """The run to continue when torchrun restarted the workers after a failure (--max-restarts):
+    the `--out` directory, once the first attempt wrote its config there. None on a first start."""
+    from zerograd import runs  # runs -> engine -> this module: import when called
+
+    if out is None or WorkerEnv.from_environ().restart_count == 0:
+        return None
+    path = Path(out)
+    return path if (path / runs.CONFIG).is_file() else None
 
 
 def rank_prefix() -> str:
@@ -345,8 +379,10 @@ def launch(options: LaunchOptions, argv: Sequence[str]) -> int:
         run(torchrun)
     except ChildFailedError as error:
         failed_rank, failure = root_failure(error)
-        print(f"zerograd: error: {describe_failure(failed_rank, failure)}", file=sys.stderr)
-        return failure.exitcode if 0 < failure.exitcode < 126 else 1
+        # A stop signal is no failure: the ranks saved a checkpoint together and rank 0 said so.
+        if not failure_message(failure).startswith(_INTERRUPTED):
+            print(f"zerograd: error: {describe_failure(failed_rank, failure, error.failures)}", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1  # e.g. 2: a config error, 130: interrupted
     except SignalException as error:
         print(f"zerograd: the launcher received {error.sigval.name}; all workers were stopped", file=sys.stderr)
         return 128 + int(error.sigval)
@@ -363,11 +399,11 @@ def _share_cpu_threads(nproc: int) -> None:
 def root_failure(error: Any) -> tuple[int, Any]:
     """The failure that started it: the earliest, preferring a rank's own error over the
     'lost a peer' errors that the other ranks raise a moment later."""
-    def order(item: tuple[int, Any]) -> tuple[bool, int, int]:
+    def order(item: tuple[int, Any]) -> tuple[bool, bool, int, int]:
         failed_rank, failure = item
-        stopped_by_torchrun = failure.exitcode == -signal.SIGTERM
+        stopped_by_torchrun = failure.exitcode == -signal.SIGTERM  # says nothing about the cause
         secondary = stopped_by_torchrun or _reads_as_peer_failure(failure_message(failure))
-        return (secondary, failure.timestamp, failed_rank)
+        return (secondary, stopped_by_torchrun, failure.timestamp, failed_rank)
 
     return min(error.failures.items(), key=order)
 
@@ -381,17 +417,26 @@ def failure_message(failure: Any) -> str:
     if failure.exitcode < 0:
         return f"killed by signal {failure.signal_name()}"
     if not message or message.startswith("To enable traceback"):
-        return "it wrote no error report (see its output above)"
+        return _NO_REPORT
     return message
 
 
-def describe_failure(failed_rank: int, failure: Any) -> str:
-    """`worker rank 1 failed (exit code 1): RuntimeError: ...; torchrun stopped the other workers`."""
+def describe_failure(failed_rank: int, failure: Any, failures: Mapping[int, Any] | None = None) -> str:
+    """`worker rank 1 failed (exit code 1): RuntimeError: ...; torchrun stopped the other workers`.
+
+    A rank that left no message (killed by a signal) gets the first message another rank left,
+    e.g. the collective timeout that made torchrun stop a hung worker."""
     message = failure_message(failure)
     if failure.exitcode < 0:
         text = f"worker rank {failed_rank} was {message}"
     else:
         text = f"worker rank {failed_rank} failed (exit code {failure.exitcode}): {message}"
+    told = [(rank, failure_message(other)) for rank, other in sorted((failures or {}).items())
+            if rank != failed_rank and other.exitcode > 0]
+    told = [(rank, words) for rank, words in told if not words.startswith(_NO_REPORT)]
+    if failure.exitcode < 0 and told:
+        message = told[0][1]
+        text += f"; rank {told[0][0]} reported: {message}"
     if _reads_as_peer_failure(message):
         text += " (a collective operation failed or timed out: a worker died or stopped responding)"
     return f"{text}; torchrun stopped the other workers"

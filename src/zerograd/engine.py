@@ -24,12 +24,15 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from zerograd.accelerator import PRECISIONS, Accelerator, unwrap
 from zerograd.callbacks import Callback, early_stopping_from
+from zerograd.checkpoint import replay_to_batch
+from zerograd.checks import NonFiniteGuard, check_on_nan, first_batch, preflight
 from zerograd.data.loader import TensorLoader, as_tensors, global_batch_size, in_memory_tensors, make_loader
 from zerograd.distributed import check_global_batch
 from zerograd.errors import ConfigError, DataError, did_you_mean
 from zerograd.losses import build_loss, task_of
 from zerograd.metrics import Metric, build_metrics
 from zerograd.optim import Schedule, build_optimizer, build_schedule, check_schedule, current_lr
+from zerograd.performance import auto_threads
 
 
 @dataclass
@@ -50,13 +53,16 @@ class FitOptions:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
-    threads: int | None = None
+    threads: int | None = None  # null: automatic (1 thread for small steps on the CPU, see performance.py)
+    channels_last: bool = False  # convolution weights and activations in NHWC layout (faster on CPU and GPU)
     schedule: dict | str | None = None
     val_split: float = 0.0
     early_stopping: dict | bool | None = None
     accumulate: int = 1
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
+    on_nan: str = "error"  # a NaN/Inf loss: "error" stops with a message, "skip" leaves the batch out
+    preflight: bool = True  # check data, model and loss on one batch before training
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "FitOptions":
@@ -89,6 +95,7 @@ class FitOptions:
         # Schedules and early stopping fail here, at config time, not after the data has loaded.
         check_schedule(self.schedule, lr=self.lr, epochs=self.epochs)
         early_stopping_from(self.early_stopping)
+        check_on_nan(self.on_nan)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,12 +151,13 @@ class EpochTotals:
     loss_sum: torch.Tensor
     count: int
     metrics: list[Metric]
+    skipped: int = 0  # batches left out for a NaN/Inf loss (on_nan: skip)
 
     def record(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor, reduction: str) -> None:
         n = targets.shape[0]
         if n == 0:  # an empty rank share of a tiny tail batch (its mean loss is NaN)
             return
-        self.loss_sum += loss if reduction == "sum" else loss * n
+        self.loss_sum.add_(loss, alpha=1 if reduction == "sum" else n)  # one in-place op, no temporary
         self.count += n
         for metric in self.metrics:
             metric.update(outputs, targets)
@@ -176,6 +184,12 @@ class LoopState:
     restored_epoch: int | None = None  # the epoch whose weights EarlyStopping put back at the end
     totals: EpochTotals | None = None
     stop_requested: bool = False
+    callbacks: list[Callback] = field(default_factory=list)
+    train_loader: Any = None
+    epoch_logs: dict[str, Any] | None = None  # the epoch's record as it started (epoch, lr): kept for a mid-epoch resume
+    epoch_start_rng: dict[str, Any] | None = None  # RNG states a generic DataLoader's order came from (checkpoint.replay_to_batch)
+    last_checkpoint: str | None = None
+    nonfinite: NonFiniteGuard | None = None
 
     @property
     def raw_model(self) -> nn.Module:
@@ -215,20 +229,27 @@ def _fit(model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
     seed_everything(opts.seed)
     loss_fn = build_loss(opts.loss).to(acc.device)
     task = task_of(opts.loss)
+    given_train = train_data  # as the user gave it: the pre-flight check reads its classes and dtype
     train_data, val_data = split_validation(train_data, val_data, opts.val_split, opts.seed)
 
     train_loader = _device_loader(train_data, opts.batch_size, acc, shuffle=opts.shuffle, seed=opts.seed, training=True)
     val_loader = _device_loader(val_data, opts.eval_batch_size, acc) if val_data is not None else None
     test_loader = _device_loader(eval_data, opts.eval_batch_size, acc) if eval_data is not None else None
 
-    net = acc.prepare_model(model, compile=opts.compile)
+    net = acc.prepare_model(model, compile=opts.compile, channels_last=opts.channels_last)
     optimizer = build_optimizer(model.parameters(), opts.optimizer, lr=opts.lr, momentum=opts.momentum,
                                 weight_decay=opts.weight_decay, device=acc.device)
     steps_per_epoch = math.ceil(len(train_loader) / opts.accumulate)
     schedule = build_schedule(optimizer, opts.schedule, steps_per_epoch=steps_per_epoch, epochs=opts.epochs)
     state = LoopState(net, optimizer, acc, opts, schedule, task=task, batches_per_epoch=len(train_loader))
+    state.train_loader, state.nonfinite = train_loader, NonFiniteGuard(opts.on_nan, acc)
+    if opts.preflight:  # one batch through model and loss: a clear error now, not a traceback later
+        preflight(net, train_loader, loss_fn, task=task, acc=acc, opts=opts, source=given_train)
+    if opts.threads is None:
+        torch.set_num_threads(auto_threads(net, _sample_inputs(train_loader, opts, acc), acc.device))
     early_stopping = early_stopping_from(opts.early_stopping)
     callbacks = ([early_stopping] if early_stopping else []) + callbacks
+    state.callbacks = callbacks
 
     for callback in callbacks:
         callback.on_fit_start(state)  # may restore a checkpoint: epoch, batch, weights
@@ -236,7 +257,9 @@ def _fit(model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
         for callback in callbacks:
             callback.on_epoch_start(state)
         started = time.perf_counter()
-        logs = {"epoch": state.epoch + 1, "lr": current_lr(optimizer)}
+        if not state.batch:  # a run resumed mid-epoch keeps the record its epoch started with
+            state.epoch_logs = {"epoch": state.epoch + 1, "lr": current_lr(optimizer)}
+        logs = dict(state.epoch_logs or {})
         logs |= _train_epoch(state, train_loader, loss_fn, callbacks)
         logs["seconds"] = time.perf_counter() - started
         state.train_seconds += logs["seconds"]
@@ -261,40 +284,51 @@ def _train_epoch(state: LoopState, loader: Any, loss_fn: nn.Module, callbacks: l
     """One pass over the training data; returns the epoch's train loss and metrics."""
     model, optimizer, acc, opts = state.model, state.optimizer, state.accelerator, state.options
     model.train()
-    _set_epoch(loader, state.epoch, state.batch)
+    loss_fn = acc.prepare_loss(loss_fn)  # DDP: 0, not NaN, for a rank's empty share of a tiny tail batch
+    guard = state.nonfinite or NonFiniteGuard(opts.on_nan, acc)
     if state.batch == 0 or state.totals is None:
         state.totals = EpochTotals(torch.zeros((), device=acc.device), 0, build_metrics(opts.metrics, state.task))
     totals, reduction = state.totals, getattr(loss_fn, "reduction", "mean")
     steps, k = state.batches_per_epoch, opts.accumulate
+    window_ok = True  # on_nan: skip leaves out a whole accumulation window that holds a NaN/Inf loss
 
-    for index, (inputs, targets) in enumerate(loader, start=state.batch):
+    for index, (inputs, targets) in enumerate(_epoch_batches(loader, state), start=state.batch):
         inputs, targets = acc.to_device((inputs, targets))
         window_start = index - index % k
         window = min(k, steps - window_start)  # the last window of an epoch may be shorter
         updates_now = index + 1 == window_start + window
         if index == window_start:
             optimizer.zero_grad(set_to_none=True)
+            window_ok = True
         with acc.no_sync(model, skip=not updates_now):
             with acc.autocast():
                 outputs = model(inputs)
                 loss = loss_fn(outputs, targets)
-            n_global = global_batch_size(loader, index, targets.shape[0], acc.world_size)
-            share = acc.rank_share(loss, outputs, targets.shape[0], n_global, reduction)  # = loss in one process
-            # mean loss: average over the window (= one batch of k*b); a summed loss adds up as is
-            acc.backward(share / window if window > 1 and reduction == "mean" else share)
-        if updates_now:
+            usable = guard.loss_usable(loss, state, index)  # NaN/Inf: raises (on_nan: error) or False (skip)
+            window_ok = window_ok and usable
+            if window_ok:
+                n_global = global_batch_size(loader, index, targets.shape[0], acc.world_size)
+                share = acc.rank_share(loss, outputs, targets.shape[0], n_global, reduction)  # = loss in one process
+                # mean loss: average over the window (= one batch of k*b); a summed loss adds up as is
+                acc.backward(share / window if window > 1 and reduction == "mean" else share)
+        if updates_now and window_ok and guard.gradients_usable(optimizer, state):
             acc.step(optimizer, clip_grad_norm=opts.clip_grad_norm, clip_grad_value=opts.clip_grad_value)
             if state.schedule is not None:
                 state.schedule.after_step()
             state.global_step += 1
-        totals.record(loss.detach(), outputs.detach(), targets, reduction)
+        if usable:
+            totals.record(loss.detach(), outputs.detach(), targets, reduction)
         state.batch = index + 1
         for callback in callbacks:
             callback.on_batch_end(state)
         if state.stop_requested:
             return {}
+    guard.check_epoch(state)
     state.batch = 0
-    return _epoch_logs(totals, acc, prefix="train_", reduction=reduction)
+    logs = _epoch_logs(totals, acc, prefix="train_", reduction=reduction)
+    if opts.on_nan == "skip":
+        logs["skipped_batches"] = totals.skipped
+    return logs
 
 
 def _epoch_logs(totals: EpochTotals, acc: Accelerator, *, prefix: str, reduction: str) -> dict[str, float]:
@@ -358,17 +392,25 @@ def _device_loader(data: Any, batch_size: int, acc: Accelerator, *, shuffle: boo
                    training: bool = False) -> Any:
     """The loader for `data`, with in-memory tensors moved to the device once (not per batch)."""
     loader = make_loader(data, batch_size, shuffle=shuffle, seed=seed, rank=acc.rank, world_size=acc.world_size,
-                         training=training)
+                         training=training, pin_memory=acc.device.type == "cuda")
     if isinstance(loader, TensorLoader):
         loader.to(acc.device)
     return loader
 
 
-def _set_epoch(loader: Any, epoch: int, start_batch: int) -> None:
-    if isinstance(loader, TensorLoader):
-        loader.set_epoch(epoch, start_batch)
-    elif isinstance(loader, DataLoader) and hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+def _sample_inputs(loader: Any, opts: FitOptions, acc: Accelerator) -> torch.Tensor | None:
+    batch = first_batch(loader, opts.batch_size)
+    return None if batch is None else acc.to_device(batch)[0]
+
+
+def _epoch_batches(loader: Any, state: LoopState) -> Any:
+    """This epoch's batches from `state.batch` on (a resumed run skips those already done)."""
+    if isinstance(loader, TensorLoader):  # its order is a pure function of (seed, epoch)
+        loader.set_epoch(state.epoch, state.batch)
+        return loader
+    if isinstance(loader, DataLoader) and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(state.epoch)
+    return replay_to_batch(loader, state)
 
 
 def split_validation(train_data: Any, val_data: Any, val_split: float, seed: int) -> tuple[Any, Any]:
@@ -398,12 +440,11 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Use `threads` intra-op threads during training, and give the old setting back after."""
-    if threads is None:
-        yield
-        return
+    """Use `threads` intra-op threads during training (None: as chosen later in `_fit`), and give
+    the old setting back after."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:

@@ -78,10 +78,12 @@ def _table(train: str, target: str | int | None = None, test: str | None = None,
 
 def _images(images: str, test: str | None = None, size: int | list[int] | str = "auto", mode: str = "auto",
             fit: str = "crop", normalize: bool = True, augment: bool | dict[str, Any] = False, test_split: float = 0.2,
-            val_split: float = 0.0, seed: int = 0, cache: bool | str = "auto", workers: int = 2) -> DataBundle:
+            val_split: float = 0.0, seed: int = 0, cache: bool | str = "auto", workers: int = 2,
+            style: str = "auto") -> DataBundle:
     """Your own folder of images, one sub-folder per class (see `zerograd.data.images`)."""
     splits = load_image_folder(images, test=test, size=size, mode=mode, fit=fit, normalize=normalize, augment=augment,
-                               test_split=test_split, val_split=val_split, seed=seed, cache=cache, workers=workers)
+                               test_split=test_split, val_split=val_split, seed=seed, cache=cache, workers=workers,
+                               style=style)
     return DataBundle(splits.train, splits.test, splits.class_names, splits.input_shape, {"notes": splits.notes},
                       val=splits.val, preprocessing=splits.preprocessing())
 
@@ -166,7 +168,9 @@ def check_model_fits(model: nn.Module, data: DataBundle, task: str) -> None:
         with torch.no_grad():
             output = model(sample.unsqueeze(0))
     except (RuntimeError, ValueError, TypeError) as error:
-        raise ConfigError(f"the model cannot take this data's inputs (one sample has shape {list(sample.shape)}): {error}") from None
+        from zerograd.checks import explain_forward_error  # names the fix, e.g. flatten images for a Linear layer
+
+        raise ConfigError(explain_forward_error(model, sample.unsqueeze(0), None, error)) from None
     finally:
         model.train(was_training)
     classes = len(data.class_names or [])

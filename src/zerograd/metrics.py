@@ -58,8 +58,10 @@ class Accuracy(Metric):
         else:
             topk = output.topk(self.k, dim=1).indices
             hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
-        self.correct = self.correct.to(hits.device) + hits
-        self.count = self.count.to(hits.device) + labels.shape[0]
+        if self.correct.device != hits.device:  # the sums live where the outputs are
+            self.correct, self.count = self.correct.to(hits.device), self.count.to(hits.device)
+        self.correct.add_(hits)  # in place: no new tensors per batch
+        self.count.add_(labels.shape[0])
 
     def compute(self) -> float:
         return float(self.correct) / max(1, int(self.count))

@@ -98,7 +98,8 @@ class Predictor:
         return self._probabilities(self._forward(batch)).numpy()
 
     def outputs(self, inputs: Any) -> torch.Tensor:
-        """The model's raw outputs (logits, or values for regression) for prepared `inputs`."""
+        """The model's raw outputs (logits, or values for regression) for raw `inputs`, prepared as
+        `predict` prepares them."""
         batch, _ = self.prepare(inputs)
         return self._forward(batch)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import nn
 
 from zerograd.callbacks import Callback
@@ -84,7 +84,9 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    model.load_state_dict(load_file(str(path)))
+    from zerograd.checkpoint import load_safetensors  # refuses a pickle in its place, unread
+
+    model.load_state_dict(load_safetensors(Path(path)))
     return model
 
 
@@ -94,7 +96,8 @@ def require_run_dir(run_dir: str | Path) -> Path:
         raise RunDirError(f"run directory {path} does not exist; give the folder that `zerograd train` wrote (see runs/)")
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
-            raise RunDirError(f"{path} is not a finished run: {name} is missing (was training interrupted?)")
+            hint = f"; continue it with `zerograd resume {path}`" if (path / "checkpoints").is_dir() else ""
+            raise RunDirError(f"{path} is not a finished run: {name} is missing (was training interrupted?){hint}")
     return path
 
 

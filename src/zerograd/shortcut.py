@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from zerograd.data.images import choose_mode, choose_size, scan_folder, split_folders
+from zerograd.data.images import choose_mode, choose_size, scan_folder, split_folders, stratified_split
 from zerograd.data.tabular import TABLE_SUFFIXES, TASK_ALIASES, load_table_data
 from zerograd.errors import ConfigError, DataError, did_you_mean
 from zerograd.layers import is_import_path, resolve_import
@@ -51,18 +51,19 @@ def _image_config(root: Path, target: str | None, model: str | None, task: str |
         raise ConfigError("--target names a table's column; an image folder's classes are its sub-folder names")
     if task == "regression":
         raise ConfigError("an image folder is classification data (one folder per class); drop --task regress")
-    train_root, _ = split_folders(root, None)
-    files, _, class_names = scan_folder(train_root)
+    train_root, test_root = split_folders(root, None)
+    files, labels, class_names = scan_folder(train_root)
     height, width = choose_size("auto", files)
     channels = 1 if choose_mode("auto", files) == "grayscale" else 3
-    batch = batch_size or IMAGE_BATCH
+    rows = len(stratified_split(labels, 0.2 if test_root is None else 0.0, 0.0, 0)["train"])
+    batch = batch_size or min(IMAGE_BATCH, rows)  # a batch larger than the data set would be refused
     config = {
         "name": root.resolve().name,
         "data": {"images": str(root.resolve())},
         "model": _model_spec(model, "images", [channels, height, width], len(class_names)),
         "loss": "cross_entropy",
         "batch_size": batch,
-        "epochs": epochs or _default_epochs("images", int(len(files) * 0.8), batch),
+        "epochs": epochs or _default_epochs("images", rows, batch),
     }
     notes = [f"data: image folder {root} with {len(class_names)} classes ({', '.join(class_names[:8])}"
              f"{', ...' if len(class_names) > 8 else ''}); task: classification (one folder per class)"]
@@ -76,7 +77,7 @@ def _table_config(path: Path, target: str | None, model: str | None, task: str |
     data: dict[str, Any] = {"train": str(path.resolve()), "task": splits.task}
     if splits.target is not None:
         data["target"] = splits.target
-    batch = batch_size or TABLE_BATCH
+    batch = batch_size or min(TABLE_BATCH, len(splits.train))
     config = {
         "name": path.stem,
         "data": data,
@@ -86,8 +87,9 @@ def _table_config(path: Path, target: str | None, model: str | None, task: str |
         "epochs": epochs or _default_epochs("table", len(splits.train), batch),
     }
     described = f"{len(splits.class_names)} classes" if splits.class_names else f"{outputs} value(s)"
-    notes = [f"data: {path} with {splits.input_shape[0] if len(splits.input_shape) == 1 else splits.input_shape} input features; "
-             f"target {splits.target or 'the last column'!s}: {described}"]
+    inputs = f"{splits.input_shape[0]} input values per row" if len(splits.input_shape) == 1 else f"inputs of shape {splits.input_shape}"
+    target_text = splits.target or ("the last column" if path.suffix.lower() == ".npy" else "the targets array")
+    notes = [f"data: {path} with {inputs}; target {target_text}: {described}"]
     notes += [note for note in splits.notes if note.startswith(("task:", "column"))]
     return config, notes + [_model_note(config, epochs)]
 
@@ -150,7 +152,9 @@ def _default_epochs(kind: str, rows: int, batch_size: int) -> int:
 def _model_note(config: dict[str, Any], epochs: int | None) -> str:
     model = config["model"]
     if isinstance(model, list):
-        shown = "layers " + ", ".join(next(iter(layer)) if isinstance(layer, dict) else str(layer) for layer in model)
+        names = [next(iter(layer)) if isinstance(layer, dict) else str(layer) for layer in model]
+        counts = ", ".join(f"{names.count(n)} {n}" for n in dict.fromkeys(names) if n in ("conv2d", "linear"))
+        shown = f"layer list of {len(model)} layers ({counts}; all in config.yaml)"
     else:
         shown = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
         shown = f"{model['name']}" + (f" ({shown})" if shown else "")

@@ -46,10 +46,10 @@ class StopSignal:
 
 
 @contextlib.contextmanager
-def graceful_stop() -> Iterator[StopSignal]:
-    """Catch SIGINT/SIGTERM into a `StopSignal` while the block runs (main thread only; elsewhere
-    Python cannot install handlers and the signals keep their usual effect)."""
-    stop = StopSignal()
+def graceful_stop(stop: StopSignal | None = None) -> Iterator[StopSignal]:
+    """Catch SIGINT/SIGTERM into `stop` (a new `StopSignal` by default) while the block runs; main
+    thread only, elsewhere Python cannot install handlers and the signals keep their usual effect."""
+    stop = stop if stop is not None else StopSignal()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return

@@ -14,9 +14,6 @@ import pytest
 import zerograd
 from zerograd.data.idx import write_idx
 
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
 def band_image(label: int, rng: np.random.Generator) -> np.ndarray:
     image = rng.integers(0, 90, (28, 28)).astype(np.uint8)
     image[2 * label: 2 * label + 6, 4:24] = rng.integers(120, 256)
@@ -48,7 +45,7 @@ def image_run(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def sinc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "sinc"
-    zerograd.train("sinc-surface", out=out, quiet=True, overrides={"epochs": 3, "data.n": 12, "device": "cpu"})
+    zerograd.train("sinc-surface", out=out, quiet=True, overrides={"epochs": 3, "data.n": 20, "device": "cpu"})
     return out
 
 
@@ -62,3 +59,25 @@ def line_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         zerograd.train("linear-regression", out=out, quiet=True, overrides={"lr": lr, "epochs": 30, "device": "cpu"})
         result.append(out)
     return result
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        assert Path(binary).is_file(), f"{binary} is missing: install Debian's chromium and chromium-driver (make test-deps)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+                 "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()

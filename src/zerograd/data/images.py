@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from zerograd.data.loader import TensorLoader
 from zerograd.errors import ConfigError, DataError, did_you_mean
@@ -33,6 +33,7 @@ from zerograd.errors import ConfigError, DataError, did_you_mean
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MODES = ("auto", "grayscale", "rgb")
 FITS = ("crop", "stretch", "pad")
+STYLES = ("auto", "digit", "centered", "none")  # how predict prepares new pictures (see zerograd.digits)
 AUTO_MAX_SIDE = 64  # `size: auto` keeps small images as they are and scales larger ones to this
 SAMPLE = 32  # images looked at to choose `size: auto` / `mode: auto`
 STATS_SAMPLE = 2000  # images decoded to fit the normalisation when the folder is streamed
@@ -180,8 +181,10 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 class CachedImages(Dataset):
     """Decoded images held in memory as one uint8 tensor; batched by `make_loader`."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform, *, train: bool = False) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform, *, train: bool = False,
+                 classes: Sequence[str] = ()) -> None:
         self.images, self.labels, self.transform, self.train = images, labels, transform, train
+        self.classes = list(classes)  # the class names, as MNIST's data sets have them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -210,14 +213,20 @@ class ImageBatches(TensorLoader):
         for index, (images, labels) in enumerate(super().__iter__(), start=first):
             yield self.transform(images, train=self.train, epoch=epoch, batch=index), labels
 
+    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first samples as the model gets them (not augmented: no RNG), for `fit`'s pre-flight check."""
+        images, labels = (t[:self.batch_size] for t in self.tensors)
+        return self.transform(images), labels
+
 
 class StreamedImages(Dataset):
     """Image files decoded when a batch needs them, by DataLoader worker processes."""
 
     def __init__(self, files: Sequence[Path], labels: Sequence[int], spec: ImageSpec, transform: BatchTransform,
-                 *, train: bool = False, workers: int = 2) -> None:
+                 *, train: bool = False, workers: int = 2, classes: Sequence[str] = ()) -> None:
         self.raw = _RawImages(list(files), list(labels), spec)
         self.transform, self.train, self.workers = transform, train, workers
+        self.classes = list(classes)
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -270,6 +279,12 @@ class StreamedBatches(DataLoader):
         for index, (images, labels) in enumerate(super().__iter__()):
             yield self.transform(images, train=self.train, epoch=epoch, batch=index), labels
 
+    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first samples as the model gets them (not augmented: no RNG), for `fit`'s pre-flight check."""
+        count = min(self.batch_size or 1, len(self.dataset))  # type: ignore[arg-type]
+        images, labels = default_collate([self.dataset[i] for i in range(count)])
+        return self.transform(images), labels
+
 
 # -- the folder -----------------------------------------------------------------------------------
 
@@ -283,6 +298,7 @@ class ImageSplits:
     class_names: list[str]
     spec: ImageSpec
     notes: list[str]
+    style: str = "none"
 
     @property
     def input_shape(self) -> list[int]:
@@ -290,7 +306,7 @@ class ImageSplits:
 
     def preprocessing(self) -> dict[str, Any]:
         return {"kind": "image", "task": "classification", "class_names": self.class_names,
-                "input_shape": self.input_shape, **self.spec.to_dict()}
+                "input_shape": self.input_shape, **self.spec.to_dict(), "style": None if self.style == "none" else self.style}
 
 
 def load_image_folder(
@@ -308,10 +324,12 @@ def load_image_folder(
     cache: bool | str = "auto",
     workers: int = 2,
     progress: bool = True,
+    style: str = "auto",
 ) -> ImageSplits:
     """An image folder (`root/<class>/*.png|jpg`) as train/val/test data sets of class indices."""
     _check_choice("mode", mode, MODES)
     _check_choice("fit", fit, FITS)
+    _check_choice("style", style, STYLES)
     for name, value in (("test_split", test_split), ("val_split", val_split)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
             raise ConfigError(f"{name} must be a fraction in [0, 1), got {value!r}")
@@ -339,25 +357,35 @@ def load_image_folder(
         pixels = decode_all(all_files, spec, progress=progress)
         cuts = np.cumsum([len(train_files), len(val_files)])
         train_pixels, val_pixels, test_pixels = pixels[:cuts[0]], pixels[cuts[0]:cuts[1]], pixels[cuts[1]:]
-        spec.mean, spec.std = channel_stats(train_pixels) if normalize else ([0.0] * spec.channels, [1.0] * spec.channels)
+        stats = channel_stats(train_pixels)
+        spec.mean, spec.std = stats if normalize else ([0.0] * spec.channels, [1.0] * spec.channels)
         transform = BatchTransform(spec.mean, spec.std, augmentation, seed)
 
         def cached(pixels: torch.Tensor, labels: list[int], train: bool = False) -> CachedImages | None:
-            return CachedImages(pixels, torch.tensor(labels, dtype=torch.long), transform, train=train) if len(labels) else None
+            return CachedImages(pixels, torch.tensor(labels, dtype=torch.long), transform, train=train, classes=class_names) if labels else None
 
         train_set, val_set, test_set = cached(train_pixels, train_labels, True), cached(val_pixels, val_labels), cached(test_pixels, test_labels)
     else:
         check_readable(all_files)
         sample = [train_files[i] for i in np.random.default_rng(seed).permutation(len(train_files))[:STATS_SAMPLE]]
-        spec.mean, spec.std = channel_stats(decode_all(sample, spec, progress=progress)) if normalize else ([0.0] * spec.channels, [1.0] * spec.channels)
+        stats = channel_stats(decode_all(sample, spec, progress=progress))
+        spec.mean, spec.std = stats if normalize else ([0.0] * spec.channels, [1.0] * spec.channels)
         transform = BatchTransform(spec.mean, spec.std, augmentation, seed)
 
         def streamed(files: list[Path], labels: list[int], train: bool = False) -> StreamedImages | None:
-            return StreamedImages(files, labels, spec, transform, train=train, workers=workers) if files else None
+            return StreamedImages(files, labels, spec, transform, train=train, workers=workers, classes=class_names) if files else None
 
         train_set, val_set, test_set = streamed(train_files, train_labels, True), streamed(val_files, val_labels), streamed(test_files, test_labels)
     assert train_set is not None
-    return ImageSplits(train_set, val_set, test_set, class_names, spec, notes)
+    if style == "auto":
+        style = "digit" if looks_like_mnist(spec, stats[0][0]) else "none"
+    return ImageSplits(train_set, val_set, test_set, class_names, spec, notes, style)
+
+
+def looks_like_mnist(spec: ImageSpec, mean: float) -> bool:
+    """28x28 grey images of light strokes on black (mean ~0.13): handwritten digits, so new photos
+    and drawings are best prepared the way MNIST was made."""
+    return spec.mode == "grayscale" and tuple(spec.size) == (28, 28) and mean < 0.2
 
 
 def is_image_folder(path: str | Path) -> bool:

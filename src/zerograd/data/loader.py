@@ -7,6 +7,7 @@ Anything else (a user's Dataset or DataLoader) goes through `torch.utils.data.Da
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -61,6 +62,7 @@ class TensorLoader:
         self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0
+        self.copy_to: torch.device | None = None  # set when the data stays on the host (see `to`)
 
     @property
     def num_samples(self) -> int:
@@ -82,12 +84,40 @@ class TensorLoader:
         self.epoch = epoch
         self.start_batch = start_batch
 
-    def to(self, device: torch.device) -> "TensorLoader":
-        """Move the data to `device` once, so batches need no host-to-device copy."""
-        self.tensors = tuple(t.to(device) for t in self.tensors)
+    def to(self, device: torch.device | str) -> "TensorLoader":
+        """Move the data to `device` once, so batches need no host-to-device copy.
+
+        Data too big for the GPU stays in (pinned) host memory instead; each batch is then cut
+        there and copied with `non_blocking=True`, overlapping the copy with the GPU's work."""
+        device = torch.device(device)
+        if device.type == "cuda" and not fits_on_device(self.tensors, device):
+            self.tensors = tuple(t.pin_memory() for t in self.tensors)
+            self.copy_to = device
+        else:
+            self.tensors = tuple(t.to(device) for t in self.tensors)
+            self.copy_to = None
         return self
 
     def __iter__(self) -> Iterator[Batch]:
+        batches = self._single_process_batches() if self.world_size == 1 else self._rank_batches()
+        if self.copy_to is not None:
+            batches = (tuple(t.pin_memory().to(self.copy_to, non_blocking=True) for t in batch) for batch in batches)
+        yield from batches
+        self.start_batch = 0
+
+    def _single_process_batches(self) -> Iterator[Batch]:
+        # The hot path at small batches: one split of the epoch's permutation into index tensors
+        # (or, unshuffled, into views of the data: no copy at all), then one index_select per tensor
+        # per batch, which costs a third of `t[index]`'s Python indexing machinery.
+        start, stop = self.start_batch, len(self)
+        if not self.shuffle:
+            yield from itertools.islice(zip(*(t.split(self.batch_size) for t in self.tensors)), start, stop)
+            return
+        order = epoch_permutation(self.num_samples, self.seed, self.epoch).to(self.tensors[0].device)
+        for index in order.split(self.batch_size)[start:stop]:
+            yield tuple(t.index_select(0, index) for t in self.tensors)
+
+    def _rank_batches(self) -> Iterator[Batch]:
         n, b = self.num_samples, self.batch_size
         order = epoch_permutation(n, self.seed, self.epoch).to(self.tensors[0].device) if self.shuffle else None
         for i in range(self.start_batch, len(self)):
@@ -97,13 +127,21 @@ class TensorLoader:
             else:
                 index = order[lo:hi]
                 yield tuple(t[index] for t in self.tensors)
-        self.start_batch = 0
 
     def _rank_slice(self, lo: int, hi: int) -> tuple[int, int]:
         if self.world_size == 1:
             return lo, hi
         bounds = np.linspace(lo, hi, self.world_size + 1).round().astype(int)
         return int(bounds[self.rank]), int(bounds[self.rank + 1])
+
+
+def fits_on_device(tensors: Sequence[torch.Tensor], device: torch.device, share: float = 0.5) -> bool:
+    """Whether `tensors` take at most `share` of the device's free memory (the rest is left for
+    the model, its activations and the optimizer)."""
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) <= share * free
 
 
 def in_memory_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
@@ -149,6 +187,7 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     training: bool = True,
+    pin_memory: bool = False,
 ) -> TensorLoader | DataLoader:
     """The loader for `data`: a TensorLoader for in-memory tensors, the user's own DataLoader as
     given, or a DataLoader over any other Dataset.
@@ -156,7 +195,8 @@ def make_loader(
     `batch_size` is the global batch. With `world_size` > 1 a generic Dataset is sharded by a
     DistributedSampler for training (every rank gets the same number of samples, padded with a few
     repeats, so every step's all-reduce lines up on all ranks) and by an unpadded stride for
-    evaluation (`training=False`: each sample counted once)."""
+    evaluation (`training=False`: each sample counted once). `pin_memory` (for a CUDA device) makes a
+    generic DataLoader hand out page-locked batches, so their copy to the GPU can be non-blocking."""
     if isinstance(data, (TensorLoader, DataLoader)):
         return data
     if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (image folders)
@@ -180,7 +220,8 @@ def make_loader(
                 sampler = range(rank, len(data), world_size)  # type: ignore[arg-type]
             shuffle = False
             batch_size = max(1, math.ceil(batch_size / world_size))
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator)
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, sampler=sampler, generator=generator,
+                          pin_memory=pin_memory)
     raise DataError(
         f"cannot train on a {type(data).__name__}: give a torch Dataset, a DataLoader, "
         "or a pair (inputs, targets) of NumPy arrays or tensors"

@@ -401,7 +401,7 @@ def _csv_splits(train: str | Path, target: str | int | None, test: str | Path | 
     table = read_csv(train)
     target_name = _target_column(table, target)
     feature_names = _feature_columns(table, target_name, features)
-    task, notes = _resolve_task(task, table.columns[target_name], target_name)
+    task, notes = _resolve_task(task, table.columns[target_name], f"column {target_name!r}")
     test_table = read_csv(test) if test is not None else None
     if test_table is not None:
         missing = [name for name in [*feature_names, target_name] if name not in test_table.columns]
@@ -441,7 +441,7 @@ def _array_splits(train: str | Path, target: str | int | None, test: str | Path 
         raise DataError(f"{train}: the inputs are {inputs.dtype}; zerograd needs numbers")
     if len(inputs) != len(targets):
         raise DataError(f"{train}: {len(inputs)} input rows but {len(targets)} targets")
-    task, notes = _resolve_task(task, targets, "target")
+    task, notes = _resolve_task(task, targets, "the targets")
     parts = _split_rows(len(inputs), test_split if test_arrays is None else 0.0, val_split, seed)
     encoder = TableEncoder.fit_array(inputs[parts["train"]], standardize=standardize)
     _, class_names = encode_targets(targets, task, None, str(train))
@@ -491,7 +491,7 @@ def _resolve_task(task: str, targets: np.ndarray, name: str) -> tuple[str, list[
     if task != "auto":
         return task, []
     inferred, why = infer_task(targets)
-    return inferred, [f"task: {inferred} (inferred: {why} in {name!r}; set it with --task or the loss)"]
+    return inferred, [f"task: {inferred} (inferred: {why} in {name}; set it with --task or the loss)"]
 
 
 def _missing_notes(table: RawTable, features: Sequence[str]) -> list[str]:

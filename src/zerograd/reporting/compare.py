@@ -183,6 +183,11 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+def format_seconds(seconds: float) -> str:
+    """'0.043 s', '4.12 s', '185.9 s'."""
+    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
 def format_metric(name: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and higher_is_better(name) and "r2" not in name:
         return f"{100 * value:.2f}%"
@@ -211,13 +216,13 @@ def comparison_table(rows: Sequence[ComparedRun], *, title: str | None = None) -
     metrics = metric_columns(rows) if rows else []
     for index, name in enumerate(metrics):
         table.add_column(name, justify="right", style="bold green" if index == 0 else None)
-    table.add_column("epochs", justify="right")
+    table.add_column("epochs done", justify="right")
     table.add_column("time", justify="right")
     for rank, row in enumerate(rows, start=1):
         cells = [str(rank), row.run_dir.name]
         cells += [format_cell(row.differences.get(k)) for k in difference_keys]
         cells += [format_metric(m, row.final.get(m)) for m in metrics]
-        cells += [str(row.epochs), f"{row.seconds:.1f} s" if isinstance(row.seconds, (int, float)) else "—"]
+        cells += [str(row.epochs), format_seconds(row.seconds) if isinstance(row.seconds, (int, float)) else "—"]
         table.add_row(*cells)
     return table
 
@@ -260,7 +265,8 @@ def plot_comparison(rows: Sequence[ComparedRun], out: str | Path) -> Path:
             _finish_curve_axes(ax, quantity)
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
-            ax.set_title(f"{title_case(quantity)} ({(key or 'none').partition('_')[0]})")
+            split = {"val": "validation", "test": "test", "train": "training data"}.get((key or "").partition("_")[0], "")
+            ax.set_title(f"{title_case(quantity)} ({split})" if split else title_case(quantity))
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             figure.legend(handles, labels, loc="outside lower center", ncols=1 if len(rows) > 4 else 2, fontsize=9)

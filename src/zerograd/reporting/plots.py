@@ -109,7 +109,7 @@ def plot_curves(history: History, steps: Sequence[dict[str, Any]] = (), *, best_
             xs = [s["epoch"] for s in steps if s.get("train_loss") is not None]
             ys = [s["train_loss"] for s in steps if s.get("train_loss") is not None]
             every = steps[1]["step"] - steps[0]["step"] if len(steps) > 1 else steps[0]["step"]
-            ax.plot(xs, ys, color=SPLIT_COLORS["train"], alpha=0.3, linewidth=1.0, label=f"train, every {every} steps")
+            ax.plot(xs, ys, color=SPLIT_COLORS["train"], alpha=0.45, linewidth=1.0, label=f"train, every {every} steps")
         for split, color in SPLIT_COLORS.items():
             key = f"{split}_{name}"
             points = [(r["epoch"], r[key]) for r in history.records if r.get(key) is not None]
@@ -121,6 +121,8 @@ def plot_curves(history: History, steps: Sequence[dict[str, Any]] = (), *, best_
         if best_epoch is not None and len(epochs) > 1 and best_epoch != epochs[-1]:
             ax.axvline(best_epoch, color="#777777", linestyle=":", linewidth=1.5, label=f"best epoch ({best_epoch})")
         _finish_curve_axes(ax, name)
+        if epochs:  # every panel on the same axis, from the start of training
+            ax.set_xlim(0, max(epochs) * 1.03)
     if title:
         figure.suptitle(title, fontsize=14, fontweight="bold")
     return figure

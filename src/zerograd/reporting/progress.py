@@ -82,8 +82,7 @@ def split_logs(logs: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[st
 def format_epoch_line(logs: dict[str, Any], epochs: int) -> str:
     """`epoch 2/3  train loss 0.4123 acc 85.31%  test loss 0.41 acc 85.30%  lr 0.001  4.1 s`
     with rich markup (dim labels); rich drops the markup on non-terminals."""
-    width = len(str(epochs))
-    parts = [f"[bold]epoch {int(logs['epoch']):>{width}}/{epochs}[/]"]
+    parts = [f"[bold]epoch {int(logs['epoch'])}/{epochs}[/]"]
     splits, rest = split_logs(logs)
     for split, values in splits.items():
         shown = " ".join(f"[dim]{SHORT_NAMES.get(k, k)}[/] {format_value(k, v)}" for k, v in values.items())
@@ -113,7 +112,7 @@ def plain_batch_interval(batches_per_epoch: int) -> int:
     if batches_per_epoch < 20:
         return 0
     interval = 1
-    while batches_per_epoch // (interval * 10) >= 5:
+    while (batches_per_epoch - 1) // (interval * 10) + 1 >= 5:  # lines after batch 1, 1 + k, 1 + 2k, ...
         interval *= 10
     return interval
 

@@ -19,7 +19,8 @@ from typing import Any
 from zerograd import runs
 from zerograd.errors import RunDirError
 from zerograd.reporting.compare import (
-    ComparedRun, compare_runs, find_runs, format_cell, format_metric, is_run_dir, metric_columns, plot_comparison,
+    ComparedRun, compare_runs, find_runs, format_cell, format_metric, format_seconds, is_run_dir, metric_columns,
+    plot_comparison,
 )
 from zerograd.reporting.plots import PLOTS_DIR, write_plots
 
@@ -157,7 +158,7 @@ def _summary_cards(summary: dict[str, Any], last: dict[str, Any]) -> str:
     if "epochs_completed" in summary:
         cards.append(_card("epochs", str(summary["epochs_completed"])))
     if "train_seconds" in summary:
-        cards.append(_card("training time", f"{summary['train_seconds']:.1f} s"))
+        cards.append(_card("training time", format_seconds(summary["train_seconds"])))
     if summary.get("stop_reason") not in (None, "completed"):
         cards.append(_card("stopped by", str(summary["stop_reason"]).replace("_", " ")))
     return f'<section class="cards">{"".join(cards)}</section>'
@@ -272,7 +273,7 @@ def _comparison_html(rows: Sequence[ComparedRun], base: Path, *, links: bool = T
     keys = list(dict.fromkeys(k for r in rows for k in r.differences))
     metrics = metric_columns(rows)
     head = ('<th>#</th><th class="text">run</th>' + "".join(f'<th class="text">{html.escape(k)}</th>' for k in keys)
-            + "".join(f"<th>{html.escape(m)}</th>" for m in metrics) + "<th>epochs</th><th>time</th>")
+            + "".join(f"<th>{html.escape(m)}</th>" for m in metrics) + "<th>epochs done</th><th>time</th>")
     body = []
     for rank, row in enumerate(rows, start=1):
         label = html.escape(row.run_dir.name)
@@ -281,7 +282,7 @@ def _comparison_html(rows: Sequence[ComparedRun], base: Path, *, links: bool = T
         cells = [f"<td>{rank}</td>", f'<td class="text">{label}</td>']
         cells += [f'<td class="text">{html.escape(format_cell(row.differences.get(k)))}</td>' for k in keys]
         cells += [f"<td>{html.escape(format_metric(m, row.final.get(m)))}</td>" for m in metrics]
-        seconds = f"{row.seconds:.1f} s" if isinstance(row.seconds, (int, float)) else "—"
+        seconds = format_seconds(row.seconds) if isinstance(row.seconds, (int, float)) else "—"
         cells += [f"<td>{row.epochs}</td>", f"<td>{seconds}</td>"]
         body.append(f'<tr{" class=best" if rank == 1 else ""}>{"".join(cells)}</tr>')
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'

@@ -1,0 +1,71 @@
+"""Benchmark 4: samples per second of zerograd's in-memory loader vs torch's DataLoader.
+
+Both iterate over the same MNIST training tensors (60000 x 1 x 28 x 28 float32), shuffled, one
+epoch per repeat, interleaved; nothing is done with the batches. The DataLoader is the default
+one over a TensorDataset (per-sample `__getitem__` + collate), as the tutorials use it.
+
+    python bench/loader_throughput.py [--repeats 3] [--batch-sizes 64 512]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from common import Report, interleaved, median, print_header, use_shared_data
+
+
+def samples_per_second(loader, n: int) -> float:
+    started = time.perf_counter()
+    seen = 0
+    for _, targets in loader:
+        seen += targets.shape[0]
+    assert seen == n, f"the loader gave {seen} samples, not {n}"
+    return n / (time.perf_counter() - started)
+
+
+def bench_batch(x: torch.Tensor, y: torch.Tensor, batch_size: int, repeats: int, report: Report) -> None:
+    from zerograd.data.loader import TensorLoader
+
+    ours = TensorLoader((x, y), batch_size, shuffle=True, seed=0)
+    torch_loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+    epochs = iter(range(10**6))
+
+    def zerograd_epoch() -> float:
+        ours.set_epoch(next(epochs))
+        return samples_per_second(ours, len(x))
+
+    results = interleaved({"torch": lambda: samples_per_second(torch_loader, len(x)), "zerograd": zerograd_epoch}, repeats)
+    base, fast = median(results["torch"]), median(results["zerograd"])
+    report.emit("loader", f"batch {batch_size}", baseline_samples_per_s=base, zerograd_samples_per_s=fast,
+                ratio=fast / base, baseline_s=len(x) / base, zerograd_s=len(x) / fast, repeats=repeats)
+    report.check(f"loader batch {batch_size} faster than DataLoader", fast > base,
+                 f"{fast:,.0f} vs {base:,.0f} samples/s = {fast / base:.1f}x")
+
+
+def run(repeats: int = 3, batch_sizes: tuple[int, ...] = (64, 512)) -> Report:
+    from zerograd.data import load_dataset
+
+    use_shared_data()
+    report = Report()
+    print_header("4. loader throughput: TensorLoader vs torch DataLoader(TensorDataset), samples/s")
+    x, y = load_dataset("mnist", train=True).tensors
+    for batch_size in batch_sizes:
+        bench_batch(x, y, batch_size, repeats, report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[64, 512])
+    args = parser.parse_args(argv)
+    report = run(args.repeats, tuple(args.batch_sizes))
+    return 0 if all(t.passed for t in report.targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""Checks that turn the classic training mistakes into one clear message.
+
+`preflight` runs before the first step: it looks at the training data and pushes one batch
+through the model and the loss (no gradients, eval mode, RNG states put back, so a run trains
+exactly as it would without it), and raises a `DataError` that says what is wrong and how to fix
+it: images into a Linear layer without flattening, labels outside [0, classes), float labels for
+cross-entropy, one-hot targets for NLL, [N] targets against [N, 1] outputs under MSE, NaN/Inf
+inputs, an empty data set, a batch larger than the data set. Things that train but are probably
+unintended (log_softmax before cross-entropy) are `ZerogradWarning`s.
+
+`NonFiniteGuard` watches the loss while training: `on_nan: error` stops with a `TrainingError`
+naming the epoch and step, the last good checkpoint and the likely causes; `on_nan: skip` drops
+the batch (no optimizer step) and counts it.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from zerograd.accelerator import unwrap
+from zerograd.data.loader import TensorLoader
+from zerograd.errors import DataError, TrainingError, ZerogradError, ZerogradWarning
+from zerograd.losses import BinaryCrossEntropyWithLogits, loss_name
+
+if TYPE_CHECKING:
+    from zerograd.accelerator import Accelerator
+    from zerograd.engine import FitOptions, LoopState
+
+ON_NAN = ("error", "skip")
+CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-flight
+
+def preflight(model: nn.Module, loader: Any, loss_fn: nn.Module, *, task: str, acc: "Accelerator",
+              opts: "FitOptions", source: Any = None) -> None:
+    """Check the training data, then one batch through `model` and `loss_fn`; see the module doc.
+    `source` is the training data as the user gave it (for its `classes` and dtype)."""
+    check_sizes(loader, opts)
+    model_dtype = _parameter_dtype(model)
+    note_float64(loader, source, model_dtype)
+    whole = loader.tensors if isinstance(loader, TensorLoader) else None
+    if whole is not None:
+        check_finite_data(whole)
+    batch = first_batch(loader, opts.batch_size)
+    if batch is None:
+        return
+    inputs, targets = acc.to_device(batch)
+    if whole is None:
+        check_finite_data((inputs, targets), first_batch_only=True)
+    from zerograd.checkpoint import capture_rng, restore_rng
+
+    raw = unwrap(model)
+    was_training, rng = raw.training, capture_rng()
+    try:
+        raw.eval()  # no dropout draws, no BatchNorm statistics updated by this look-ahead
+        with torch.no_grad(), acc.autocast():
+            outputs = forward_or_explain(raw, inputs, model_dtype)
+            name = loss_name(opts.loss)
+            if name in CLASS_INDEX_LOSSES:
+                labels = whole[1] if whole is not None and len(whole) > 1 else targets
+                check_class_targets(raw, outputs, targets, labels, name, loss_fn, source)
+            elif isinstance(loss_fn, BinaryCrossEntropyWithLogits):  # reshapes [N] <-> [N, 1] itself
+                check_binary_targets(outputs, targets, name)
+            else:
+                check_regression_targets(outputs, targets, name)
+            loss = loss_or_explain(loss_fn, outputs, targets, name)
+        if not bool(torch.isfinite(loss.detach()).all()):
+            warnings.warn(f"the {name} loss of the first batch is already {_kind(loss)} before any training: check the "
+                          "model for a log or division of zero", ZerogradWarning, stacklevel=3)
+    finally:
+        raw.train(was_training)
+        restore_rng(rng)
+
+
+def check_sizes(loader: Any, opts: "FitOptions") -> None:
+    n, batch_size = _num_samples(loader), _batch_size(loader, opts)
+    if n is None:
+        return
+    if n == 0:
+        raise DataError("the training set is empty: it has no samples to train on (check the data path or filter)")
+    if batch_size is not None and batch_size > n:
+        raise DataError(
+            f"batch_size {batch_size} is larger than the training set ({n} samples), so every epoch would be a "
+            f"single step on all of it; use batch_size {n} or less (batch_size: {n} trains on the full set each step)"
+        )
+
+
+def note_float64(loader: Any, source: Any, model_dtype: torch.dtype | None) -> None:
+    """float64 inputs for a float32 model are converted, with a note (the copy costs memory)."""
+    given = source[0] if isinstance(source, (tuple, list)) and len(source) == 2 else None
+    if given is not None and str(getattr(given, "dtype", "")) in ("float64", "torch.float64"):
+        warnings.warn("the inputs are float64; zerograd converted them to float32 (what models compute in). "
+                      "Pass float32 arrays (x.astype('float32')) to skip the copy", ZerogradWarning, stacklevel=4)
+        return
+    if isinstance(loader, TensorLoader) and model_dtype == torch.float32:
+        converted = tuple(t.float() if t.dtype == torch.float64 else t for t in loader.tensors)
+        if any(a is not b for a, b in zip(converted, loader.tensors)):
+            loader.tensors = converted
+            warnings.warn("the training data is float64; zerograd converted it to float32 for the float32 model. "
+                          "Give float32 tensors (x.float()) to skip the copy", ZerogradWarning, stacklevel=4)
+
+
+def check_finite_data(tensors: tuple[torch.Tensor, ...], *, first_batch_only: bool = False) -> None:
+    for what, tensor in zip(("inputs", "targets"), tensors):
+        if not tensor.is_floating_point() or len(tensor) == 0:
+            continue
+        bad = ~torch.isfinite(tensor)
+        count = int(bad.sum())
+        if count:
+            row = int(bad.reshape(len(tensor), -1).any(dim=1).nonzero()[0])
+            scope = "the first training batch" if first_batch_only else "the training"
+            raise DataError(
+                f"{scope} {what} contain {count} NaN/Inf value{'s' * (count > 1)} (the first in sample {row}); "
+                f"fix or drop those samples (e.g. keep rows where torch.isfinite(x).all(dim=1), or torch.nan_to_num)"
+            )
+
+
+def first_batch(loader: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first `batch_size` training samples, read without advancing the loader or any RNG."""
+    if callable(getattr(loader, "first_batch", None)):  # loaders that transform their batches (image folders)
+        batch: Any = loader.first_batch()
+    elif isinstance(loader, TensorLoader):
+        batch = tuple(t[:loader.batch_size] for t in loader.tensors)
+    elif isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset) and hasattr(loader.dataset, "__len__"):
+        size = min(loader.batch_size or batch_size, len(loader.dataset))  # type: ignore[arg-type]
+        samples = [_read_sample(loader.dataset, i) for i in range(size)]
+        try:
+            batch = loader.collate_fn(samples)
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise DataError(f"the training samples cannot be stacked into a batch: {_first_line(error)} "
+                            "(do all samples have the same shape?)") from None
+    else:
+        return None
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise DataError(f"each training sample must be an (input, target) pair; the data gives {type(batch).__name__}"
+                        f"{' of ' + str(len(batch)) if isinstance(batch, (tuple, list)) else ''}")
+    return batch[0], batch[1]
+
+
+def _read_sample(dataset: Any, index: int) -> Any:
+    try:
+        return dataset[index]
+    except ZerogradError:
+        raise
+    except Exception as error:  # a user's Dataset can fail in any way; say where
+        raise DataError(f"reading training sample {index} failed: {type(error).__name__}: {_first_line(error)}") from None
+
+
+def forward_or_explain(model: nn.Module, inputs: torch.Tensor, model_dtype: torch.dtype | None) -> torch.Tensor:
+    try:
+        return model(inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise DataError(explain_forward_error(model, inputs, model_dtype, error)) from None
+
+
+def explain_forward_error(model: nn.Module, inputs: torch.Tensor, model_dtype: torch.dtype | None,
+                          error: Exception) -> str:
+    detail = _first_line(error)
+    per_sample = _shape(inputs.shape[1:])
+    if not inputs.is_floating_point():
+        return (f"the inputs are {_dtype(inputs.dtype)} but the model computes in floating point: convert them "
+                f"(x.float(), and / 255 for 8-bit images) [{detail}]")
+    if model_dtype is not None and inputs.dtype != model_dtype:
+        return (f"the inputs are {_dtype(inputs.dtype)} but the model's weights are {_dtype(model_dtype)}: give "
+                f"{_dtype(model_dtype)} inputs (x.to(torch.{_dtype(model_dtype)})) [{detail}]")
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if isinstance(first, nn.Linear):
+        features = math.prod(inputs.shape[1:])
+        layer = f"Linear({first.in_features}, {first.out_features})"
+        if inputs.dim() > 2 and features == first.in_features:
+            return (f"the inputs are {per_sample} per sample (e.g. images) but the model starts with {layer}, which "
+                    f"takes flat rows of {first.in_features} values: flatten them first, with nn.Flatten() as the "
+                    f"model's first layer or x.view(-1, {first.in_features}) (the mlp model: flatten: true)")
+        if inputs.shape[-1] != first.in_features:
+            return (f"the inputs have {features} values per sample ({per_sample}) but the model's first layer is "
+                    f"{layer}, which takes {first.in_features}: make the model's input size {features} "
+                    f"(e.g. sizes: [{features}, ...]) or check the data [{detail}]")
+    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        wanted = first.weight.dim()  # conv2d weights are 4-D, and so are its batched inputs
+        if inputs.dim() != wanted:
+            return (f"the inputs are {per_sample} per sample but the model starts with {type(first).__name__}, which "
+                    f"takes [N, channels, ...] batches of {wanted - 2}-D maps: reshape them (e.g. x.view(-1, 1, 28, 28) "
+                    f"for flat 28x28 images) [{detail}]")
+        if inputs.shape[1] != first.in_channels:
+            return (f"the inputs have {inputs.shape[1]} channels but the model's first layer {type(first).__name__} "
+                    f"takes {first.in_channels}: set in_channels: {inputs.shape[1]} or convert the images [{detail}]")
+    return f"the model cannot take the training inputs ({per_sample} per sample): {detail}"
+
+
+def check_class_targets(model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                        name: str, loss_fn: nn.Module, source: Any) -> None:
+    """Targets for cross_entropy / nll: class indices in range, as many scores as classes."""
+    if outputs.dim() < 2:
+        raise DataError(f"the model outputs one value per sample (shape [N]) but {name} needs one score per class, "
+                        f"[N, classes]: make the last layer as wide as the number of classes")
+    classes = outputs.shape[1]
+    if outputs.dim() > 2 and targets.dim() == 1:
+        raise DataError(f"the model outputs {_shape(outputs.shape[1:])} per sample but {name} with one label per sample "
+                        f"needs one row of {classes} class scores: did you forget to flatten (nn.Flatten()) before the "
+                        f"last Linear layer?")
+    if targets.is_floating_point():
+        _check_float_class_targets(outputs, targets, name)
+    else:
+        if targets.dim() == 2 and targets.shape == outputs.shape:
+            alternative = " (or give float probabilities y.float())" if name == "cross_entropy" else ""
+            raise DataError(f"the targets look one-hot ({_shape(targets.shape)}) but {name} takes class indices, one "
+                            f"integer per sample: use y.argmax(dim=1){alternative}")
+        if targets.dim() != outputs.dim() - 1:
+            raise DataError(f"{name} takes one class index per sample (targets [N]), got targets of shape "
+                            f"{_shape(targets.shape)}; flatten them with y.view(-1) if they hold one label per sample")
+        _check_label_range(labels, classes, name, getattr(loss_fn, "ignore_index", -100), source)
+    _check_output_kind(model, outputs, name)
+
+
+def _check_float_class_targets(outputs: torch.Tensor, targets: torch.Tensor, name: str) -> None:
+    if name == "cross_entropy" and targets.shape == outputs.shape:
+        return  # class probabilities (soft labels): cross_entropy takes those
+    if name == "nll" and targets.dim() == 2:
+        raise DataError(f"the targets are {_shape(targets.shape)} floats (one-hot or probabilities) but nll takes class "
+                        f"indices [N]: use y.argmax(dim=1) (or loss: cross_entropy with float probabilities)")
+    whole = bool(torch.all(targets == targets.round()))
+    hint = ("convert them with y.long()" if whole else
+            "they are not whole numbers: for predicting numbers use a regression loss such as loss: mse")
+    raise DataError(f"{name} takes class indices as integers (int64), but the targets are {_dtype(targets.dtype)}; {hint}")
+
+
+def _check_label_range(labels: torch.Tensor, classes: int, name: str, ignore_index: int, source: Any) -> None:
+    labels = labels[labels != ignore_index]
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        row = int((labels < 0).nonzero()[0][0])
+        raise DataError(f"class labels must be 0..{classes - 1} but there is a label {low} (sample {row}); "
+                        f"map the labels to 0..classes-1 first")
+    if high >= classes:
+        raise DataError(f"the labels go up to {high} ({high + 1} classes) but the model outputs {classes} score"
+                        f"{'s' * (classes > 1)} per sample: make its last layer {high + 1} wide (e.g. sizes: [..., {high + 1}])")
+    declared = getattr(source, "classes", None)
+    if declared and len(declared) != classes:
+        raise DataError(f"the data set has {len(declared)} classes but the model outputs {classes} scores per sample: "
+                        f"make its last layer {len(declared)} wide")
+    if not declared and high + 1 < classes:
+        warnings.warn(f"the model outputs {classes} class scores per sample but the labels only use 0..{high}; if there "
+                      f"are {high + 1} classes, make the last layer {high + 1} wide", ZerogradWarning, stacklevel=5)
+
+
+def _check_output_kind(model: nn.Module, outputs: torch.Tensor, name: str) -> None:
+    """Warn when the outputs are not what the loss expects: cross_entropy wants raw scores (it
+    applies log_softmax itself), nll wants log-probabilities (a model ending in log_softmax)."""
+    rows = outputs.float().reshape(outputs.shape[0], outputs.shape[1], -1)
+    sums = rows.exp().sum(dim=1)
+    log_probs = isinstance(_last_module(model), nn.LogSoftmax) or (
+        outputs.shape[1] > 1 and bool((rows <= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)))
+    probs = outputs.shape[1] > 1 and bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(dim=1), torch.ones_like(sums), atol=1e-3))
+    if name == "cross_entropy" and log_probs:
+        warnings.warn("the model ends in log_softmax and cross_entropy applies log_softmax again (a double softmax: it "
+                      "trains, but worse); use loss: nll with this model, or drop the log_softmax", ZerogradWarning, stacklevel=5)
+    elif name == "cross_entropy" and (probs or isinstance(_last_module(model), nn.Softmax)):
+        warnings.warn("the model ends in softmax but cross_entropy expects raw scores (logits) and applies the softmax "
+                      "itself; drop the model's softmax", ZerogradWarning, stacklevel=5)
+    elif name == "nll" and not log_probs:
+        warnings.warn("nll expects log-probabilities (a model ending in log_softmax) but the outputs are raw scores; use "
+                      "loss: cross_entropy, or end the model in log_softmax", ZerogradWarning, stacklevel=5)
+
+
+def _last_module(model: nn.Module) -> nn.Module | None:
+    modules = [m for m in model.modules() if not list(m.children())]
+    return modules[-1] if modules else None
+
+
+def check_regression_targets(outputs: torch.Tensor, targets: torch.Tensor, name: str) -> None:
+    """Regression targets must be floats of exactly the outputs' shape: torch broadcasts [N] against
+    [N, 1] to [N, N] under mse/l1 and trains on a wrong loss without complaint."""
+    if not targets.is_floating_point():
+        if name == "bce_with_logits":
+            raise DataError(f"bce_with_logits takes float targets (0.0 / 1.0), but they are {_dtype(targets.dtype)}: "
+                            "convert them with y.float()")
+        raise DataError(f"{name} needs float targets but they are {_dtype(targets.dtype)} (class labels?): for "
+                        f"classification use loss: cross_entropy; for regression convert them with y.float()")
+    if outputs.shape == targets.shape:
+        return
+    fix = "make the shapes equal"
+    if outputs.dim() == 2 and outputs.shape[1] == 1 and targets.dim() == 1:
+        fix = "reshape the targets with y.view(-1, 1) (or y.unsqueeze(1))"
+    elif targets.dim() == 2 and targets.shape[1] == 1 and outputs.dim() == 1:
+        fix = "give targets of shape [N] (y.view(-1)), or end the model in one output column"
+    try:
+        broadcast = torch.broadcast_shapes(outputs.shape, targets.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast is not None:
+        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: {name} "
+                        f"would broadcast them to {_shape(broadcast)}, comparing every output with every target, and "
+                        f"train on a wrong loss without any error; {fix}")
+    raise DataError(f"the model outputs {_shape(outputs.shape)} per batch but the targets are {_shape(targets.shape)}; "
+                    f"{name} needs one target per output: {fix} (or change the model's output size)")
+
+
+def check_binary_targets(outputs: torch.Tensor, targets: torch.Tensor, name: str) -> None:
+    """bce_with_logits (zerograd's): one target in [0, 1] per output logit; [N] against [N, 1] and
+    integer 0/1 labels are fine, the loss reshapes and converts them (no broadcasting)."""
+    if outputs.numel() != targets.numel():
+        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: {name} "
+                        "needs one target (0 or 1) per output logit; for more than two classes use loss: cross_entropy")
+    low, high = float(targets.min()), float(targets.max())
+    if low < 0 or high > 1:
+        raise DataError(f"{name} targets must lie in [0, 1] (0/1 labels or probabilities) but they range from {low:g} to "
+                        f"{high:g}: map the labels to 0 and 1 (e.g. y = (y > 0).float()), or for several classes use "
+                        "loss: cross_entropy")
+
+
+def loss_or_explain(loss_fn: nn.Module, outputs: torch.Tensor, targets: torch.Tensor, name: str) -> torch.Tensor:
+    try:
+        return loss_fn(outputs, targets)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise DataError(f"the {name} loss cannot compare the model's outputs {_shape(outputs.shape)} with the targets "
+                        f"{_shape(targets.shape)} ({_dtype(targets.dtype)}): {_first_line(error)}") from None
+
+
+def _num_samples(loader: Any) -> int | None:
+    if isinstance(loader, TensorLoader):
+        return loader.num_samples
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return None
+    return len(dataset)  # type: ignore[arg-type]
+
+
+def _batch_size(loader: Any, opts: "FitOptions") -> int | None:
+    if isinstance(loader, TensorLoader):
+        return loader.batch_size
+    return getattr(loader, "batch_size", opts.batch_size)
+
+
+def _parameter_dtype(model: nn.Module) -> torch.dtype | None:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+def _shape(shape: Any) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _kind(value: torch.Tensor) -> str:
+    return "NaN" if bool(torch.isnan(value).any()) else "Inf"
+
+
+# ----------------------------------------------------------------------------------------------
+# NaN / Inf while training
+
+class NonFiniteGuard:
+    """What the loop does when the loss is NaN/Inf: policy "error" raises a `TrainingError`,
+    "skip" leaves the batch out (no optimizer step) and counts it in `skipped_batches`.
+
+    Asking whether a loss is finite is a host sync. On the CPU it costs about nothing and is done
+    every batch; on an accelerator "error" records the answer on the device and looks at it every
+    `check_every` batches, at the end of the epoch and before every checkpoint (so no checkpoint
+    ever holds NaN weights), still naming the exact batch. "skip" must know before the backward
+    pass, so it syncs every batch."""
+
+    def __init__(self, policy: str, acc: "Accelerator", *, check_every: int = 64, every_batch: bool | None = None) -> None:
+        self.policy = policy
+        self.acc = acc
+        self.every_batch = policy == "skip" or (acc.device.type == "cpu" if every_batch is None else every_batch)
+        self.check_every = check_every
+        self._flags: torch.Tensor | None = None
+        self._where: list[tuple[int, int, int]] = []  # (epoch, batch index, step) of each pending flag
+
+    def loss_usable(self, loss: torch.Tensor, state: "LoopState", index: int) -> bool:
+        """True when the batch may be trained on; raises in "error" mode once a NaN/Inf is seen."""
+        value = loss.detach()
+        if self.policy == "skip":
+            finite = torch.isfinite(value).all()
+            if self.acc.distributed:  # all ranks must skip together, or DDP's all-reduce would hang
+                finite = self.acc.all_reduce_sum((~finite).float()) == 0
+            if bool(finite):
+                return True
+            state.totals.skipped += 1
+            return False
+        if self.every_batch:  # .item() of a CPU scalar: well under a microsecond
+            if not (math.isfinite(value.item()) if value.numel() == 1 else bool(torch.isfinite(value).all())):
+                raise divergence_error(state, "the loss", _kind(value), epoch=state.epoch, index=index,
+                                       step=state.global_step)
+            return True
+        finite = torch.isfinite(value).all()
+        if self._flags is None:
+            self._flags = torch.zeros(self.check_every, dtype=torch.bool, device=loss.device)
+        self._flags[len(self._where)] = ~finite  # a device-side copy: no sync
+        self._where.append((state.epoch, index, state.global_step))
+        if len(self._where) == self.check_every:
+            self.verify(state)
+        return True
+
+    def gradients_usable(self, optimizer: torch.optim.Optimizer, state: "LoopState") -> bool:
+        """In "skip" mode, a step whose gradients hold NaN/Inf is skipped too (with a gradient
+        scaler the scaler already does that)."""
+        if self.policy != "skip" or self.acc.scaler is not None:
+            return True
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return True
+        optimizer.zero_grad(set_to_none=True)
+        state.totals.skipped += 1
+        return False
+
+    def verify(self, state: "LoopState") -> None:
+        """Look at the deferred checks now (a sync); raise for the first NaN/Inf batch."""
+        pending, self._where = self._where, []
+        if not pending or self._flags is None:
+            return
+        flags = self._flags[:len(pending)]
+        if bool(flags.any()):
+            epoch, index, step = pending[int(flags.nonzero()[0][0])]
+            raise divergence_error(state, "the loss", "NaN/Inf", epoch=epoch, index=index, step=step)
+
+    def check_epoch(self, state: "LoopState") -> None:
+        """At the end of an epoch: pending checks, the weights (NaN gradients leave the loss finite
+        until the next batch; the epoch's last one has none), and an epoch of only skipped batches."""
+        self.verify(state)
+        if self.policy == "error":
+            check_finite_weights(state)
+        batches = state.batches_per_epoch
+        if self.policy == "skip" and state.totals is not None and batches and state.totals.skipped >= batches:
+            raise divergence_error(state, "the loss of every batch", "NaN/Inf", index=batches - 1, skipping=True)
+
+
+def check_finite_weights(state: "LoopState") -> None:
+    """Refuse to go on with NaN/Inf weights (e.g. after NaN gradients with a finite loss)."""
+    params = [p for p in state.raw_model.parameters() if p.is_floating_point()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        finished_epoch = state.epoch - 1 if state.batch == 0 and state.epoch > 0 else state.epoch
+        raise divergence_error(state, "the weights", "NaN/Inf", epoch=finished_epoch)
+
+
+def divergence_error(state: "LoopState", what: str, kind: str, *, epoch: int | None = None, index: int | None = None,
+                     step: int | None = None, skipping: bool = False) -> TrainingError:
+    """The error for a run whose loss or weights became NaN/Inf: where, what to resume from, why."""
+    epoch = state.epoch if epoch is None else epoch
+    step = state.global_step if step is None else step
+    where = f"epoch {epoch + 1}" + (f", batch {index + 1}" if index is not None else "") + f" (after {step} optimizer steps)"
+    last = (f"the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint
+            else "no checkpoint was written before it")
+    lr = state.options.lr
+    causes = (f"a learning rate too high for this model (lr {lr:g}: try {lr / 10:g}, or clip_grad_norm: 1.0), "
+              "NaN/Inf or unscaled values in the inputs (normalize them), or a log or division of zero in the model")
+    action = ("Skipping batches cannot help when every batch fails." if skipping
+              else "To leave such batches out instead, set on_nan: skip.")
+    return TrainingError(f"training diverged: {what} became {kind} at {where}; {last}. Likely causes: {causes}. {action}")
+
+
+def check_on_nan(value: str) -> None:
+    from zerograd.errors import ConfigError
+
+    if value not in ON_NAN:
+        raise ConfigError(f'on_nan must be "error" (stop with a message) or "skip" (leave the batch out), got {value!r}')
+
