@@ -11,7 +11,7 @@ from zerograd.engine import FitOptions, History, LoopState, evaluate, fit, predi
 from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError
 from zerograd.lr_find import LRFindResult, lr_find  # the function shadows the module name here
 from zerograd.predictor import Prediction, Predictor, load
-from zerograd.runs import load_history
+from zerograd.runs import export_csv, load_history
 from zerograd.sweep import SweepResult, sweep
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "ZerogradError",
     "evaluate",
     "evaluate_run",
+    "export_csv",
     "fit",
     "load",
     "load_history",

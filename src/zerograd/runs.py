@@ -175,10 +175,19 @@ class MetricsWriter(Callback):
             if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
                 self._next_step = state.global_step + self.every_steps
 
+    def on_epoch_start(self, state: LoopState) -> None:
+        if self._next_step == float("inf"):
+            return
+        # a resumed run (restored after on_fit_start) keeps to the same grid of steps and
+        # measures its first window from where it restarted
+        self._next_step = (state.global_step // self.every_steps + 1) * self.every_steps
+        if state.batch and state.totals is not None:
+            self._window = (state.totals, float(state.totals.loss_sum), state.totals.count, state.batch)
+
     def on_batch_end(self, state: LoopState) -> None:
         if state.global_step < self._next_step:  # the common case: one comparison
             return
-        self._next_step = state.global_step + self.every_steps
+        self._next_step = (state.global_step // self.every_steps + 1) * self.every_steps
         totals = state.totals
         if totals is None:
             return

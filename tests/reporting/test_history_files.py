@@ -76,3 +76,24 @@ def test_train_writes_metrics_csv_and_steps_csv(image_run: Path) -> None:
 def test_missing_history_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="metrics.jsonl does not exist"):
         runs.export_csv(tmp_path)
+
+
+def test_a_resumed_run_keeps_the_step_grid(tmp_path: Path) -> None:
+    from zerograd.accelerator import Accelerator
+    from zerograd.engine import EpochTotals, FitOptions, LoopState
+
+    model = torch.nn.Linear(2, 1)
+    state = LoopState(model, torch.optim.SGD(model.parameters(), lr=0.1), Accelerator(torch.device("cpu")),
+                      FitOptions(epochs=3), batches_per_epoch=100)
+    writer = runs.MetricsWriter(tmp_path, every_steps=50)
+    writer.on_fit_start(state)
+    state.global_step, state.epoch, state.batch = 134, 1, 34  # restored from a checkpoint mid-epoch
+    state.totals = EpochTotals(torch.tensor(34.0), 34, [])  # loss 1.0 per sample so far
+    writer.on_epoch_start(state)
+    for _ in range(20):
+        state.global_step += 1
+        state.batch += 1
+        state.totals.record(torch.tensor(3.0), torch.zeros(1), torch.zeros(1), "mean")
+        writer.on_batch_end(state)
+    (record,) = runs.load_steps(tmp_path)
+    assert record["step"] == 150 and record["train_loss"] == pytest.approx(3.0)  # only the steps since the restart

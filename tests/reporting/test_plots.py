@@ -138,3 +138,22 @@ def test_lr_plot_follows_a_schedule(tmp_path: Path) -> None:
     history = zerograd.History([{"epoch": e, "lr": 0.1 * 0.5 ** (e - 1), "train_loss": 1.0} for e in range(1, 6)])
     ax = plots.plot_lr(history).axes[0]
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.1, 0.05, 0.025, 0.0125, 0.00625])
+
+
+def test_other_regression_gets_predicted_against_true(tmp_path: Path) -> None:
+    from torch.utils.data import TensorDataset
+
+    from zerograd.experiment import DataBundle
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    model = torch.nn.Linear(3, 1)
+    runs.write_config(tmp_path, {"name": "table", "loss": "mse", "data": {"train": "rows.csv"}, "model": {"name": "linear"}})
+    zerograd.fit(model, (x, y), epochs=3, batch_size=20, lr=0.05, loss="mse", device="cpu",
+                 callbacks=[runs.MetricsWriter(tmp_path)])
+    data = DataBundle(TensorDataset(x[:150], y[:150]), TensorDataset(x[150:], y[150:]), input_shape=[3])
+    written = plots.write_plots(tmp_path, model=model, data=data, device="cpu")
+    assert [p.name for p in written] == ["curves.png", "lr.png", "predicted_vs_true.png"]
+    figure = plots.plot_predicted_vs_true(np.array([1.0, 2.0]), np.array([1.5, 2.5]), split="test")
+    assert figure.axes[0].get_title() == "Predicted vs true (test set)"
