@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,7 @@ def crash_then_resume(config: dict[str, Any], run_dir: Path, crashes: list[int])
     resume(run_dir, quiet=True)
 
 
+@pytest.mark.filterwarnings("ignore:no checkpoint in")  # [3, ...]: the first crash comes before any checkpoint
 @pytest.mark.parametrize(("changes", "crashes"), [
     ({}, [7]),                                                   # mid-epoch
     ({"checkpoint_every": "epoch"}, [14]),                       # just after an epoch-end checkpoint
@@ -163,10 +163,8 @@ def test_a_half_written_checkpoint_without_manifest_is_not_used(tmp_path: Path) 
     newest = checkpoint_dirs(run_dir / "checkpoints")[0]
     (newest / "manifest.json").unlink()
     assert "manifest.json is missing" in problem_with(newest)
-    resumer = ResumeFrom(run_dir / "checkpoints")
     with pytest.warns(ZerogradWarning, match="step-00000010 is damaged"):
         assert checkpoint.find_resumable(run_dir / "checkpoints").name == "step-00000005"
-    assert resumer.restored is None
 
 
 def test_no_intact_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path: Path) -> None:
@@ -188,6 +186,7 @@ def test_keeps_the_newest_k_and_the_best_epoch_end_checkpoint(tmp_path: Path) ->
     run = train(config, out=tmp_path / "run", quiet=True)
     val = run.history["val_loss"]
     best_epoch = min(range(len(val)), key=val.__getitem__) + 1
+    assert best_epoch < 4  # else this test would not tell "the best" from "the newest"
     kept = {json.loads((p / "manifest.json").read_text())["epoch"] for p in checkpoint_dirs(tmp_path / "run" / "checkpoints")}
     assert kept == {4, 5} | {best_epoch}
 
@@ -328,4 +327,3 @@ def test_a_checkpoint_with_other_training_options_is_refused(tmp_path: Path) -> 
         fit(small_classifier(), (x, y), callbacks=[ResumeFrom(tmp_path)], **(options | {"lr": 0.02}))
     with pytest.raises(ConfigError, match="batches per epoch"):
         fit(small_classifier(), (x[:60], y[:60]), callbacks=[ResumeFrom(tmp_path)], **options)
-    shutil.rmtree(tmp_path)

@@ -20,7 +20,7 @@ from zerograd.api import train
 from zerograd.callbacks import Callback
 from zerograd.cli import main as cli
 from zerograd.data import write_idx
-from zerograd.errors import ConfigError, DataError, ZerogradWarning
+from zerograd.errors import DataError, ZerogradWarning
 
 
 def images(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

@@ -187,6 +187,11 @@ def test_cli_rejects_multi_node_without_an_endpoint(capsys: pytest.CaptureFixtur
     assert "--rdzv-endpoint" in capsys.readouterr().err
 
 
+def test_launch_flags_without_nproc_are_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "sinc-surface", "--max-restarts", "2"]) == 2
+    assert "--max-restarts start workers through torchrun: add --nproc N" in capsys.readouterr().err
+
+
 def test_inside_a_worker_the_launch_flags_do_not_launch_again(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(["train", "sinc-surface", "--nproc", "2"])
     assert distributed.launch_options(args) is not None

@@ -307,8 +307,8 @@ def test_predict_with_no_inputs_is_a_data_error() -> None:
 
 
 def fit_tiny(**options: object) -> None:
-    x = torch.randn(8, 8)
-    zerograd.fit(small_net(3), (x, torch.zeros(8, dtype=torch.long)), **{"device": "cpu", **options})
+    x = torch.randn(64, 8)  # one default-sized batch
+    zerograd.fit(small_net(3), (x, torch.arange(64) % 3), **{"device": "cpu", **options})
 
 
 @pytest.mark.parametrize("option, suggestion", [("lrr", "lr"), ("epoch", "epochs"), ("batchsize", "batch_size")])
@@ -354,8 +354,8 @@ def test_asking_for_a_missing_gpu_is_a_config_error() -> None:
 
 def test_fit_options_defaults_are_valid_and_every_field_is_a_fit_keyword() -> None:
     FitOptions().validate()
-    x = torch.randn(8, 8)
-    zerograd.fit(small_net(3), (x, torch.zeros(8, dtype=torch.long)), **FitOptions(device="cpu").to_dict())
+    x = torch.randn(64, 8)
+    zerograd.fit(small_net(3), (x, torch.arange(64) % 3), **FitOptions(device="cpu").to_dict())
 
 
 def test_bad_training_data_is_a_data_error() -> None:

@@ -169,10 +169,11 @@ def test_a_second_ctrl_c_stops_at_once_without_waiting_for_the_step(tmp_path: Pa
     (tmp_path / "sinc.yaml").write_text(config)
     process = subprocess.Popen(zerograd("train", "sinc.yaml", "--out", "run", "--progress", "none"), cwd=tmp_path,
                                env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(tmp_path / "run", 1, process)
-    time.sleep(0.3)
+    wait_for_step(tmp_path / "run", 1, process)  # epoch 2 has begun: its one step is an epoch away
     process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    assert process.stderr is not None
+    while "SIGINT received" not in (line := process.stderr.readline()):  # the first one was taken
+        assert line, "the process ended without acknowledging the first SIGINT"
     sent = time.monotonic()
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import os
 import signal
 import sys
@@ -127,6 +128,10 @@ def destroy_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # DDP wrappers left in reference cycles still hold the group; freed only at interpreter
+        # exit, gloo's threads die with the process and it aborts ("terminate called without an
+        # active exception"). Collect them while the interpreter is whole.
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -180,18 +185,6 @@ def broadcast_from_main(value: _T) -> _T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def barrier() -> None:
-    """Wait for every rank (e.g. until rank 0 has written a file the others read)."""
-    import torch.distributed as dist
-
-    if world_size() == 1:
-        return
-    if dist.get_backend() == "nccl" or (torch.cuda.is_available() and torch.cuda.is_initialized()):
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
 
 
 def check_global_batch(batch_size: int, world: int) -> int:
@@ -344,9 +337,13 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def launch_options(args: argparse.Namespace) -> LaunchOptions | None:
     """The launch the flags ask for; None for a plain run, or inside a worker (already launched)."""
-    if args.nproc is None and args.nnodes is None:
-        return None
     if WorkerEnv.from_environ().is_worker:
+        return None
+    if args.nproc is None and args.nnodes is None:
+        given = [flag for flag, value in (("--rdzv-endpoint", args.rdzv_endpoint), ("--node-rank", args.node_rank),
+                                          ("--max-restarts", args.max_restarts or None)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} start workers through torchrun: add --nproc N (processes on this machine)")
         return None
     options = LaunchOptions(
         nproc=args.nproc if args.nproc is not None else 1,
@@ -431,9 +428,9 @@ def describe_failure(failed_rank: int, failure: Any, failures: Mapping[int, Any]
         text = f"worker rank {failed_rank} was {message}"
     else:
         text = f"worker rank {failed_rank} failed (exit code {failure.exitcode}): {message}"
-    told = [(rank, failure_message(other)) for rank, other in sorted((failures or {}).items())
-            if rank != failed_rank and other.exitcode > 0]
-    told = [(rank, words) for rank, words in told if not words.startswith(_NO_REPORT)]
+    told = [(other_rank, failure_message(other)) for other_rank, other in sorted((failures or {}).items())
+            if other_rank != failed_rank and other.exitcode > 0]
+    told = [(other_rank, words) for other_rank, words in told if not words.startswith(_NO_REPORT)]
     if failure.exitcode < 0 and told:
         message = told[0][1]
         text += f"; rank {told[0][0]} reported: {message}"

@@ -32,7 +32,7 @@ from zerograd.errors import ConfigError, DataError, did_you_mean
 from zerograd.losses import build_loss, task_of
 from zerograd.metrics import Metric, build_metrics
 from zerograd.optim import Schedule, build_optimizer, build_schedule, check_schedule, current_lr
-from zerograd.performance import auto_threads
+from zerograd.performance import auto_threads, retained_heap
 
 
 @dataclass
@@ -43,7 +43,7 @@ class FitOptions:
     optimizer: str | dict = "adam"
     lr: float = 1e-3
     momentum: float = 0.0
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: the optimizer's own default (AdamW: 0.01)
     batch_size: int = 64
     eval_batch_size: int = 1000
     epochs: int = 1
@@ -218,7 +218,7 @@ def fit(
     `test_*` every epoch; `val_data` (or `val_split`) is reported as `val_*`.
     """
     opts = FitOptions.from_kwargs(options)
-    with _torch_threads(opts.threads):
+    with _torch_threads(opts.threads), retained_heap():
         return _fit(model, train_data, eval_data, val_data, list(callbacks), opts)
 
 

@@ -67,7 +67,7 @@ def lr_find(
     loss: str | dict | nn.Module = "cross_entropy",
     optimizer: str | dict = "adam",
     momentum: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     batch_size: int = 64,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,

@@ -72,7 +72,7 @@ class TutorialCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
+        x = self.pool(torch.relu(nchw(self.conv2(x))))
         x = torch.flatten(x, 1)
         x = torch.relu(self.fc1(x))
         x = torch.relu(self.fc2(x))
@@ -83,6 +83,47 @@ def tutorial_cnn(in_channels: int = 1, num_classes: int = 10) -> TutorialCNN:
     return TutorialCNN(in_channels, num_classes)
 
 
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    """The last convolution's output in the default (NCHW) layout, before the ops that lead to
+    `flatten`. Under `channels_last: true` a flatten hands its gradient back in NCHW order, and
+    an elementwise backward (ReLU, pooling) that meets an NCHW gradient and a channels-last saved
+    tensor takes a strided path ~30x slower than either layout alone (docs/performance.md). A
+    no-op (no copy) when the model is not channels-last."""
+    return x.contiguous()
+
+
+class CompactCNN(nn.Module):
+    """A small CNN for 28x28 images, built for speed on a CPU: two strided conv-BN-ReLU blocks
+    (5x5 stride 2 to 14x14, 3x3 stride 2 to 7x7), a hidden layer, the classes. With the defaults
+    about 0.25 M multiply-adds per image (the tutorial CNN: 0.23 M); the `mnist-fast` recipe
+    trains it to ~99% MNIST test accuracy in two epochs."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (8, 32),
+                 hidden: int = 64, image_size: int = 28) -> None:
+        super().__init__()
+        if len(channels) != 2:
+            raise ConfigError(f"compact_cnn takes two channel counts (channels: [8, 32]), got {list(channels)}")
+        first, second = channels
+        self.block1 = nn.Sequential(nn.Conv2d(in_channels, first, 5, stride=2, padding=2, bias=False),
+                                    nn.BatchNorm2d(first), nn.ReLU())
+        self.conv2 = nn.Conv2d(first, second, 3, stride=2, padding=1, bias=False)
+        self.block2 = nn.Sequential(nn.BatchNorm2d(second), nn.ReLU())
+        side = (image_size + 1) // 2
+        side = (side + 1) // 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(second * side * side, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block1(x)
+        x = self.block2(nchw(self.conv2(x)))
+        return self.head(x)
+
+
+def compact_cnn(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (8, 32), hidden: int = 64,
+                image_size: int = 28) -> CompactCNN:
+    return CompactCNN(in_channels, num_classes, channels, hidden, image_size)
+
+
 def linear(in_features: int = 1, out_features: int = 1) -> nn.Linear:
     """A single Linear layer: y = a x + b for the linear-regression tutorial."""
     return nn.Linear(in_features, out_features)
@@ -91,6 +132,7 @@ def linear(in_features: int = 1, out_features: int = 1) -> nn.Linear:
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "tutorial_cnn": tutorial_cnn,
+    "compact_cnn": compact_cnn,
     "linear": linear,
 }
 

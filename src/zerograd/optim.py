@@ -31,7 +31,7 @@ def build_optimizer(
     *,
     lr: float,
     momentum: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     device: torch.device | None = None,
 ) -> torch.optim.Optimizer:
     """An optimizer from a name or `{name, **kwargs}`; lr/momentum/weight_decay come from the
@@ -41,7 +41,8 @@ def build_optimizer(
     if name not in OPTIMIZERS:
         raise ConfigError(f'unknown optimizer "{name}"{did_you_mean(str(name), OPTIMIZERS)}; choose from {", ".join(OPTIMIZERS)}')
     kwargs.setdefault("lr", lr)
-    kwargs.setdefault("weight_decay", weight_decay)
+    if weight_decay is not None:  # else keep the optimizer's own default (AdamW decays by 0.01)
+        kwargs.setdefault("weight_decay", weight_decay)
     if name == "sgd":
         kwargs.setdefault("momentum", momentum)
     elif momentum:

@@ -1,4 +1,5 @@
-"""Speed settings chosen for the run: how many CPU threads, which memory format.
+"""Speed settings chosen for the run: how many CPU threads, which memory format, how the C heap
+keeps freed memory.
 
 Why one thread for small steps: a training step of a small model is a few hundred tiny kernels;
 with two intra-op threads each of them pays a fork/join, and when another busy process holds the
@@ -8,7 +9,13 @@ few tens of MFLOP per step the kernels are big enough for the pool to pay. The m
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import math
 import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,21 +33,38 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
-    """About how many FLOPs one training step on `inputs` costs: 3x the forward pass's matmul and
-    convolution FLOPs (the backward pass costs about twice the forward). None if it cannot tell."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """About how many FLOPs one training step on `inputs` costs: 3x the forward pass's FLOPs in
+    Linear and convolution layers (the backward pass costs about twice the forward), counted by
+    forward hooks during one forward pass. None if the model cannot be run here.
 
+    Other layers (recurrent, attention written with matmuls) are not counted, so such models get
+    a low estimate, which errs on the side of one thread. (torch's FlopCounterMode counts
+    everything but its first use costs over a second: more than many whole runs here.)"""
     raw = unwrap(model)
+    flops = [0.0]
+
+    def count(module: nn.Module, args: tuple, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            return
+        if isinstance(module, nn.Linear):
+            flops[0] += 2.0 * output.numel() * module.in_features
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            flops[0] += 2.0 * output.numel() * per_output
+
+    hooks = [m.register_forward_hook(count) for m in raw.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     was_training = raw.training
     try:
         raw.eval()  # no dropout draws, no BatchNorm statistics updated by this look
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
             raw(inputs)
-        return 3.0 * counter.get_total_flops()
-    except Exception:  # any model the counter cannot trace: keep torch's thread setting
+        return 3.0 * flops[0]
+    except Exception:  # a model that cannot run this batch here: keep torch's thread setting
         return None
     finally:
         raw.train(was_training)
+        for hook in hooks:
+            hook.remove()
 
 
 def auto_threads(model: nn.Module, sample_inputs: torch.Tensor | None, device: torch.device) -> int:
@@ -61,6 +85,48 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     fast layout. Convolutions then produce channels-last activations whatever the input's layout;
     the maths is the same."""
     return model.to(memory_format=torch.channels_last)
+
+
+# glibc's mallopt parameters (malloc.h) and its documented defaults.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+_KEEP_MMAP_BELOW = 32 * 1024 * 1024  # glibc's largest mmap threshold on 64-bit
+_KEEP_FREED_UP_TO = 1024 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def retained_heap() -> Iterator[None]:
+    """While training, let glibc's malloc keep freed memory instead of handing it back to the OS.
+
+    A training step frees its activations (megabytes for a small CNN) and allocates them again
+    in the next step. By default glibc returns the freed top of the heap to the OS once it passes
+    a threshold, so every step page-faults the memory in again: ~800 faults and 15-20% of a
+    small CNN's step on this CPU (docs/performance.md). Raising the trim threshold for the run
+    keeps that memory (allocations of 32 MiB and more are still mmapped and returned at once);
+    afterwards glibc's default thresholds are put back and the heap is trimmed. Not glibc (macOS,
+    Windows, musl): nothing to do."""
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP_BELOW)
+    libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_UP_TO)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def describe_threads() -> dict[str, Any]:

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import save
 from torch import nn
 
 from zerograd.callbacks import Callback
-from zerograd.config import dump
+from zerograd.config import dump, yaml_load
 from zerograd.engine import History, LoopState
 from zerograd.errors import RunDirError
 
@@ -102,7 +101,7 @@ def require_run_dir(run_dir: str | Path) -> Path:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    return yaml.safe_load((run_dir / CONFIG).read_text())
+    return yaml_load((run_dir / CONFIG).read_text())  # a hand-edited `lr: 1e-3` stays a number
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
