@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from zerograd.callbacks import Callback
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SHARED_DATA = REPO.parent / "shared" / "datasets"
@@ -87,6 +89,23 @@ def busy_warning() -> str | None:
         return (f"load average {load} on {cores} cores: other processes are running; absolute times are "
                 "inflated (2-thread baselines most), compare the ratios and re-run on a quiet machine")
     return None
+
+
+class CpuClock(Callback):
+    """The CPU time of each epoch's training pass (start of epoch to its last batch)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[float] = []
+        self._start = self._last = 0.0
+
+    def on_epoch_start(self, state) -> None:
+        self._start = time.process_time()
+
+    def on_batch_end(self, state) -> None:
+        self._last = time.process_time()
+
+    def on_epoch_end(self, state, logs) -> None:
+        self.epochs.append(self._last - self._start)
 
 
 def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[Any]]:

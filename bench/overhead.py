@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zerograd.callbacks import Callback
-
-from common import Report, interleaved, median, print_header, use_shared_data
+from common import CpuClock, Report, interleaved, median, print_header, use_shared_data
 
 TARGET_OVERHEAD = 0.05  # zerograd at most 5% slower
 
@@ -61,23 +59,6 @@ def zerograd_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     history = fit(model, (x, y), loss=loss, optimizer="adam", lr=1e-3, batch_size=batch_size, epochs=epochs,
                   seed=seed, threads=threads, device="cpu", callbacks=[clock])
     return list(zip(history["seconds"], clock.epochs))
-
-
-class CpuClock(Callback):
-    """The CPU time of each epoch's training pass (start of epoch to its last batch)."""
-
-    def __init__(self) -> None:
-        self.epochs: list[float] = []
-        self._start = self._last = 0.0
-
-    def on_epoch_start(self, state) -> None:
-        self._start = time.process_time()
-
-    def on_batch_end(self, state) -> None:
-        self._last = time.process_time()
-
-    def on_epoch_end(self, state, logs) -> None:
-        self.epochs.append(self._last - self._start)
 
 
 CASES = {

@@ -117,7 +117,25 @@ class QuickstartNetwork(nn.Module):
 @dataclass
 class TutorialResult:
     epoch_seconds: list[float] = field(default_factory=list)
+    epoch_cpu_seconds: list[float] = field(default_factory=list)
     test_accuracy: float = 0.0
+
+    def timed_epoch(self) -> "EpochTimer":
+        return EpochTimer(self)
+
+
+class EpochTimer:
+    """`with result.timed_epoch():` around one epoch's training loop records its wall and CPU time."""
+
+    def __init__(self, result: TutorialResult) -> None:
+        self.result = result
+
+    def __enter__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.result.epoch_seconds.append(time.perf_counter() - self.wall)
+        self.result.epoch_cpu_seconds.append(time.process_time() - self.cpu)
 
 
 def _test_accuracy(model: nn.Module, loader: DataLoader, flatten: bool = False) -> float:
@@ -145,15 +163,14 @@ def run_mnist_mlp(epochs: int, seed: int) -> TutorialResult:
     optimizer = torch.optim.Adam(net.parameters(), lr=0.001)
     result = TutorialResult()
     for _ in range(epochs):
-        started = time.perf_counter()
-        for data in trainset:
-            X, y = data
-            net.zero_grad()
-            output = net(X.view(-1, 28 * 28))
-            loss = F.nll_loss(output, y)
-            loss.backward()
-            optimizer.step()
-        result.epoch_seconds.append(time.perf_counter() - started)
+        with result.timed_epoch():
+            for data in trainset:
+                X, y = data
+                net.zero_grad()
+                output = net(X.view(-1, 28 * 28))
+                loss = F.nll_loss(output, y)
+                loss.backward()
+                optimizer.step()
     result.test_accuracy = _test_accuracy(net, testset, flatten=True)
     return result
 
@@ -170,19 +187,18 @@ def run_fashion_cnn(epochs: int, seed: int) -> TutorialResult:
     optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
     result = TutorialResult()
     for _ in range(epochs):
-        started = time.perf_counter()
-        total_loss = 0
-        total_correct = 0
-        for batch in train_loader:
-            images, labels = batch
-            preds = network(images)
-            loss = F.cross_entropy(preds, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * images.shape[0]
-            total_correct += get_num_correct(preds, labels)
-        result.epoch_seconds.append(time.perf_counter() - started)
+        with result.timed_epoch():
+            total_loss = 0
+            total_correct = 0
+            for batch in train_loader:
+                images, labels = batch
+                preds = network(images)
+                loss = F.cross_entropy(preds, labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * images.shape[0]
+                total_correct += get_num_correct(preds, labels)
     result.test_accuracy = _test_accuracy(network, DataLoader(test_set, batch_size=1000))
     return result
 
@@ -197,17 +213,16 @@ def run_fashion_mlp(epochs: int, seed: int) -> TutorialResult:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     result = TutorialResult()
     for _ in range(epochs):
-        started = time.perf_counter()
-        model.train()
-        for batch, (X, y) in enumerate(train_dataloader):
-            pred = model(X)
-            loss = loss_fn(pred, y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            if batch % 100 == 0:
-                loss, current = loss.item(), (batch + 1) * len(X)  # the quickstart prints these
-        result.epoch_seconds.append(time.perf_counter() - started)
+        with result.timed_epoch():
+            model.train()
+            for batch, (X, y) in enumerate(train_dataloader):
+                pred = model(X)
+                loss = loss_fn(pred, y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                if batch % 100 == 0:
+                    loss, current = loss.item(), (batch + 1) * len(X)  # the quickstart prints these
     result.test_accuracy = _test_accuracy(model, test_dataloader)
     return result
 

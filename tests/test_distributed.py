@@ -236,6 +236,9 @@ def test_a_signal_kill_reads_as_one() -> None:
     rank, root = distributed.root_failure(SimpleNamespace(failures={0: stopped, 1: failure}))
     assert rank == 1  # torchrun's own SIGTERM to the others is not the cause
     assert distributed.describe_failure(rank, root).startswith("worker rank 1 was killed by signal SIGKILL")
+    reported = SimpleNamespace(message={"message": "DataError: no file x.csv"}, exitcode=-signal.SIGABRT,
+                               timestamp=5, signal_name=lambda: "SIGABRT")
+    assert distributed.describe_failure(0, reported).startswith("worker rank 0 failed (SIGABRT): DataError: no file x.csv")
 
 
 # --- real jobs: torchrun, gloo, 2 workers ------------------------------------------------------

@@ -36,6 +36,7 @@ from zerograd.errors import ConfigError
 DEFAULT_TIMEOUT_S = 120.0
 _INTERRUPTED = "TrainingInterrupted: "  # how a worker's error file names a graceful stop
 _NO_REPORT = "it wrote no error report (see its output above)"
+_KILLED = "killed by signal "
 ENTRY_MODULE = "zerograd"
 
 _T = TypeVar("_T")
@@ -139,11 +140,16 @@ def destroy_process_group() -> None:
 def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[bool]:
     """Initialise the process group for the block (when started by torchrun) and destroy it after.
 
-    Yields whether this block created the group. After a failure the group is left alone: the
-    process is about to exit, and tearing down a group whose peers are gone can block (NCCL).
+    Yields whether this block created the group. After a failure a group with NCCL in it is left
+    alone: the process is about to exit, and tearing down NCCL with its peers gone can block.
     """
     created = init_process_group(timeout_s)
-    yield created
+    try:
+        yield created
+    except BaseException:
+        if created and backend_name() == "gloo":  # gloo: safe, and a live group can abort the exit
+            destroy_process_group()
+        raise
     if created:
         destroy_process_group()
 
@@ -411,8 +417,8 @@ def failure_message(failure: Any) -> str:
     if isinstance(message, dict):
         message = message.get("message") or message.get("extraInfo", {}).get("py_callstack", "")
     message = str(message).strip()
-    if failure.exitcode < 0:
-        return f"killed by signal {failure.signal_name()}"
+    if failure.exitcode < 0 and (not message or message.startswith("Signal ")):  # no error file
+        return f"{_KILLED}{failure.signal_name()}"
     if not message or message.startswith("To enable traceback"):
         return _NO_REPORT
     return message
@@ -424,14 +430,17 @@ def describe_failure(failed_rank: int, failure: Any, failures: Mapping[int, Any]
     A rank that left no message (killed by a signal) gets the first message another rank left,
     e.g. the collective timeout that made torchrun stop a hung worker."""
     message = failure_message(failure)
-    if failure.exitcode < 0:
+    silent = message.startswith((_KILLED, _NO_REPORT))
+    if message.startswith(_KILLED):
         text = f"worker rank {failed_rank} was {message}"
+    elif failure.exitcode < 0:  # it reported its error, then died of a signal on the way out
+        text = f"worker rank {failed_rank} failed ({failure.signal_name()}): {message}"
     else:
         text = f"worker rank {failed_rank} failed (exit code {failure.exitcode}): {message}"
     told = [(other_rank, failure_message(other)) for other_rank, other in sorted((failures or {}).items())
-            if other_rank != failed_rank and other.exitcode > 0]
-    told = [(other_rank, words) for other_rank, words in told if not words.startswith(_NO_REPORT)]
-    if failure.exitcode < 0 and told:
+            if other_rank != failed_rank]
+    told = [(other_rank, words) for other_rank, words in told if not words.startswith((_KILLED, _NO_REPORT))]
+    if silent and told:
         message = told[0][1]
         text += f"; rank {told[0][0]} reported: {message}"
     if _reads_as_peer_failure(message):

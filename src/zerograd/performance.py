@@ -1,11 +1,12 @@
 """Speed settings chosen for the run: how many CPU threads, which memory format, how the C heap
 keeps freed memory.
 
-Why one thread for small steps: a training step of a small model is a few hundred tiny kernels;
-with two intra-op threads each of them pays a fork/join, and when another busy process holds the
-second core every join waits for it to be scheduled again (an order of magnitude slower). Above a
-few tens of MFLOP per step the kernels are big enough for the pool to pay. The measurements behind
-`SMALL_STEP_FLOPS` are in docs/performance.md.
+Why one thread for small steps: a training step of a small model is a few hundred short kernels;
+with two or more intra-op threads each of them pays a fork/join, and when another busy process
+holds one of the cores every join waits for that thread to be scheduled again: 10-100x slower
+steps on this 2-core machine (docs/performance.md). The pool pays only when kernels are long,
+so `threads: null` uses one thread below `SMALL_STEP_FLOPS` per step and torch's default (one
+per core) above it. `threads: N` always wins, and so does OMP_NUM_THREADS.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from zerograd.accelerator import unwrap
 
 # Training FLOPs per step (forward + backward, ~3x the forward's matmul/conv FLOPs) below which
 # `threads: null` trains with one intra-op thread on the CPU.
-SMALL_STEP_FLOPS = 50e6
+SMALL_STEP_FLOPS = 1e9
 
 # Environment variables with which a user or a launcher (torchrun, the sweep's workers) has
 # already chosen the thread count: automatic choice leaves it alone then.
@@ -78,13 +79,6 @@ def auto_threads(model: nn.Module, sample_inputs: torch.Tensor | None, device: t
     if flops is None or flops >= SMALL_STEP_FLOPS:
         return current
     return 1
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """Store the model's 4-d weights (convolutions) channels-last (NHWC): oneDNN's and cuDNN's
-    fast layout. Convolutions then produce channels-last activations whatever the input's layout;
-    the maths is the same."""
-    return model.to(memory_format=torch.channels_last)
 
 
 # glibc's mallopt parameters (malloc.h) and its documented defaults.
