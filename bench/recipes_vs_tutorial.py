@@ -7,7 +7,13 @@ final test accuracy, averaged over the repeats. Timing every epoch of full runs 
 timing epoch plus separate accuracy runs) costs a little more but measures exactly the run whose
 accuracy is reported.
 
-    python bench/recipes_vs_tutorial.py [--repeats 2] [--epochs N] [--cases mnist-mlp ...]
+The tutorial loop runs with torch's default thread count, as a tutorial reader's would; zerograd
+with its own default (`threads: null`). `--baseline-threads 1` gives the tutorial one thread
+too: a pessimistic check of the speed-up that holds even on a busy machine (two intra-op threads
+next to another busy process are many times slower, one thread is not). CPU seconds per epoch
+are reported next to the wall-clock ones for the same reason.
+
+    python bench/recipes_vs_tutorial.py [--repeats 2] [--epochs N] [--cases mnist-mlp ...] [--baseline-threads N]
 """
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Report, interleaved, median, print_header, use_shared_data
+import torch
+
+from common import CpuClock, Report, interleaved, median, print_header, use_shared_data
 from tutorial import TUTORIALS
 
 # Issue 9's targets (speed-up of time per epoch) and the recipes' accuracy bars (tests/test_recipes.py).
@@ -29,40 +37,54 @@ ACCURACY_BAR = {"mnist-mlp": 0.96, "fashion-cnn": 0.84, "fashion-mlp": 0.80}
 ACCURACY_TOLERANCE = 0.005
 
 
-def zerograd_run(recipe: str, epochs: int | None, seed: int, out: Path) -> tuple[list[float], float]:
+Run = tuple[list[float], list[float], float]  # wall seconds per epoch, CPU seconds per epoch, test accuracy
+
+
+def zerograd_run(recipe: str, epochs: int | None, seed: int, out: Path) -> Run:
     import zerograd
 
     overrides: dict = {"seed": seed}
     if epochs is not None:
         overrides["epochs"] = epochs
-    run = zerograd.train(recipe, overrides=overrides, out=out / f"{recipe}-{seed}", quiet=True)
-    return run.history["seconds"], run.summary["final"]["test_accuracy"]
+    clock = CpuClock()
+    run = zerograd.train(recipe, overrides=overrides, out=out / f"{recipe}-{seed}", quiet=True, callbacks=[clock])
+    return run.history["seconds"], clock.epochs, run.summary["final"]["test_accuracy"]
 
 
-def tutorial_run(recipe: str, epochs: int | None, seed: int) -> tuple[list[float], float]:
+def tutorial_run(recipe: str, epochs: int | None, seed: int, threads: int | None) -> Run:
     import zerograd
 
     full_epochs = zerograd.config.resolve(recipe)["epochs"]
-    result = TUTORIALS[recipe](epochs or full_epochs, seed)
-    return result.epoch_seconds, result.test_accuracy
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        result = TUTORIALS[recipe](epochs or full_epochs, seed)
+    finally:
+        torch.set_num_threads(before)
+    return result.epoch_seconds, result.epoch_cpu_seconds, result.test_accuracy
 
 
-def bench_case(recipe: str, repeats: int, epochs: int | None, report: Report, out: Path) -> None:
+def bench_case(recipe: str, repeats: int, epochs: int | None, baseline_threads: int | None, report: Report,
+               out: Path) -> None:
     seeds = iter(range(repeats))
     tutorial_seeds = iter(range(repeats))
     results = interleaved({
-        "tutorial": lambda: tutorial_run(recipe, epochs, next(tutorial_seeds)),
+        "tutorial": lambda: tutorial_run(recipe, epochs, next(tutorial_seeds), baseline_threads),
         "zerograd": lambda: zerograd_run(recipe, epochs, next(seeds), out),
     }, repeats)
-    base_epochs = [s for seconds, _ in results["tutorial"] for s in seconds]
-    zg_epochs = [s for seconds, _ in results["zerograd"] for s in seconds]
-    base_acc = statistics.mean(acc for _, acc in results["tutorial"])
-    zg_acc = statistics.mean(acc for _, acc in results["zerograd"])
+    base_epochs = [s for seconds, _, _ in results["tutorial"] for s in seconds]
+    zg_epochs = [s for seconds, _, _ in results["zerograd"] for s in seconds]
+    base_cpu = median([s for _, cpu, _ in results["tutorial"] for s in cpu])
+    zg_cpu = median([s for _, cpu, _ in results["zerograd"] for s in cpu])
+    base_acc = statistics.mean(acc for _, _, acc in results["tutorial"])
+    zg_acc = statistics.mean(acc for _, _, acc in results["zerograd"])
     baseline, ours = median(base_epochs), median(zg_epochs)
     ratio = baseline / ours
     report.emit("recipes", recipe, baseline_s=baseline, zerograd_s=ours, ratio=ratio,
-                baseline_accuracy=base_acc, zerograd_accuracy=zg_acc, baseline_epochs_s=base_epochs,
-                zerograd_epochs_s=zg_epochs, repeats=repeats, epochs=len(zg_epochs) // repeats)
+                baseline_accuracy=base_acc, zerograd_accuracy=zg_acc, baseline_cpu_s=base_cpu, zerograd_cpu_s=zg_cpu,
+                cpu_ratio=base_cpu / zg_cpu, baseline_threads=baseline_threads or torch.get_num_threads(),
+                baseline_epochs_s=base_epochs, zerograd_epochs_s=zg_epochs, repeats=repeats,
+                epochs=len(zg_epochs) // repeats)
     target = TARGET_SPEEDUP[recipe]
     report.check(f"{recipe} >= {target:g}x faster per epoch", ratio >= target,
                  f"{baseline:.2f} s vs {ours:.2f} s per epoch = {ratio:.2f}x (goal {GOAL_SPEEDUP:g}x)")
@@ -74,13 +96,14 @@ def bench_case(recipe: str, repeats: int, epochs: int | None, report: Report, ou
                  f"zerograd {zg_acc:.4f} vs tutorial {base_acc:.4f} (mean of {repeats}, tolerance {ACCURACY_TOLERANCE})")
 
 
-def run(repeats: int = 2, epochs: int | None = None, cases: list[str] | None = None) -> Report:
+def run(repeats: int = 2, epochs: int | None = None, cases: list[str] | None = None,
+        baseline_threads: int | None = None) -> Report:
     use_shared_data()
     report = Report()
     print_header("1. recipes: zerograd vs the tutorial loop (PIL Dataset + DataLoader), time per epoch")
     with tempfile.TemporaryDirectory(prefix="zerograd-bench-") as tmp:
         for recipe in cases or list(TARGET_SPEEDUP):
-            bench_case(recipe, repeats, epochs, report, Path(tmp))
+            bench_case(recipe, repeats, epochs, baseline_threads, report, Path(tmp))
     return report
 
 
@@ -89,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs instead of the recipe's (no accuracy-bar check)")
     parser.add_argument("--cases", nargs="*", choices=list(TARGET_SPEEDUP))
+    parser.add_argument("--baseline-threads", type=int, default=None,
+                        help="intra-op threads for the tutorial loop (default: torch's default, as in the tutorials)")
     args = parser.parse_args(argv)
-    report = run(args.repeats, args.epochs, args.cases)
+    report = run(args.repeats, args.epochs, args.cases, args.baseline_threads)
     return 0 if all(t.passed for t in report.targets) else 1
 
 

@@ -20,7 +20,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_the_five_recipes_are_shipped() -> None:
-    assert configs.recipe_names() == RECIPES
+    assert set(RECIPES) <= set(configs.recipe_names())  # the tutorial five, plus the fast ones
 
 
 @pytest.mark.parametrize("name", RECIPES)

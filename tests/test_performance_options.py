@@ -59,14 +59,33 @@ def test_automatic_threads_use_one_thread_for_a_small_step(monkeypatch: pytest.M
     assert torch.get_num_threads() == before
 
 
-def test_automatic_threads_keep_the_pool_for_a_big_step(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("idle, expected", [(None, "all"), (8.0, "all"), (0.9, 1), (0.2, 1)])
+def test_automatic_threads_for_a_big_step_use_the_idle_cores(monkeypatch: pytest.MonkeyPatch, idle, expected) -> None:
     for name in performance.THREAD_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(performance, "SMALL_STEP_FLOPS", 1.0)  # every step counts as big
+    monkeypatch.setattr(performance, "idle_cores", lambda: idle)
     before = torch.get_num_threads()
     spy = ThreadSpy()
     zerograd.fit(mlp([784, 16, 10]), images(), epochs=1, batch_size=16, callbacks=[spy], device="cpu")
-    assert spy.seen == {before}
+    assert spy.seen == {before if expected == "all" else expected}
+    assert torch.get_num_threads() == before
+
+
+def test_idle_cores_reads_proc_stat_deltas(monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = iter([
+        [(100, 1000), (100, 1000)],  # (idle, total) jiffies per core
+        [(200, 1100), (110, 1100)],  # core 0 idle the whole window, core 1 busy 90% of it
+    ])
+    monkeypatch.setattr(performance, "_cpu_times", lambda cores: next(samples))
+    assert performance.idle_cores(seconds=0.0) == pytest.approx(1.1)
+
+
+def test_cpu_times_parse_this_machines_proc_stat() -> None:
+    times = performance._cpu_times(None)
+    if times is None:
+        pytest.skip("no /proc/stat on this system")
+    assert all(0 <= idle <= total for idle, total in times)
 
 
 def test_automatic_threads_leave_a_launchers_omp_num_threads_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -309,3 +328,111 @@ def test_fast_recipe_reaches_its_accuracy_bar(recipe: str, tmp_path: Path) -> No
     run = zerograd.train(recipe, out=tmp_path / recipe, quiet=True)
     accuracy = run.summary["final"]["test_accuracy"]
     assert accuracy >= FAST_BARS[recipe], f"{recipe}: test accuracy {accuracy:.4f} < {FAST_BARS[recipe]}"
+
+
+# ---- the lean fused optimizers --------------------------------------------------------------
+
+from zerograd import fused  # noqa: E402
+
+OPTIMIZER_PAIRS = {
+    "adam": (lambda p: torch.optim.Adam(p, lr=0.01, fused=True), lambda p: fused.Adam(p, lr=0.01, fused=True)),
+    "adam-l2": (lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1, fused=True),
+                lambda p: fused.Adam(p, lr=0.01, weight_decay=0.1, fused=True)),
+    "adamw": (lambda p: torch.optim.AdamW(p, lr=0.01, fused=True), lambda p: fused.AdamW(p, lr=0.01, fused=True)),
+    "sgd-momentum": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, fused=True),
+                     lambda p: fused.SGD(p, lr=0.05, momentum=0.9, fused=True)),
+    "sgd-nesterov-l2": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True),
+                        lambda p: fused.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True)),
+    "sgd-plain": (lambda p: torch.optim.SGD(p, lr=0.05, fused=True), lambda p: fused.SGD(p, lr=0.05, fused=True)),
+    "adam-amsgrad (torch's path)": (lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True, fused=True),
+                                    lambda p: fused.Adam(p, lr=0.01, amsgrad=True, fused=True)),
+    "adam-foreach (torch's path)": (lambda p: torch.optim.Adam(p, lr=0.01, foreach=True),
+                                    lambda p: fused.Adam(p, lr=0.01, foreach=True)),
+}
+
+
+def train_pair(make_reference, make_lean, steps: int = 12, one_cycle: bool = True):
+    torch.manual_seed(0)
+    reference_model = mlp([20, 16, 16, 4], flatten=False)
+    lean_model = mlp([20, 16, 16, 4], flatten=False)
+    lean_model.load_state_dict(reference_model.state_dict())
+    pairs = [(reference_model, make_reference(reference_model.parameters())), (lean_model, make_lean(lean_model.parameters()))]
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps) for _, opt in pairs] if one_cycle else []
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(8, 20, generator=generator), torch.randint(0, 4, (8,), generator=generator)
+        for model, optimizer in pairs:
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        for schedule in schedules:
+            schedule.step()
+    return pairs
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZER_PAIRS))
+def test_lean_optimizers_update_bitwise_like_torch(name: str) -> None:
+    (reference, reference_opt), (lean, lean_opt) = train_pair(*OPTIMIZER_PAIRS[name])
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), lean.parameters()))
+    reference_state, lean_state = reference_opt.state_dict()["state"], lean_opt.state_dict()["state"]
+    assert reference_state.keys() == lean_state.keys()
+    for index, entries in reference_state.items():
+        assert entries.keys() == lean_state[index].keys()
+        assert all(torch.equal(v, lean_state[index][k]) for k, v in entries.items())
+
+
+def test_lean_optimizer_state_dict_loads_into_torchs_and_back() -> None:
+    (_, reference_opt), (lean, lean_opt) = train_pair(*OPTIMIZER_PAIRS["adam"], one_cycle=False)
+    restored = fused.Adam(lean.parameters(), lr=0.01, fused=True)
+    restored.load_state_dict(reference_opt.state_dict())
+    lean.zero_grad()
+    lean(torch.randn(2, 20)).sum().backward()
+    before = [p.clone() for p in lean.parameters()]
+    restored.step()  # the short path, on state that came from torch's Adam
+    assert any(not torch.equal(a, b) for a, b in zip(before, lean.parameters()))
+    assert isinstance(lean_opt, torch.optim.Adam)
+
+
+def test_lean_optimizer_runs_step_hooks_and_shows_in_the_profiler() -> None:
+    p = nn.Parameter(torch.randn(3))
+    optimizer = fused.Adam([p], lr=0.1, fused=True)
+    calls: list[str] = []
+    optimizer.register_step_pre_hook(lambda *_: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *_: calls.append("post"))
+    for _ in range(2):
+        optimizer.zero_grad()
+        (p ** 2).sum().backward()
+        optimizer.step()
+    assert calls == ["pre", "post", "pre", "post"]
+    with torch.profiler.profile() as profiler:
+        optimizer.zero_grad()
+        (p ** 2).sum().backward()
+        optimizer.step()
+    names = {event.name for event in profiler.events()}
+    assert "Optimizer.step#Adam.step" in names and "Optimizer.zero_grad#Adam.zero_grad" in names
+
+
+def test_lean_optimizer_takes_a_closure_and_zeroes_without_dropping_grads_when_asked() -> None:
+    p = nn.Parameter(torch.ones(2))
+    optimizer = fused.SGD([p], lr=0.1, momentum=0.9, fused=True)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = (p ** 2).sum()
+        loss.backward()
+        return loss
+
+    assert float(optimizer.step(closure).detach()) == pytest.approx(2.0)
+    optimizer.zero_grad(set_to_none=False)
+    assert p.grad is not None and not p.grad.any()
+    optimizer.zero_grad()
+    assert p.grad is None
+
+
+def test_build_optimizer_gives_the_lean_classes_for_fused_names() -> None:
+    from zerograd.optim import build_optimizer
+
+    params = [nn.Parameter(torch.zeros(2))]
+    assert type(build_optimizer(params, "adam", lr=0.1, device=torch.device("cpu"))) is fused.Adam
+    assert type(build_optimizer(params, "adamw", lr=0.1, device=torch.device("cpu"))) is fused.AdamW
+    assert type(build_optimizer(params, "sgd", lr=0.1, device=torch.device("cpu"))) is fused.SGD

@@ -93,21 +93,23 @@ def nchw(x: torch.Tensor) -> torch.Tensor:
 
 
 class CompactCNN(nn.Module):
-    """A small CNN for 28x28 images, built for speed on a CPU: two strided conv-BN-ReLU blocks
-    (5x5 stride 2 to 14x14, 3x3 stride 2 to 7x7), a hidden layer, the classes. With the defaults
-    about 0.25 M multiply-adds per image (the tutorial CNN: 0.23 M); the `mnist-fast` recipe
-    trains it to ~99% MNIST test accuracy in two epochs."""
+    """A small CNN for 28x28 images, built for speed on a CPU: two strided conv-ReLU blocks (5x5
+    stride 2 to 14x14, 3x3 stride 2 to 7x7), a hidden layer, the classes. With the defaults about
+    0.35 M multiply-adds per image (the tutorial CNN: 0.23 M); the `mnist-fast` recipe trains it
+    to ~99.1% MNIST test accuracy in two epochs. `batch_norm: true` adds BatchNorm after each
+    convolution: a little more accuracy at high learning rates, for a third more time per step on
+    a CPU."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (8, 32),
-                 hidden: int = 64, image_size: int = 28) -> None:
+                 hidden: int = 128, image_size: int = 28, batch_norm: bool = False) -> None:
         super().__init__()
         if len(channels) != 2:
             raise ConfigError(f"compact_cnn takes two channel counts (channels: [8, 32]), got {list(channels)}")
         first, second = channels
-        self.block1 = nn.Sequential(nn.Conv2d(in_channels, first, 5, stride=2, padding=2, bias=False),
-                                    nn.BatchNorm2d(first), nn.ReLU())
-        self.conv2 = nn.Conv2d(first, second, 3, stride=2, padding=1, bias=False)
-        self.block2 = nn.Sequential(nn.BatchNorm2d(second), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(in_channels, first, 5, stride=2, padding=2, bias=not batch_norm),
+                                    *([nn.BatchNorm2d(first)] if batch_norm else []), nn.ReLU())
+        self.conv2 = nn.Conv2d(first, second, 3, stride=2, padding=1, bias=not batch_norm)
+        self.block2 = nn.Sequential(*([nn.BatchNorm2d(second)] if batch_norm else []), nn.ReLU())
         side = (image_size + 1) // 2
         side = (side + 1) // 2
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(second * side * side, hidden), nn.ReLU(),
@@ -119,9 +121,9 @@ class CompactCNN(nn.Module):
         return self.head(x)
 
 
-def compact_cnn(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (8, 32), hidden: int = 64,
-                image_size: int = 28) -> CompactCNN:
-    return CompactCNN(in_channels, num_classes, channels, hidden, image_size)
+def compact_cnn(in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (8, 32), hidden: int = 128,
+                image_size: int = 28, batch_norm: bool = False) -> CompactCNN:
+    return CompactCNN(in_channels, num_classes, channels, hidden, image_size, batch_norm)
 
 
 def linear(in_features: int = 1, out_features: int = 1) -> nn.Linear:

@@ -13,13 +13,16 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from zerograd import fused
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.metrics import resolve_mode
 
+# zerograd's Adam/AdamW/SGD are torch's with a shorter path to the same fused kernel (bitwise the
+# same updates, ~70 us less Python per step: zerograd/fused.py).
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
+    "sgd": fused.SGD,
+    "adam": fused.Adam,
+    "adamw": fused.AdamW,
     "radam": torch.optim.RAdam,
 }
 _FUSED = {"sgd", "adam", "adamw"}  # have fused kernels on CPU and CUDA in torch >= 2.4

@@ -1,12 +1,16 @@
 """Speed settings chosen for the run: how many CPU threads, which memory format, how the C heap
 keeps freed memory.
 
-Why one thread for small steps: a training step of a small model is a few hundred short kernels;
-with two or more intra-op threads each of them pays a fork/join, and when another busy process
-holds one of the cores every join waits for that thread to be scheduled again: 10-100x slower
-steps on this 2-core machine (docs/performance.md). The pool pays only when kernels are long,
-so `threads: null` uses one thread below `SMALL_STEP_FLOPS` per step and torch's default (one
-per core) above it. `threads: N` always wins, and so does OMP_NUM_THREADS.
+Why threads are chosen per run (`threads: null`): a training step of a small model is a few
+hundred short kernels; with two or more intra-op threads each of them pays a fork/join and the
+step gets slower. Bigger steps (convolutions, large matmuls) run 1.4-1.7x faster on two idle
+cores, but when another busy process holds one of the cores every join waits for that thread to
+be scheduled again: 2-4x slower steps with one busy neighbour, 10-100x with several, on this
+2-core machine (docs/performance.md). So: one thread below `SMALL_STEP_FLOPS` per step; above it,
+as many threads as there are cores that other processes leave idle at the start of the run (all
+of them on an idle machine). `threads: N` always wins, and so does OMP_NUM_THREADS. The thread
+count can change a convolution's rounding in the last bits: pin `threads` for runs that must
+repeat bitwise on a machine whose load varies.
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ import ctypes.util
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +32,8 @@ from zerograd.accelerator import unwrap
 
 # Training FLOPs per step (forward + backward, ~3x the forward's matmul/conv FLOPs) below which
 # `threads: null` trains with one intra-op thread on the CPU.
-SMALL_STEP_FLOPS = 1e9
+SMALL_STEP_FLOPS = 100e6
+IDLE_SAMPLE_SECONDS = 0.1  # how long /proc/stat is watched to count idle cores
 
 # Environment variables with which a user or a launcher (torchrun, the sweep's workers) has
 # already chosen the thread count: automatic choice leaves it alone then.
@@ -69,16 +76,52 @@ def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
 
 
 def auto_threads(model: nn.Module, sample_inputs: torch.Tensor | None, device: torch.device) -> int:
-    """The intra-op thread count for `threads: null`: 1 for small steps on the CPU, else the
-    current setting (torch's default: one per core). A thread count already chosen through
-    OMP_NUM_THREADS / MKL_NUM_THREADS is kept."""
+    """The intra-op thread count for `threads: null` (see the module doc): 1 for small steps on
+    the CPU, else the cores other processes leave idle (at most the current setting, torch's
+    default being one per core). A count already chosen through OMP_NUM_THREADS / MKL_NUM_THREADS
+    is kept, and so is the setting on other devices."""
     current = torch.get_num_threads()
     if device.type != "cpu" or sample_inputs is None or any(v in os.environ for v in THREAD_ENV_VARS):
         return current
     flops = training_flops(model, sample_inputs)
-    if flops is None or flops >= SMALL_STEP_FLOPS:
+    if flops is None:
         return current
-    return 1
+    if flops < SMALL_STEP_FLOPS or current == 1:
+        return 1
+    idle = idle_cores()
+    return current if idle is None else max(1, min(current, round(idle)))
+
+
+def idle_cores(seconds: float = IDLE_SAMPLE_SECONDS) -> float | None:
+    """How many of this process's cores other processes leave idle, from /proc/stat over a short
+    window (this process sleeps meanwhile). None where /proc/stat does not exist."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    first = _cpu_times(cores)
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = _cpu_times(cores)
+    if second is None:
+        return None
+    idle = sum(after[0] - before[0] for before, after in zip(first, second))
+    total = sum(after[1] - before[1] for before, after in zip(first, second))
+    return len(first) * idle / total if total > 0 else None
+
+
+def _cpu_times(cores: list[int] | None) -> list[tuple[int, int]] | None:
+    """(idle, total) jiffies of each core in `cores` (all when None), from /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    times = []
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or (cores is not None and int(name[3:]) not in cores):
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        times.append((values[3] + values[4], sum(values)))
+    return times or None
 
 
 # glibc's mallopt parameters (malloc.h) and its documented defaults.

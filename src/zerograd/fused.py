@@ -1,0 +1,176 @@
+"""Adam, AdamW and SGD that reach PyTorch's fused kernels with less Python per step.
+
+`torch.optim.Adam(fused=True)` computes the whole update in one kernel, but around that kernel
+each `step()` runs a good deal of Python (five lists built parameter by parameter, tensors grouped
+by device, dynamo guards, a profiler range around `step` and another around `zero_grad`). In a
+real loop, where forward and backward have just pushed the interpreter's data out of the caches,
+that costs ~80 microseconds of a ~480 microsecond step for the tutorial's MLP at batch 10
+(docs/performance.md).
+
+These subclasses keep everything of torch's optimizers (constructor and options, the state and
+`state_dict` format, param groups that schedulers change, step hooks, profiler ranges while a
+profiler runs) and replace only the body of `step`: a direct call of the same kernel
+(`torch._fused_adam_`, `_fused_adamw_`, `_fused_sgd_`) with the same arguments, so every update is
+bitwise what torch computes. Where the short path does not apply (the first step, which creates
+the state; AMSGrad, maximize, capturable, differentiable, a gradient scaler, sparse or mixed
+device/dtype gradients, a closure), `step` runs torch's own code.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import optimizer as _torch_optimizer
+
+
+def _unhooked(function: Callable) -> Callable:
+    """A torch optimizer's `step` without the hook/profiler wrapper torch may have put around it
+    (it wraps a class's `step` the first time an instance is made)."""
+    return function.__wrapped__ if getattr(function, "hooked", False) else function
+
+
+def _hooks_or_profiler(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(
+        optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+        or getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+        or torch._C._autograd._profiler_enabled()
+    )
+
+
+def _dense_grads(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]] | None:
+    """The parameters that have gradients and those gradients, if all are dense and of one device
+    and dtype (what one fused call takes); None otherwise."""
+    with_grad, grads = [], []
+    first: Tensor | None = None
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        if g.is_sparse or g.dtype != p.dtype:
+            return None
+        if first is None:
+            first = p
+        elif p.dtype != first.dtype or p.device != first.device:
+            return None
+        with_grad.append(p)
+        grads.append(g)
+    return with_grad, grads
+
+
+def _plain_fused_group(group: dict[str, Any], *flags: str) -> bool:
+    return bool(group.get("fused")) and not any(group.get(flag) for flag in flags) and not isinstance(group["lr"], Tensor)
+
+
+class _LeanStep:
+    """The shared mechanics: `step` runs the short path, inside torch's own hook and profiler
+    wrapper only when there are hooks or a profiler to serve."""
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if _hooks_or_profiler(self):  # type: ignore[arg-type]
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it again (see `step`)
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
+        calls = None if closure is not None else self._fused_calls()
+        if calls is None:
+            torch_step = _unhooked(getattr(super(_LeanStep, self).step, "__func__"))
+            return torch_step(self, closure)
+        with torch.no_grad():  # as in torch's step: the update is no part of any graph
+            self._run(calls)
+        return None
+
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(lambda self, closure=None: self._step(closure))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """`Optimizer.zero_grad` without its profiler range: gradients to None (or zeroed)."""
+        if not set_to_none or torch._C._autograd._profiler_enabled():
+            super().zero_grad(set_to_none=set_to_none)  # type: ignore[misc]
+            return
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            for p in group["params"]:
+                p.grad = None
+
+    def _fused_calls(self) -> list[tuple] | None:
+        raise NotImplementedError
+
+    def _run(self, calls: list[tuple]) -> None:
+        raise NotImplementedError
+
+
+class _LeanAdam(_LeanStep):
+    def _fused_calls(self) -> list[tuple] | None:
+        """Per param group: the lists one fused call takes, or None where torch's step must run."""
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            return None
+        calls = []
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            if not _plain_fused_group(group, "amsgrad", "maximize", "capturable", "differentiable"):
+                return None
+            found = _dense_grads(group["params"])
+            if found is None:
+                return None
+            params, grads = found
+            if not params:
+                continue
+            states = [self.state[p] for p in params]  # type: ignore[attr-defined]
+            if not all(states):  # the first step creates the state: torch's own path
+                return None
+            calls.append((group, params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                          [s["step"] for s in states]))
+        return calls
+
+    def _run(self, calls: list[tuple]) -> None:
+        for group, params, grads, exp_avgs, exp_avg_sqs, steps in calls:
+            beta1, beta2 = (float(b) for b in group["betas"])
+            kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+            torch._foreach_add_(steps, 1)
+            kernel(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                   beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                   grad_scale=None, found_inf=None)
+
+
+class _LeanSGD(_LeanStep):
+    def _fused_calls(self) -> list[tuple] | None:
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            return None
+        calls = []
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            if not _plain_fused_group(group, "maximize", "differentiable"):
+                return None
+            found = _dense_grads(group["params"])
+            if found is None:
+                return None
+            params, grads = found
+            if not params:
+                continue
+            buffers: list[Tensor] = []
+            if group["momentum"] != 0:
+                buffers = [self.state[p].get("momentum_buffer") for p in params]  # type: ignore[attr-defined]
+                if any(b is None for b in buffers):  # the first step creates the buffers: torch's own path
+                    return None
+            calls.append((group, params, grads, buffers))
+        return calls
+
+    def _run(self, calls: list[tuple]) -> None:
+        for group, params, grads, buffers in calls:
+            torch._fused_sgd_(params, grads, buffers, weight_decay=group["weight_decay"], momentum=group["momentum"],
+                              lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"], maximize=False,
+                              is_first_step=False, grad_scale=None, found_inf=None)
+
+
+class Adam(_LeanAdam, torch.optim.Adam):
+    """`torch.optim.Adam` with a shorter path to the same fused kernel (see the module doc)."""
+
+
+class AdamW(_LeanAdam, torch.optim.AdamW):
+    """`torch.optim.AdamW` with a shorter path to the same fused kernel (see the module doc)."""
+
+
+class SGD(_LeanSGD, torch.optim.SGD):
+    """`torch.optim.SGD` with a shorter path to the same fused kernel (see the module doc)."""
