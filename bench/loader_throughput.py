@@ -2,7 +2,9 @@
 
 Both iterate over the same MNIST training tensors (60000 x 1 x 28 x 28 float32), shuffled, one
 epoch per repeat, interleaved; nothing is done with the batches. The DataLoader is the default
-one over a TensorDataset (per-sample `__getitem__` + collate), as the tutorials use it.
+one over a TensorDataset (per-sample `__getitem__` + collate), as the tutorials use it. Both run
+with one intra-op thread, as `fit` runs steps this small: a batch gather split over two threads
+is no faster, and next to a busy process it is many times slower.
 
     python bench/loader_throughput.py [--repeats 3] [--batch-sizes 64 512]
 """
@@ -51,10 +53,15 @@ def run(repeats: int = 3, batch_sizes: tuple[int, ...] = (64, 512)) -> Report:
 
     use_shared_data()
     report = Report()
-    print_header("4. loader throughput: TensorLoader vs torch DataLoader(TensorDataset), samples/s")
+    print_header("4. loader throughput: TensorLoader vs torch DataLoader(TensorDataset), samples/s, 1 thread")
     x, y = load_dataset("mnist", train=True).tensors
-    for batch_size in batch_sizes:
-        bench_batch(x, y, batch_size, repeats, report)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for batch_size in batch_sizes:
+            bench_batch(x, y, batch_size, repeats, report)
+    finally:
+        torch.set_num_threads(before)
     return report
 
 

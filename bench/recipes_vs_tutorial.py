@@ -13,7 +13,7 @@ too: a pessimistic check of the speed-up that holds even on a busy machine (two 
 next to another busy process are many times slower, one thread is not). CPU seconds per epoch
 are reported next to the wall-clock ones for the same reason.
 
-    python bench/recipes_vs_tutorial.py [--repeats 2] [--epochs N] [--cases mnist-mlp ...] [--baseline-threads N]
+    python bench/recipes_vs_tutorial.py [--repeats 3] [--epochs N] [--cases mnist-mlp ...] [--baseline-threads N]
 """
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ from tutorial import TUTORIALS
 TARGET_SPEEDUP = {"mnist-mlp": 3.0, "fashion-cnn": 2.0, "fashion-mlp": 2.0}
 GOAL_SPEEDUP = 3.0
 ACCURACY_BAR = {"mnist-mlp": 0.96, "fashion-cnn": 0.84, "fashion-mlp": 0.80}
-# Seed-to-seed spread of the final test accuracy: "equal or better" is checked as the mean over
-# repeats being no more than this below the tutorial's mean (same seeds on both sides).
-ACCURACY_TOLERANCE = 0.005
+# "Equal or better" accuracy is checked as zerograd's mean over the repeats being at most this
+# below the tutorial's mean (same seeds, so the same initial weights, on both sides; different
+# shuffles): about two standard errors of the difference of two 3-seed means, from the
+# seed-to-seed spread measured for each recipe (docs/performance.md). Adam at lr 0.01 makes the
+# tutorial CNN's the widest: seeds 0-3 of the tutorial's own loop end at 0.856-0.876.
+ACCURACY_TOLERANCE = {"mnist-mlp": 0.005, "fashion-cnn": 0.015, "fashion-mlp": 0.005}
 
 
 Run = tuple[list[float], list[float], float]  # wall seconds per epoch, CPU seconds per epoch, test accuracy
@@ -92,11 +95,12 @@ def bench_case(recipe: str, repeats: int, epochs: int | None, baseline_threads: 
     if full_run:
         report.check(f"{recipe} accuracy >= bar {ACCURACY_BAR[recipe]}", zg_acc >= ACCURACY_BAR[recipe],
                      f"zerograd {zg_acc:.4f}")
-    report.check(f"{recipe} accuracy equal or better", zg_acc >= base_acc - ACCURACY_TOLERANCE,
-                 f"zerograd {zg_acc:.4f} vs tutorial {base_acc:.4f} (mean of {repeats}, tolerance {ACCURACY_TOLERANCE})")
+    tolerance = ACCURACY_TOLERANCE[recipe]
+    report.check(f"{recipe} accuracy equal or better", zg_acc >= base_acc - tolerance,
+                 f"zerograd {zg_acc:.4f} vs tutorial {base_acc:.4f} (mean of {repeats}, tolerance {tolerance})")
 
 
-def run(repeats: int = 2, epochs: int | None = None, cases: list[str] | None = None,
+def run(repeats: int = 3, epochs: int | None = None, cases: list[str] | None = None,
         baseline_threads: int | None = None) -> Report:
     use_shared_data()
     report = Report()
@@ -109,7 +113,7 @@ def run(repeats: int = 2, epochs: int | None = None, cases: list[str] | None = N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs instead of the recipe's (no accuracy-bar check)")
     parser.add_argument("--cases", nargs="*", choices=list(TARGET_SPEEDUP))
     parser.add_argument("--baseline-threads", type=int, default=None,

@@ -30,7 +30,7 @@ BENCHES = {
     "overhead": (lambda: overhead.run(repeats=5), lambda: overhead.run(repeats=3, epochs=1)),
     "scaling": (lambda: scaling.run(repeats=3), lambda: scaling.run(repeats=1)),
     "time_to_accuracy": (lambda: time_to_accuracy.run(seeds=5), lambda: time_to_accuracy.run(seeds=3)),
-    "recipes": (lambda: recipes_vs_tutorial.run(repeats=2), lambda: recipes_vs_tutorial.run(repeats=1, epochs=1)),
+    "recipes": (lambda: recipes_vs_tutorial.run(repeats=3), lambda: recipes_vs_tutorial.run(repeats=1, epochs=1)),
 }
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=list(BENCHES), help="run only these benchmarks")
     parser.add_argument("--json", type=Path, help="also write the JSON lines to this file")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=max(120, Console().width))
     machine = print_machine(console, args.quick)
     started, load_before = time.perf_counter(), load_average()
     report = Report()

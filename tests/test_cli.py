@@ -20,29 +20,16 @@ from PIL import Image
 
 from zerograd import config as configs
 from zerograd.cli import main
-from zerograd.data.idx import write_idx
+from helpers import band_image, write_band_idx
 from zerograd.runs import read_summary
 
 RECIPES = ["fashion-cnn", "fashion-mlp", "linear-regression", "mnist-mlp", "sinc-surface"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def band_image(label: int, rng: np.random.Generator) -> np.ndarray:
-    """A 28x28 uint8 image of class `label`: faint noise with a bright band at rows 2k..2k+5."""
-    image = rng.integers(0, 40, (28, 28)).astype(np.uint8)
-    image[2 * label: 2 * label + 6, 4:24] = 255
-    return image
-
-
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-mnist")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 600), ("t10k", 200)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack([band_image(int(k), rng) for k in labels]))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_band_idx(tmp_path_factory.mktemp("tiny-mnist"), {"train": 600, "t10k": 200})
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,17 @@ def test_retained_heap_restores_even_when_training_fails(monkeypatch: pytest.Mon
     assert fake.calls[-1] == ("malloc_trim", 0)
 
 
+def test_nested_retained_heaps_leave_the_settings_to_the_outermost(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeLibc()
+    monkeypatch.setattr(performance, "_glibc", lambda: fake)
+    with performance.retained_heap():
+        with performance.retained_heap():  # e.g. a fit inside a fit
+            pass
+        assert ("malloc_trim", 0) not in fake.calls  # the outer run keeps its setting
+    assert fake.calls.count(("malloc_trim", 0)) == 1
+    assert fake.calls.count(("mallopt", performance._M_TRIM_THRESHOLD, performance._KEEP_FREED_UP_TO)) == 1
+
+
 def test_retained_heap_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(performance, "_glibc", lambda: None)
     with performance.retained_heap():

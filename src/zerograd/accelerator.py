@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -105,6 +104,11 @@ class Accelerator:
         return model
 
     def to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The batch on the device; copies from the host are non-blocking on a GPU (they overlap
+        with compute when the host memory is pinned). CPU batches on a CPU run pass as they are
+        (the common case, checked first: this runs every step)."""
+        if self.device.type == "cpu" and all(t.is_cpu for t in batch):
+            return tuple(batch)
         non_blocking = self.device.type == "cuda"
         return tuple(t.to(self.device, non_blocking=non_blocking) for t in batch)
 
@@ -131,14 +135,12 @@ class Accelerator:
         else:
             optimizer.step()
 
-    @contextlib.contextmanager
-    def no_sync(self, model: nn.Module, skip: bool) -> Iterator[None]:
-        """Skip DDP's gradient all-reduce on accumulation steps that do not end in an update."""
+    def no_sync(self, model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+        """Skip DDP's gradient all-reduce on accumulation steps that do not end in an update.
+        (A plain context manager, not a generator: this is entered every step.)"""
         if skip and self.distributed and hasattr(model, "no_sync"):
-            with model.no_sync():
-                yield
-        else:
-            yield
+            return model.no_sync()
+        return contextlib.nullcontext()
 
     def prepare_loss(self, loss_fn: nn.Module) -> nn.Module:
         """In DDP, a loss that is 0 (not NaN) on an empty batch: a tail batch smaller than the

@@ -245,7 +245,7 @@ def _fit(model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
     state.train_loader, state.nonfinite = train_loader, NonFiniteGuard(opts.on_nan, acc)
     if opts.preflight:  # one batch through model and loss: a clear error now, not a traceback later
         preflight(net, train_loader, loss_fn, task=task, acc=acc, opts=opts, source=given_train)
-    if opts.threads is None:
+    if opts.threads is None and acc.device.type == "cpu":  # automatic: by the step's size and the idle cores
         torch.set_num_threads(auto_threads(net, _sample_inputs(train_loader, opts, acc), acc.device))
     early_stopping = early_stopping_from(opts.early_stopping)
     callbacks = ([early_stopping] if early_stopping else []) + callbacks
@@ -399,6 +399,7 @@ def _device_loader(data: Any, batch_size: int, acc: Accelerator, *, shuffle: boo
 
 
 def _sample_inputs(loader: Any, opts: FitOptions, acc: Accelerator) -> torch.Tensor | None:
+    """One training batch's inputs, to size the step (None for data that cannot be peeked at)."""
     batch = first_batch(loader, opts.batch_size)
     return None if batch is None else acc.to_device(batch)[0]
 

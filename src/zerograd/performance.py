@@ -83,7 +83,8 @@ def auto_threads(model: nn.Module, sample_inputs: torch.Tensor | None, device: t
     current = torch.get_num_threads()
     if device.type != "cpu" or sample_inputs is None or any(v in os.environ for v in THREAD_ENV_VARS):
         return current
-    flops = training_flops(model, sample_inputs)
+    one = training_flops(model, sample_inputs[:1])  # one sample, times the batch: cheap for any model
+    flops = None if one is None else one * len(sample_inputs)
     if flops is None:
         return current
     if flops < SMALL_STEP_FLOPS or current == 1:
@@ -143,17 +144,28 @@ def retained_heap() -> Iterator[None]:
     afterwards glibc's default thresholds are put back and the heap is trimmed. Not glibc (macOS,
     Windows, musl): nothing to do."""
     libc = _glibc()
-    if libc is None:
-        yield
+    if libc is None or _heap_holders:  # no glibc, or an outer `fit` (e.g. lr_find's) already holds it
+        _heap_holders.append(None)
+        try:
+            yield
+        finally:
+            _heap_holders.pop()
         return
     libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP_BELOW)
     libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_UP_TO)
+    _heap_holders.append(libc)
     try:
         yield
     finally:
+        _heap_holders.pop()
         libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
         libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
         libc.malloc_trim(0)
+
+
+# The `retained_heap` contexts open in this process (malloc's settings are per process): only the
+# outermost one changes and restores them.
+_heap_holders: list[Any] = []
 
 
 def _glibc() -> Any:

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import zerograd
-from zerograd.data.idx import write_idx
-
-def band_image(label: int, rng: np.random.Generator) -> np.ndarray:
-    image = rng.integers(0, 90, (28, 28)).astype(np.uint8)
-    image[2 * label: 2 * label + 6, 4:24] = rng.integers(120, 256)
-    return image
+from helpers import write_band_idx
 
 
 @pytest.fixture(scope="session")
 def tiny_fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-fashion")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 500), ("t10k", 200)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack([band_image(int(k), rng) for k in labels]))
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_band_idx(tmp_path_factory.mktemp("tiny-fashion"), {"train": 500, "t10k": 200}, noise=90, bright=None)
 
 
 @pytest.fixture(scope="session")

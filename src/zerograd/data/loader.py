@@ -114,6 +114,11 @@ class TensorLoader:
             yield from itertools.islice(zip(*(t.split(self.batch_size) for t in self.tensors)), start, stop)
             return
         order = epoch_permutation(self.num_samples, self.seed, self.epoch).to(self.tensors[0].device)
+        if len(self.tensors) == 2:  # (inputs, targets), the usual pair: no generator per batch
+            inputs, targets = self.tensors
+            for index in order.split(self.batch_size)[start:stop]:
+                yield inputs.index_select(0, index), targets.index_select(0, index)
+            return
         for index in order.split(self.batch_size)[start:stop]:
             yield tuple(t.index_select(0, index) for t in self.tensors)
 
