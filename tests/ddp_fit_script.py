@@ -21,19 +21,7 @@ from torch.utils.data import Dataset
 import zerograd
 from zerograd import distributed
 from zerograd.models import mlp
-
-
-class Rows(Dataset):
-    """A map-style Dataset (not whole tensors), so fit takes the generic DataLoader path."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[index], self.y[index]
+from helpers import PairDataset  # tests/ is this script's folder, so it is on sys.path
 
 
 def classification(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +53,7 @@ def scenarios() -> dict[str, dict[str, Any]]:
         # 41 = 5 x 8 + 1: one rank's share of the tail is empty
         "tail_smaller_than_world": {"train": classification(41, 0), "test": test, "options": {**SGD, "batch_size": 8}},
         # a map-style Dataset, in order: DistributedSampler shards then give the same global batches
-        "generic_dataset": {"train": Rows(*classification(44, 0)), "test": Rows(*test),
+        "generic_dataset": {"train": PairDataset(*classification(44, 0)), "test": PairDataset(*test),
                             "options": {**SGD, "batch_size": 8, "shuffle": False}},
     }
 
@@ -75,7 +63,7 @@ def train_one(name: str, spec: dict[str, Any], out: Path) -> None:
     model = mlp([6, 16, spec.get("outputs", 3)], flatten=False)
     history = zerograd.fit(model, spec["train"], eval_data=spec["test"], device="cpu", **spec["options"])
     loss = spec["options"].get("loss", "cross_entropy")
-    test = spec["test"] if isinstance(spec["test"], Dataset) else Rows(*spec["test"])
+    test = spec["test"] if isinstance(spec["test"], Dataset) else PairDataset(*spec["test"])
     evaluated = zerograd.evaluate(model, test, loss=loss, batch_size=10, device="cpu")  # generic, sharded
     rank = distributed.rank()
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 
 def band_image(label: int, rng, *, noise: int = 40, bright: int | None = 255):
     """A 28x28 uint8 image of class `label`: faint noise with a bright band at rows 2k..2k+5
@@ -26,3 +28,16 @@ def write_band_idx(root: Path, sizes: dict[str, int], **image_options) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack([band_image(int(k), rng, **image_options) for k in labels]))
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """A map-style Dataset that is not whole tensors, so fit takes the generic DataLoader path."""
+
+    def __init__(self, x: "torch.Tensor", y: "torch.Tensor") -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.x[index], self.y[index]

@@ -15,6 +15,7 @@ import zerograd
 from zerograd.data.loader import epoch_permutation
 from zerograd.engine import FitOptions, History
 from zerograd.errors import ConfigError, DataError
+from helpers import PairDataset
 
 EPOCHS, BATCH, N = 3, 10, 103  # 103 samples: every epoch ends in a partial batch of 3
 
@@ -127,19 +128,6 @@ def test_fused_sgd_matches_the_default_implementation_closely() -> None:
                   shuffle=True, seed=7)
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-
-
-class PairDataset(Dataset):
-    """A map-style Dataset that is not whole tensors: fit must take the DataLoader path."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[index], self.y[index]
 
 
 def test_generic_dataset_in_order_matches_the_hand_written_loop() -> None:
