@@ -77,7 +77,8 @@ class _LeanStep:
     step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it again (see `step`)
 
     def _step(self, closure: Callable[[], Any] | None) -> Any:
-        calls = None if closure is not None else self._fused_calls()
+        scaled = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
+        calls = None if closure is not None or scaled else self._fused_calls()
         if calls is None:
             torch_step = _unhooked(getattr(super(_LeanStep, self).step, "__func__"))
             return torch_step(self, closure)
@@ -96,6 +97,20 @@ class _LeanStep:
             for p in group["params"]:
                 p.grad = None
 
+    def _groups_with_grads(self, *flags: str) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] | None:
+        """(group, params, dense grads) of every group with gradients, or None where a group needs
+        torch's own step (not fused, one of `flags` set, sparse gradients)."""
+        found_groups = []
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            if not _plain_fused_group(group, *flags):
+                return None
+            found = _dense_grads(group["params"])
+            if found is None:
+                return None
+            if found[0]:
+                found_groups.append((group, *found))
+        return found_groups
+
     def _fused_calls(self) -> list[tuple] | None:
         raise NotImplementedError
 
@@ -106,18 +121,11 @@ class _LeanStep:
 class _LeanAdam(_LeanStep):
     def _fused_calls(self) -> list[tuple] | None:
         """Per param group: the lists one fused call takes, or None where torch's step must run."""
-        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+        groups = self._groups_with_grads("amsgrad", "maximize", "capturable", "differentiable")
+        if groups is None:
             return None
         calls = []
-        for group in self.param_groups:  # type: ignore[attr-defined]
-            if not _plain_fused_group(group, "amsgrad", "maximize", "capturable", "differentiable"):
-                return None
-            found = _dense_grads(group["params"])
-            if found is None:
-                return None
-            params, grads = found
-            if not params:
-                continue
+        for group, params, grads in groups:
             states = [self.state[p] for p in params]  # type: ignore[attr-defined]
             if not all(states):  # the first step creates the state: torch's own path
                 return None
@@ -137,18 +145,11 @@ class _LeanAdam(_LeanStep):
 
 class _LeanSGD(_LeanStep):
     def _fused_calls(self) -> list[tuple] | None:
-        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+        groups = self._groups_with_grads("maximize", "differentiable")
+        if groups is None:
             return None
         calls = []
-        for group in self.param_groups:  # type: ignore[attr-defined]
-            if not _plain_fused_group(group, "maximize", "differentiable"):
-                return None
-            found = _dense_grads(group["params"])
-            if found is None:
-                return None
-            params, grads = found
-            if not params:
-                continue
+        for group, params, grads in groups:
             buffers: list[Tensor] = []
             if group["momentum"] != 0:
                 buffers = [self.state[p].get("momentum_buffer") for p in params]  # type: ignore[attr-defined]
