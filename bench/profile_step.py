@@ -4,6 +4,7 @@ backward, optimizer step) timed inside a real loop, and torch.profiler's busiest
     python bench/profile_step.py mnist-mlp            # the tutorial MLP at batch 10
     python bench/profile_step.py fashion-cnn --threads 2 --ops 20
     python bench/profile_step.py mnist-mlp --torch-optimizer   # torch.optim.Adam instead of zerograd's
+    python bench/profile_step.py mnist-mlp --autograd   # autograd even where fit uses fused_mlp
 
 The model, loss, optimizer, batch size, precision and layout come from the recipe; thread time
 (CPU seconds of this thread) is used for one thread, so a busy machine blurs the numbers less.
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ops", type=int, default=15, help="rows of the torch.profiler table (0: none)")
     parser.add_argument("--torch-optimizer", action="store_true", help="use torch.optim's class instead of zerograd's")
+    parser.add_argument("--autograd", action="store_true",
+                        help="back-propagate with autograd even where fit would use the hand-derived MLP step (fused_mlp)")
     args = parser.parse_args(argv)
     use_shared_data()
 
@@ -35,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from zerograd.accelerator import Accelerator
     from zerograd.experiment import build_experiment
     from zerograd.losses import build_loss
+    from zerograd.mlp_step import ManualMLP
     from zerograd.optim import build_optimizer
     from zerograd.performance import retained_heap
 
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         torch_class = next(c for c in type(optimizer).__mro__ if c.__module__.startswith("torch.optim"))
         optimizer = torch_class(model.parameters(), **optimizer.defaults)
     x, y = experiment.data.train.tensors
+    manual = None
+    if not args.autograd and config["fused_mlp"] and config["precision"] == "fp32":
+        manual = ManualMLP.for_model(model, loss_fn)  # what fit does (engine._train_epoch)
     batches = torch.randperm(len(x)).split(config["batch_size"])
     phases = {"batch": 0.0, "zero_grad": 0.0, "forward+loss": 0.0, "backward": 0.0, "step": 0.0}
     clock = time.thread_time if args.threads == 1 else time.perf_counter
@@ -62,9 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         t2 = clock()
         with acc.autocast():
-            loss = loss_fn(model(inputs), targets)
+            if manual is not None:
+                _, loss = manual.forward(inputs, targets)
+            else:
+                loss = loss_fn(model(inputs), targets)
         t3 = clock()
-        loss.backward()
+        if manual is not None:
+            manual.backward()
+        else:
+            loss.backward()
         t4 = clock()
         optimizer.step()
         t5 = clock()
@@ -81,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             step(batches[i], True)
         total = sum(phases.values())
         print(f"{args.recipe}: batch {config['batch_size']}, {config['precision']}, threads {args.threads}, "
-              f"optimizer {type(optimizer).__module__}.{type(optimizer).__name__}")
+              f"optimizer {type(optimizer).__module__}.{type(optimizer).__name__}, "
+              f"gradients {'hand-derived (fused_mlp)' if manual is not None else 'autograd'}")
         for name, seconds in phases.items():
             print(f"  {name:13s} {seconds / steps * 1e6:9.1f} us  {seconds / total:6.1%}")
         print(f"  {'total':13s} {total / steps * 1e6:9.1f} us per step")

@@ -31,6 +31,7 @@ from zerograd.distributed import check_global_batch
 from zerograd.errors import ConfigError, DataError, did_you_mean
 from zerograd.losses import build_loss, task_of
 from zerograd.metrics import Metric, build_metrics
+from zerograd.mlp_step import ManualMLP
 from zerograd.optim import Schedule, build_optimizer, build_schedule, check_schedule, current_lr
 from zerograd.performance import auto_threads, retained_heap
 
@@ -63,6 +64,7 @@ class FitOptions:
     clip_grad_value: float | None = None
     on_nan: str = "error"  # a NaN/Inf loss: "error" stops with a message, "skip" leaves the batch out
     preflight: bool = True  # check data, model and loss on one batch before training
+    fused_mlp: bool = True  # plain Linear/activation MLPs: hand-derived gradients, bitwise autograd's (mlp_step.py)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> "FitOptions":
@@ -291,6 +293,8 @@ def _train_epoch(state: LoopState, loader: Any, loss_fn: nn.Module, callbacks: l
     totals, reduction = state.totals, getattr(loss_fn, "reduction", "mean")
     steps, k = state.batches_per_epoch, opts.accumulate
     window_ok = True  # on_nan: skip leaves out a whole accumulation window that holds a NaN/Inf loss
+    # A plain MLP in fp32 trains without autograd's per-node cost, with the same gradients (mlp_step.py).
+    mlp = ManualMLP.for_model(model, loss_fn) if opts.fused_mlp and acc.precision == "fp32" else None
 
     for index, (inputs, targets) in enumerate(_epoch_batches(loader, state), start=state.batch):
         inputs, targets = acc.to_device((inputs, targets))
@@ -300,17 +304,25 @@ def _train_epoch(state: LoopState, loader: Any, loss_fn: nn.Module, callbacks: l
         if index == window_start:
             optimizer.zero_grad(set_to_none=True)
             window_ok = True
+        manual = mlp is not None and mlp.accepts(inputs, targets)
         with acc.no_sync(model, skip=not updates_now):
             with acc.autocast():
-                outputs = model(inputs)
-                loss = loss_fn(outputs, targets)
+                if manual:
+                    outputs, loss = mlp.forward(inputs, targets)
+                else:
+                    outputs = model(inputs)
+                    loss = loss_fn(outputs, targets)
             usable = guard.loss_usable(loss, state, index)  # NaN/Inf: raises (on_nan: error) or False (skip)
             window_ok = window_ok and usable
             if window_ok:
                 n_global = global_batch_size(loader, index, targets.shape[0], acc.world_size)
                 share = acc.rank_share(loss, outputs, targets.shape[0], n_global, reduction)  # = loss in one process
                 # mean loss: average over the window (= one batch of k*b); a summed loss adds up as is
-                acc.backward(share / window if window > 1 and reduction == "mean" else share)
+                divide_by = window if window > 1 and reduction == "mean" else 1
+                if manual:
+                    mlp.backward(divide_by)
+                else:
+                    acc.backward(share / divide_by if divide_by > 1 else share)
         if updates_now and window_ok and guard.gradients_usable(optimizer, state):
             acc.step(optimizer, clip_grad_norm=opts.clip_grad_norm, clip_grad_value=opts.clip_grad_value)
             if state.schedule is not None:

@@ -1,0 +1,196 @@
+"""Hand-derived MLP gradients (mlp_step.py): bitwise autograd's, and autograd wherever not covered."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import zerograd
+from zerograd.mlp_step import ManualMLP
+from zerograd.models import mlp
+
+
+def autograd_grads(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   divide_by: int = 1) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    (loss / divide_by if divide_by > 1 else loss).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def manual_grads(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 divide_by: int = 1) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    manual = ManualMLP.for_model(model, loss_fn)
+    assert manual is not None and manual.accepts(x, y)
+    model.zero_grad(set_to_none=True)
+    outputs, loss = manual.forward(x, y)
+    manual.backward(divide_by)
+    return [p.grad.clone() for p in model.parameters()], outputs, loss
+
+
+def classes(n: int = 12, features: int = 20, k: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=g), torch.randint(0, k, (n,), generator=g)
+
+
+def net(*layers: nn.Module) -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(*layers)
+
+
+COVERED = {
+    "tutorial-mlp-nll": (lambda: (torch.manual_seed(3), mlp([20, 16, 16, 5], log_softmax=True))[1], nn.NLLLoss, "classes"),
+    "relu-ce": (lambda: net(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 5)), nn.CrossEntropyLoss, "classes"),
+    "tanh-sigmoid-ce-sum": (lambda: net(nn.Linear(20, 16), nn.Tanh(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 5)),
+                            lambda: nn.CrossEntropyLoss(reduction="sum"), "classes"),
+    "no-bias-inplace-relu": (lambda: net(nn.Linear(20, 16, bias=False), nn.ReLU(inplace=True), nn.Linear(16, 5, bias=False)),
+                             nn.CrossEntropyLoss, "classes"),
+    "weighted-nll-ignore": (lambda: net(nn.Linear(20, 5), nn.LogSoftmax(dim=-1)),
+                            lambda: nn.NLLLoss(weight=torch.linspace(0.5, 2.0, 5), ignore_index=2), "classes"),
+    "mse-mean": (lambda: net(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 2)), nn.MSELoss, "regression"),
+    "mse-sum-identity-dropout0": (lambda: net(nn.Linear(20, 16), nn.Identity(), nn.Sigmoid(), nn.Dropout(0.0), nn.Linear(16, 2)),
+                                  lambda: nn.MSELoss(reduction="sum"), "regression"),
+    "bare-linear": (lambda: (torch.manual_seed(3), nn.Linear(20, 2))[1], nn.MSELoss, "regression"),
+}
+
+
+def data_for(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = classes()
+    if kind == "regression":
+        return x, torch.stack([x[:, 0] - x[:, 1], x[:, 2].tanh()], dim=1)
+    return x, y
+
+
+@pytest.mark.parametrize("divide_by", [1, 3])
+@pytest.mark.parametrize("name", list(COVERED))
+def test_gradients_outputs_and_loss_are_bitwise_autograds(name: str, divide_by: int) -> None:
+    make_model, make_loss, kind = COVERED[name]
+    model, loss_fn = make_model(), make_loss()
+    x, y = data_for(kind)
+    expected = autograd_grads(model, loss_fn, x, y, divide_by)
+    with torch.no_grad():
+        expected_outputs = model(x)
+        expected_loss = loss_fn(expected_outputs, y)
+    grads, outputs, loss = manual_grads(model, loss_fn, x, y, divide_by)
+    assert torch.equal(outputs, expected_outputs) and torch.equal(loss, expected_loss)
+    for (param_name, _), a, b in zip(model.named_parameters(), grads, expected):
+        assert torch.equal(a, b), f"{name}: {param_name} differs by {(a - b).abs().max().item():.3g}"
+
+
+def test_images_are_flattened_like_nn_flatten() -> None:
+    torch.manual_seed(0)
+    model, loss_fn = mlp([48, 8, 3], log_softmax=True), nn.NLLLoss()
+    x, y = torch.rand(6, 1, 6, 8), torch.randint(0, 3, (6,))
+    expected = autograd_grads(model, loss_fn, x, y)
+    grads, _, _ = manual_grads(model, loss_fn, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected))
+
+
+def test_gradients_add_to_existing_ones_like_autograd() -> None:
+    model, loss_fn = COVERED["relu-ce"][0](), nn.CrossEntropyLoss()
+    x, y = classes()
+    autograd_grads(model, loss_fn, x[:6], y[:6])
+    loss_fn(model(x[6:]), y[6:]).backward()  # accumulates
+    expected = [p.grad.clone() for p in model.parameters()]
+    autograd_grads(model, loss_fn, x[:6], y[:6])
+    manual = ManualMLP.for_model(model, loss_fn)
+    manual.forward(x[6:], y[6:])
+    manual.backward()
+    assert all(torch.equal(p.grad, e) for p, e in zip(model.parameters(), expected))
+
+
+NOT_COVERED = {
+    "dropout": lambda: (net(nn.Linear(20, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
+    "batch-norm": lambda: (net(nn.Linear(20, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
+    "gelu": lambda: (net(nn.Linear(20, 8), nn.GELU(), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
+    "two-activations-in-a-row": lambda: (net(nn.Linear(20, 8), nn.ReLU(), nn.Tanh(), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
+    "starts-with-activation": lambda: (net(nn.ReLU(), nn.Linear(20, 5)), nn.CrossEntropyLoss()),
+    "log-softmax-not-last": lambda: (net(nn.Linear(20, 5), nn.LogSoftmax(dim=1), nn.Linear(5, 5)), nn.NLLLoss()),
+    "log-softmax-dim-0": lambda: (net(nn.Linear(20, 5), nn.LogSoftmax(dim=0)), nn.NLLLoss()),
+    "partial-flatten": lambda: (net(nn.Flatten(2), nn.Linear(20, 5)), nn.CrossEntropyLoss()),
+    "label-smoothing": lambda: (net(nn.Linear(20, 5)), nn.CrossEntropyLoss(label_smoothing=0.1)),
+    "l1-loss": lambda: (net(nn.Linear(20, 2)), nn.L1Loss()),
+    "reduction-none": lambda: (net(nn.Linear(20, 5)), nn.CrossEntropyLoss(reduction="none")),
+    "subclassed-sequential": lambda: (type("Mine", (nn.Sequential,), {})(nn.Linear(20, 5)), nn.CrossEntropyLoss()),
+    "custom-module": lambda: (zerograd.models.tutorial_cnn(), nn.CrossEntropyLoss()),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_COVERED))
+def test_models_and_losses_it_does_not_cover_fall_back(name: str) -> None:
+    model, loss_fn = NOT_COVERED[name]()
+    assert ManualMLP.for_model(model, loss_fn) is None
+
+
+def test_hooks_and_frozen_parameters_fall_back() -> None:
+    def fresh() -> nn.Sequential:
+        return net(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 5))
+
+    loss_fn = nn.CrossEntropyLoss()
+    assert ManualMLP.for_model(fresh(), loss_fn) is not None
+    hooked = fresh()
+    hooked[1].register_forward_hook(lambda *args: None)
+    assert ManualMLP.for_model(hooked, loss_fn) is None
+    tensor_hook = fresh()
+    tensor_hook[0].weight.register_hook(lambda grad: grad * 2)
+    assert ManualMLP.for_model(tensor_hook, loss_fn) is None
+    frozen = fresh()
+    frozen[0].bias.requires_grad_(False)
+    assert ManualMLP.for_model(frozen, loss_fn) is None
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert ManualMLP.for_model(fresh(), loss_fn) is None
+    finally:
+        handle.remove()
+
+
+def test_batches_it_cannot_take_are_refused() -> None:
+    model = net(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 5))
+    manual = ManualMLP.for_model(model, nn.CrossEntropyLoss())
+    x, y = classes()
+    assert manual.accepts(x, y)
+    assert not manual.accepts(x, torch.softmax(torch.randn(12, 5), 1))  # soft targets
+    assert not manual.accepts(x.double(), y)
+    assert not manual.accepts(x.view(12, 4, 5), y)  # 3-D input to a Linear: autograd handles it
+    assert not manual.accepts(x.clone().requires_grad_(), y)
+    regression = ManualMLP.for_model(net(nn.Linear(20, 1)), nn.MSELoss())
+    assert regression.accepts(x, torch.randn(12, 1))
+    assert not regression.accepts(x, torch.randn(12))  # autograd broadcasts this (and warns)
+
+
+@pytest.mark.parametrize("options", [
+    dict(loss="nll", optimizer="adam", lr=0.01),
+    dict(loss="cross_entropy", optimizer="sgd", lr=0.05, momentum=0.9, accumulate=2),
+    dict(loss="cross_entropy", optimizer="adamw", lr=0.01, clip_grad_norm=0.5, schedule="cosine"),
+], ids=["adam-nll", "sgd-accumulate", "adamw-clip-cosine"])
+def test_fit_trains_bitwise_the_same_with_and_without_it(options: dict) -> None:
+    x, y = classes(n=53, seed=4)
+    torch.manual_seed(1)
+    model = mlp([20, 16, 16, 5], log_softmax=options["loss"] == "nll")
+    reference = copy.deepcopy(model)
+    fast = zerograd.fit(model, (x, y), eval_data=(x, y), batch_size=8, epochs=3, device="cpu", **options)
+    slow = zerograd.fit(reference, (x, y), eval_data=(x, y), batch_size=8, epochs=3, device="cpu", fused_mlp=False,
+                        **options)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    assert fast.records == [dict(r, seconds=f["seconds"]) for r, f in zip(slow.records, fast.records)]
+
+
+def test_fit_uses_it_for_a_plain_mlp(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    original = ManualMLP.backward
+    monkeypatch.setattr(ManualMLP, "backward", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    x, y = classes(n=40)
+    zerograd.fit(mlp([20, 8, 5]), (x, y), batch_size=10, epochs=1, device="cpu")
+    assert len(calls) == 4
+    zerograd.fit(mlp([20, 8, 5]), (x, y), batch_size=10, epochs=1, device="cpu", fused_mlp=False)
+    zerograd.fit(mlp([20, 8, 5]), (x, y), batch_size=10, epochs=1, device="cpu", precision="bf16")
+    assert len(calls) == 4
+
+
+def test_backward_without_forward_is_an_error() -> None:
+    manual = ManualMLP.for_model(net(nn.Linear(20, 5)), nn.CrossEntropyLoss())
+    with pytest.raises(RuntimeError, match="without a forward pass"):
+        manual.backward()
