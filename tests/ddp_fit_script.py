@@ -55,12 +55,20 @@ def scenarios() -> dict[str, dict[str, Any]]:
         # a map-style Dataset, in order: DistributedSampler shards then give the same global batches
         "generic_dataset": {"train": PairDataset(*classification(44, 0)), "test": PairDataset(*test),
                             "options": {**SGD, "batch_size": 8, "shuffle": False}},
+        # dropout straight after the inputs: each rank must draw its own masks (not one-process equal)
+        "dropout": {"train": classification(45, 0), "test": test, "options": {**SGD, "batch_size": 8},
+                    "dropout": True},
     }
 
 
 def train_one(name: str, spec: dict[str, Any], out: Path) -> None:
     torch.manual_seed(0)
     model = mlp([6, 16, spec.get("outputs", 3)], flatten=False)
+    masks: list[list[bool]] = []
+    if spec.get("dropout"):
+        model = torch.nn.Sequential(torch.nn.Dropout(0.5), *model)
+        model[0].register_forward_hook(lambda m, args, out: masks.append((out == 0).flatten().tolist())
+                                       if m.training and not masks else None)
     history = zerograd.fit(model, spec["train"], eval_data=spec["test"], device="cpu", **spec["options"])
     loss = spec["options"].get("loss", "cross_entropy")
     test = spec["test"] if isinstance(spec["test"], Dataset) else PairDataset(*spec["test"])
@@ -68,7 +76,8 @@ def train_one(name: str, spec: dict[str, Any], out: Path) -> None:
     rank = distributed.rank()
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / f"{name}.rank{rank}.safetensors"))
-    record = {"history": history.records, "evaluate": evaluated, "world_size": distributed.world_size()}
+    record = {"history": history.records, "evaluate": evaluated, "world_size": distributed.world_size(),
+              "first_dropout_mask": masks[0] if masks else None}
     (out / f"{name}.rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -259,12 +259,18 @@ def test_fit_on_two_ranks_matches_one_process(tmp_path: Path) -> None:
     job = run_job(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT),
                    str(tmp_path / "two")], tmp_path)
     assert job.returncode == 0, job.stderr[-3000:]
-    for name in script.scenarios():
+    for name, spec in script.scenarios().items():
         single = load_file(str(tmp_path / "one" / f"{name}.rank0.safetensors"))
         rank0 = load_file(str(tmp_path / "two" / f"{name}.rank0.safetensors"))
         rank1 = load_file(str(tmp_path / "two" / f"{name}.rank1.safetensors"))
         for key in rank0:
             assert torch.equal(rank0[key], rank1[key]), f"{name}: the ranks drifted apart at {key}"
+        if spec.get("dropout"):  # random masks: the ranks agree on the weights, but draw masks of their own
+            masks = [json.loads((tmp_path / "two" / f"{name}.rank{r}.json").read_text())["first_dropout_mask"]
+                     for r in (0, 1)]
+            assert len(masks[0]) == len(masks[1]) == 4 * 6  # each rank's half of the first batch of 8
+            assert masks[1] != masks[0]
+            continue
         assert_same_weights(single, rank0)
         one = json.loads((tmp_path / "one" / f"{name}.rank0.json").read_text())
         two = json.loads((tmp_path / "two" / f"{name}.rank1.json").read_text())

@@ -239,6 +239,8 @@ def _fit(model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
     test_loader = _device_loader(eval_data, opts.eval_batch_size, acc) if eval_data is not None else None
 
     net = acc.prepare_model(model, compile=opts.compile, channels_last=opts.channels_last)
+    if acc.rank > 0:  # after DDP's broadcast of rank 0's weights: each rank draws its own dropout masks
+        seed_everything(rank_seed(opts.seed, acc.rank))  # (the data order has a generator of its own)
     optimizer = build_optimizer(model.parameters(), opts.optimizer, lr=opts.lr, momentum=opts.momentum,
                                 weight_decay=opts.weight_decay, device=acc.device)
     steps_per_epoch = math.ceil(len(train_loader) / opts.accumulate)
@@ -442,6 +444,12 @@ def split_validation(train_data: Any, val_data: Any, val_split: float, seed: int
     if tensors is not None:
         return TensorDataset(*(t[train_index] for t in tensors)), TensorDataset(*(t[val_index] for t in tensors))
     return Subset(train_data, train_index.tolist()), Subset(train_data, val_index.tolist())
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of DDP rank `rank` > 0 for everything random in training (dropout, augmentation);
+    rank 0 keeps `seed`, so its draws are those of a one-process run."""
+    return (seed + 1_000_003 * rank) % 2**63
 
 
 def seed_everything(seed: int) -> None:
