@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer = torch_class(model.parameters(), **optimizer.defaults)
     x, y = experiment.data.train.tensors
     manual = None
-    if not args.autograd and config["fused_mlp"] and config["precision"] == "fp32":
-        manual = ManualMLP.for_model(model, loss_fn)  # what fit does (engine._train_epoch)
+    if not args.autograd and config["fused_mlp"]:
+        manual = ManualMLP.for_model(model, loss_fn, config["precision"])  # what fit does (engine._train_epoch)
     batches = torch.randperm(len(x)).split(config["batch_size"])
     phases = {"batch": 0.0, "zero_grad": 0.0, "forward+loss": 0.0, "backward": 0.0, "step": 0.0}
     clock = time.thread_time if args.threads == 1 else time.perf_counter

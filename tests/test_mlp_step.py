@@ -130,6 +130,7 @@ def test_hooks_and_frozen_parameters_fall_back() -> None:
 
     loss_fn = nn.CrossEntropyLoss()
     assert ManualMLP.for_model(fresh(), loss_fn) is not None
+    assert ManualMLP.for_model(fresh(), loss_fn, "bf16") is None  # autocast: autograd's path
     hooked = fresh()
     hooked[1].register_forward_hook(lambda *args: None)
     assert ManualMLP.for_model(hooked, loss_fn) is None

@@ -296,7 +296,7 @@ def _train_epoch(state: LoopState, loader: Any, loss_fn: nn.Module, callbacks: l
     steps, k = state.batches_per_epoch, opts.accumulate
     window_ok = True  # on_nan: skip leaves out a whole accumulation window that holds a NaN/Inf loss
     # A plain MLP in fp32 trains without autograd's per-node cost, with the same gradients (mlp_step.py).
-    mlp = ManualMLP.for_model(model, loss_fn) if opts.fused_mlp and acc.precision == "fp32" else None
+    mlp = ManualMLP.for_model(model, loss_fn, acc.precision) if opts.fused_mlp else None
 
     for index, (inputs, targets) in enumerate(_epoch_batches(loader, state), start=state.batch):
         inputs, targets = acc.to_device((inputs, targets))
@@ -317,13 +317,13 @@ def _train_epoch(state: LoopState, loader: Any, loss_fn: nn.Module, callbacks: l
             usable = guard.loss_usable(loss, state, index)  # NaN/Inf: raises (on_nan: error) or False (skip)
             window_ok = window_ok and usable
             if window_ok:
-                n_global = global_batch_size(loader, index, targets.shape[0], acc.world_size)
-                share = acc.rank_share(loss, outputs, targets.shape[0], n_global, reduction)  # = loss in one process
                 # mean loss: average over the window (= one batch of k*b); a summed loss adds up as is
                 divide_by = window if window > 1 and reduction == "mean" else 1
-                if manual:
+                if manual:  # never under DDP (a wrapped model has no plan): the loss is the rank's share
                     mlp.backward(divide_by)
                 else:
+                    n_global = global_batch_size(loader, index, targets.shape[0], acc.world_size)
+                    share = acc.rank_share(loss, outputs, targets.shape[0], n_global, reduction)  # = loss in one process
                     acc.backward(share / divide_by if divide_by > 1 else share)
         if updates_now and window_ok and guard.gradients_usable(optimizer, state):
             acc.step(optimizer, clip_grad_norm=opts.clip_grad_norm, clip_grad_value=opts.clip_grad_value)

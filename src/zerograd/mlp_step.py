@@ -72,9 +72,11 @@ class ManualMLP:
         self._seed: torch.Tensor | None = None  # the 1 that starts the backward pass, made once
 
     @classmethod
-    def for_model(cls, model: nn.Module, loss_fn: nn.Module) -> "ManualMLP | None":
+    def for_model(cls, model: nn.Module, loss_fn: nn.Module, precision: str = "fp32") -> "ManualMLP | None":
         """A `ManualMLP` for `model` and `loss_fn` when they are covered (see the module's
         docstring), None otherwise. Each batch is still checked with `accepts`."""
+        if precision != "fp32":  # autocast's casts are part of the maths under bf16/fp16
+            return None
         plan = _plan_for(model, loss_fn)
         return None if plan is None else cls(plan)
 
@@ -184,19 +186,8 @@ def _plan_for(model: nn.Module, loss_fn: nn.Module) -> _Plan | None:
 
 
 def _loss_plan(loss_fn: nn.Module, flatten: bool, layers: list[_Layer], log_softmax_dim: int | None) -> _Plan | None:
-    reduction = _REDUCTIONS.get(getattr(loss_fn, "reduction", None), 0)
-    if reduction == 0:  # "none" (or unknown): the loop back-propagates a scalar
-        return None
-    plan = _Plan(flatten, layers, log_softmax_dim, "", reduction)
-    kind = type(loss_fn)
-    if kind is nn.MSELoss:
-        plan.loss = "mse"
-    elif kind is nn.NLLLoss or (kind is nn.CrossEntropyLoss and loss_fn.label_smoothing == 0.0):
-        plan.loss = "nll" if kind is nn.NLLLoss else "cross_entropy"
-        plan.ignore_index, plan.weight = loss_fn.ignore_index, loss_fn.weight
-    else:
-        return None
-    if _has_hooks(loss_fn):
+    kind, reduction = _loss_kind(loss_fn), _REDUCTIONS.get(getattr(loss_fn, "reduction", None), 0)
+    if kind is None or reduction == 0 or _has_hooks(loss_fn):  # reduction "none": the loop needs a scalar
         return None
     params = [p for layer in layers for p in layer.linear.parameters()]
     dtypes = {p.dtype for p in params}
@@ -204,7 +195,21 @@ def _loss_plan(loss_fn: nn.Module, flatten: bool, layers: list[_Layer], log_soft
         return None
     if any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in params):
         return None
-    return plan
+    if kind == "mse":
+        return _Plan(flatten, layers, log_softmax_dim, kind, reduction)
+    return _Plan(flatten, layers, log_softmax_dim, kind, reduction, loss_fn.ignore_index, loss_fn.weight)
+
+
+def _loss_kind(loss_fn: nn.Module) -> str | None:
+    """"mse", "nll" or "cross_entropy" for the losses this covers (exactly torch's classes), else None."""
+    kind = type(loss_fn)
+    if kind is nn.MSELoss:
+        return "mse"
+    if kind is nn.NLLLoss:
+        return "nll"
+    if kind is nn.CrossEntropyLoss and loss_fn.label_smoothing == 0.0:
+        return "cross_entropy"
+    return None
 
 
 def _is_no_op(module: nn.Module) -> bool:
