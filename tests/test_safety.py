@@ -18,7 +18,7 @@ from zerograd import fit
 from zerograd.api import resume, train
 from zerograd.callbacks import Callback
 from zerograd.checkpoint import Checkpointer, checkpoint_dirs, problem_with
-from zerograd.checks import NonFiniteGuard
+from zerograd.divergence import NonFiniteGuard
 from zerograd.cli import main as cli
 from zerograd.errors import CheckpointError, ConfigError, TrainingError, ZerogradWarning
 
@@ -115,7 +115,7 @@ def test_yaml_configs_cannot_run_code(tmp_path: Path, capsys: pytest.CaptureFixt
 # NaN / Inf
 
 def test_a_diverging_lr_stops_with_where_why_and_the_last_good_checkpoint(tmp_path: Path) -> None:
-    config = CONFIG | {"lr": 50.0, "optimizer": "sgd", "epochs": 5}
+    config = CONFIG | {"lr": 50.0, "optimizer": "sgd", "epochs": 5, "checkpoint_every": 1}
     with pytest.raises(TrainingError) as caught:
         train(config, out=tmp_path / "run", quiet=True)
     message = str(caught.value)
@@ -123,7 +123,7 @@ def test_a_diverging_lr_stops_with_where_why_and_the_last_good_checkpoint(tmp_pa
     assert "epoch 1, batch" in message or "epoch 2, batch" in message
     assert "lr 50: try 5" in message and "inputs" in message and "on_nan: skip" in message
     newest = checkpoint_dirs(tmp_path / "run" / "checkpoints")[0]
-    assert f"the last good checkpoint is {newest}" in message
+    assert f"checkpoint, written before this was seen, is {newest}" in message
     weights = load_file(newest / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())  # good indeed
 

@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from zerograd.callbacks import Callback, EarlyStopping
-from zerograd.checks import check_finite_weights
+from zerograd.divergence import check_finite_weights
 from zerograd.errors import CheckpointError, ConfigError, RunDirError, TrainingError, ZerogradWarning
 
 if TYPE_CHECKING:

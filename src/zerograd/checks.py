@@ -8,9 +8,7 @@ cross-entropy, one-hot targets for NLL, [N] targets against [N, 1] outputs under
 inputs, an empty data set, a batch larger than the data set. Things that train but are probably
 unintended (log_softmax before cross-entropy) are `ZerogradWarning`s.
 
-`NonFiniteGuard` watches the loss while training: `on_nan: error` stops with a `TrainingError`
-naming the epoch and step, the last good checkpoint and the likely causes; `on_nan: skip` drops
-the batch (no optimizer step) and counts it.
+What can go wrong while training (NaN/Inf, a loss that explodes) is watched in `divergence.py`.
 """
 from __future__ import annotations
 
@@ -24,14 +22,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from zerograd.accelerator import unwrap
 from zerograd.data.loader import TensorLoader
-from zerograd.errors import DataError, TrainingError, ZerogradError, ZerogradWarning
+from zerograd.errors import DataError, ZerogradError, ZerogradWarning
 from zerograd.losses import BinaryCrossEntropyWithLogits, loss_name
 
 if TYPE_CHECKING:
     from zerograd.accelerator import Accelerator
-    from zerograd.engine import FitOptions, LoopState
+    from zerograd.engine import FitOptions
 
-ON_NAN = ("error", "skip")
 CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
 
 
@@ -362,114 +359,3 @@ def _first_line(error: BaseException) -> str:
 
 def _kind(value: torch.Tensor) -> str:
     return "NaN" if bool(torch.isnan(value).any()) else "Inf"
-
-
-# ----------------------------------------------------------------------------------------------
-# NaN / Inf while training
-
-class NonFiniteGuard:
-    """What the loop does when the loss is NaN/Inf: policy "error" raises a `TrainingError`,
-    "skip" leaves the batch out (no optimizer step) and counts it in `skipped_batches`.
-
-    Asking whether a loss is finite is a host sync. On the CPU it costs about nothing and is done
-    every batch; on an accelerator "error" records the answer on the device and looks at it every
-    `check_every` batches, at the end of the epoch and before every checkpoint (so no checkpoint
-    ever holds NaN weights), still naming the exact batch. "skip" must know before the backward
-    pass, so it syncs every batch."""
-
-    def __init__(self, policy: str, acc: "Accelerator", *, check_every: int = 64, every_batch: bool | None = None) -> None:
-        self.policy = policy
-        self.acc = acc
-        self.every_batch = policy == "skip" or (acc.device.type == "cpu" if every_batch is None else every_batch)
-        self.check_every = check_every
-        self._flags: torch.Tensor | None = None
-        self._where: list[tuple[int, int, int]] = []  # (epoch, batch index, step) of each pending flag
-
-    def loss_usable(self, loss: torch.Tensor, state: "LoopState", index: int) -> bool:
-        """True when the batch may be trained on; raises in "error" mode once a NaN/Inf is seen."""
-        value = loss.detach()
-        if self.policy == "skip":
-            finite = torch.isfinite(value).all()
-            if self.acc.distributed:  # all ranks must skip together, or DDP's all-reduce would hang
-                finite = self.acc.all_reduce_sum((~finite).float()) == 0
-            if bool(finite):
-                return True
-            state.totals.skipped += 1
-            return False
-        if self.every_batch:  # .item() of a CPU scalar: well under a microsecond
-            if not (math.isfinite(value.item()) if value.numel() == 1 else bool(torch.isfinite(value).all())):
-                raise divergence_error(state, "the loss", _kind(value), epoch=state.epoch, index=index,
-                                       step=state.global_step)
-            return True
-        finite = torch.isfinite(value).all()
-        if self._flags is None:
-            self._flags = torch.zeros(self.check_every, dtype=torch.bool, device=loss.device)
-        self._flags[len(self._where)] = ~finite  # a device-side copy: no sync
-        self._where.append((state.epoch, index, state.global_step))
-        if len(self._where) == self.check_every:
-            self.verify(state)
-        return True
-
-    def gradients_usable(self, optimizer: torch.optim.Optimizer, state: "LoopState") -> bool:
-        """In "skip" mode, a step whose gradients hold NaN/Inf is skipped too (with a gradient
-        scaler the scaler already does that)."""
-        if self.policy != "skip" or self.acc.scaler is not None:
-            return True
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            return True
-        optimizer.zero_grad(set_to_none=True)
-        state.totals.skipped += 1
-        return False
-
-    def verify(self, state: "LoopState") -> None:
-        """Look at the deferred checks now (a sync); raise for the first NaN/Inf batch."""
-        pending, self._where = self._where, []
-        if not pending or self._flags is None:
-            return
-        flags = self._flags[:len(pending)]
-        if bool(flags.any()):
-            epoch, index, step = pending[int(flags.nonzero()[0][0])]
-            raise divergence_error(state, "the loss", "NaN/Inf", epoch=epoch, index=index, step=step)
-
-    def check_epoch(self, state: "LoopState") -> None:
-        """At the end of an epoch: pending checks, the weights (NaN gradients leave the loss finite
-        until the next batch; the epoch's last one has none), and an epoch of only skipped batches."""
-        self.verify(state)
-        if self.policy == "error":
-            check_finite_weights(state)
-        batches = state.batches_per_epoch
-        if self.policy == "skip" and state.totals is not None and batches and state.totals.skipped >= batches:
-            raise divergence_error(state, "the loss of every batch", "NaN/Inf", index=batches - 1, skipping=True)
-
-
-def check_finite_weights(state: "LoopState") -> None:
-    """Refuse to go on with NaN/Inf weights (e.g. after NaN gradients with a finite loss)."""
-    params = [p for p in state.raw_model.parameters() if p.is_floating_point()]
-    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-        finished_epoch = state.epoch - 1 if state.batch == 0 and state.epoch > 0 else state.epoch
-        raise divergence_error(state, "the weights", "NaN/Inf", epoch=finished_epoch)
-
-
-def divergence_error(state: "LoopState", what: str, kind: str, *, epoch: int | None = None, index: int | None = None,
-                     step: int | None = None, skipping: bool = False) -> TrainingError:
-    """The error for a run whose loss or weights became NaN/Inf: where, what to resume from, why."""
-    epoch = state.epoch if epoch is None else epoch
-    step = state.global_step if step is None else step
-    where = f"epoch {epoch + 1}" + (f", batch {index + 1}" if index is not None else "") + f" (after {step} optimizer steps)"
-    last = (f"the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint
-            else "no checkpoint was written before it")
-    lr = state.options.lr
-    causes = (f"a learning rate too high for this model (lr {lr:g}: try {lr / 10:g}, or clip_grad_norm: 1.0), "
-              "NaN/Inf or unscaled values in the inputs (normalize them), or a log or division of zero in the model")
-    action = ("Skipping batches cannot help when every batch fails." if skipping
-              else "To leave such batches out instead, set on_nan: skip.")
-    return TrainingError(f"training diverged: {what} became {kind} at {where}; {last}. Likely causes: {causes}. {action}")
-
-
-def check_on_nan(value: str) -> None:
-    from zerograd.errors import ConfigError
-
-    if value not in ON_NAN:
-        raise ConfigError(f'on_nan must be "error" (stop with a message) or "skip" (leave the batch out), got {value!r}')
-

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from zerograd.accelerator import PRECISIONS, Accelerator, unwrap
 from zerograd.callbacks import Callback, early_stopping_from
 from zerograd.checkpoint import replay_to_batch
-from zerograd.checks import NonFiniteGuard, check_on_nan, first_batch, preflight
+from zerograd.checks import first_batch, preflight
+from zerograd.divergence import NonFiniteGuard, check_on_nan
 from zerograd.data.loader import TensorLoader, as_tensors, global_batch_size, in_memory_tensors, make_loader
 from zerograd.distributed import check_global_batch
 from zerograd.errors import ConfigError, DataError, did_you_mean
