@@ -27,7 +27,7 @@ from torch import nn
 
 from zerograd import runs
 from zerograd.data.images import ImageSpec
-from zerograd.data.tabular import RawTable, TableEncoder, read_csv
+from zerograd.data.tabular import RawTable, TableEncoder, load_numpy, read_csv
 from zerograd.digits import light_on_dark, mnist_style
 from zerograd.errors import DataError
 from zerograd.losses import loss_name, task_of
@@ -119,6 +119,8 @@ class Predictor:
     # -- forward and results -----------------------------------------------------------------------
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.shape[0] == 0:
+            raise DataError("there is nothing to predict: the inputs are empty (0 rows)")
         with self._lock, torch.no_grad():
             return self.model(batch.to(self.device)).float().cpu()
 
@@ -146,10 +148,14 @@ class Predictor:
             raise DataError(f"input file {path} does not exist")
         suffix = path.suffix.lower()
         if suffix == ".npy":
-            try:
-                array = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as error:
-                raise DataError(f"{path} is not a NumPy file zerograd can read ({error})") from None
+            array = load_numpy(path)
+            if not isinstance(array, np.ndarray):
+                raise DataError(f"{path} is an .npz archive (arrays {', '.join(array) or 'none'}), not one .npy array; "
+                                "give predict one array saved with np.save")
+            texts = self._table is not None and any(c.kind == "category" for c in self._table.columns)
+            if array.dtype.kind not in ("biuf" + ("US" if texts else "")):
+                raise DataError(f"{path} holds {_dtype_words(array.dtype)}; this run takes numbers"
+                                + (" (and texts for its category columns)" if texts else ""))
             return self.prepare(array)
         if suffix in (".csv", ".tsv", ".txt") and self._table is not None:
             return self._table_rows(read_csv(path)), False
@@ -284,9 +290,16 @@ def _as_array(inputs: Any) -> np.ndarray:
     if isinstance(inputs, torch.Tensor):
         return inputs.detach().cpu().numpy()
     try:
-        return np.asarray(inputs)
+        array = np.asarray(inputs)
+        return array if array.dtype.kind in "biuf" else array.astype(np.float64)
     except (ValueError, TypeError) as error:
         raise DataError(f"cannot turn a {type(inputs).__name__} into an array of numbers ({error})") from None
+
+
+def _dtype_words(dtype: np.dtype) -> str:
+    kinds = {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers", "M": "dates", "m": "time spans",
+             "V": "records"}
+    return f"{kinds.get(dtype.kind, 'values')} ({dtype})"
 
 
 def _unit(array: np.ndarray) -> np.ndarray:

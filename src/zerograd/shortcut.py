@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 from zerograd.data.images import choose_mode, choose_size, scan_folder, split_folders, stratified_split
 from zerograd.data.tabular import TABLE_SUFFIXES, TASK_ALIASES, load_table_data
-from zerograd.errors import ConfigError, DataError, did_you_mean
+from zerograd.errors import ConfigError, DataError, ZerogradWarning, did_you_mean
 from zerograd.layers import is_import_path, resolve_import
 from zerograd.models import MODELS
 
@@ -72,7 +73,9 @@ def _image_config(root: Path, target: str | None, model: str | None, task: str |
 
 def _table_config(path: Path, target: str | None, model: str | None, task: str | None, epochs: int | None,
                   batch_size: int | None) -> tuple[dict[str, Any], list[str]]:
-    splits = load_table_data(path, target=target, task=task or "auto")
+    with warnings.catch_warnings():  # the run reads the table again and warns about it then, once
+        warnings.simplefilter("ignore", ZerogradWarning)
+        splits = load_table_data(path, target=target, task=task or "auto")
     outputs = len(splits.class_names) if splits.task == "classification" else int(splits.train.tensors[1].shape[1])
     data: dict[str, Any] = {"train": str(path.resolve()), "task": splits.task}
     if splits.target is not None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
+import zipfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from zerograd.errors import ConfigError, DataError, did_you_mean
+from zerograd.errors import ConfigError, DataError, ZerogradWarning, did_you_mean
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".npy", ".npz")
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
@@ -56,7 +59,7 @@ class RawTable:
 def read_csv(path: str | Path) -> RawTable:
     """A CSV (or TSV) file with a header row; the delimiter is sniffed (`,` `;` tab `|`)."""
     path = _existing(path)
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = _read_text(path)
     try:
         dialect: Any = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
     except csv.Error:
@@ -67,30 +70,68 @@ def read_csv(path: str | Path) -> RawTable:
     header = [name.strip() or f"column{i}" for i, name in enumerate(rows[0])]
     if all(_is_number(cell) for cell in header):
         raise DataError(f"{path} has no header row (its first row is all numbers); add a first line naming the columns")
+    _check_unique(header, path)
     width = len(header)
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != width:
             raise DataError(f"{path}, line {line}: {len(row)} values but the header names {width} columns")
     cells = list(zip(*rows[1:]))
-    columns = {name: _parse_column(values) for name, values in zip(header, cells)}
+    columns = {}
+    for name, values in zip(header, cells):
+        columns[name], infinite = _parse_column(values)
+        if infinite:  # inf is no value to standardise or learn from: like an empty cell, said out loud
+            warnings.warn(f"{path}: column {name!r} holds {infinite} infinite value{'s' * (infinite > 1)} (inf/-inf); "
+                          "they are read as missing values (filled with the training mean)", ZerogradWarning, stacklevel=2)
     return RawTable(header, columns, str(path))
 
 
-def _parse_column(values: Sequence[str]) -> np.ndarray:
-    """Numbers (missing cells as NaN) when every present cell is a number, else the texts."""
+def _read_text(path: Path) -> str:
+    """The file's text: UTF-8 (with or without a BOM) or UTF-16 with its BOM (Excel's "Unicode
+    text"); any other bytes are an error rather than characters silently replaced."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: byte 0x{data[error.start]:02x} is not {encoding.removesuffix('-sig').upper()} "
+                        "text; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 in.csv > out.csv)") from None
+
+
+def _check_unique(header: list[str], path: Path) -> None:
+    """Two columns of one name: one would silently shadow the other."""
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        where = "; ".join(f"{name!r} in columns {', '.join(str(i + 1) for i, n in enumerate(header) if n == name)}"
+                          for name in repeated)
+        raise DataError(f"{path}: the header names the same column more than once ({where}); give every column "
+                        "its own name")
+
+
+def _parse_column(values: Sequence[str]) -> tuple[np.ndarray, int]:
+    """(numbers, how many were inf/-inf) when every present cell is a number, missing cells and
+    infinities as NaN; else (the texts, 0)."""
     stripped = [v.strip() for v in values]
     present = [v for v in stripped if v.lower() not in MISSING]
-    if present and all(_is_number(v) for v in present):
-        return np.array([float(v) if v.lower() not in MISSING else math.nan for v in stripped], dtype=np.float64)
-    return np.array(stripped, dtype=object)
+    if present and all(_parses(v) for v in present):
+        numbers = np.array([float(v) if v.lower() not in MISSING else math.nan for v in stripped], dtype=np.float64)
+        infinite = np.isinf(numbers)
+        numbers[infinite] = math.nan
+        return numbers, int(infinite.sum())
+    return np.array(stripped, dtype=object), 0
 
 
-def _is_number(text: str) -> bool:
+def _parses(text: str) -> bool:
     try:
         float(text)
     except ValueError:
         return False
-    return text.strip().lower() not in ("nan", "inf", "-inf", "infinity")
+    return True
+
+
+def _is_number(text: str) -> bool:
+    """A finite number (a header cell like "inf" or "nan" is a name, not a value)."""
+    return _parses(text) and math.isfinite(float(text))
 
 
 def read_arrays(path: str | Path, target: str | int | None) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
@@ -101,14 +142,10 @@ def read_arrays(path: str | Path, target: str | int | None) -> tuple[np.ndarray,
     x_test/y_test); `target` names the targets' key when it is not one of those.
     """
     path = _existing(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise DataError(f"{path} is not a NumPy file zerograd can read ({error})") from None
+    loaded = load_numpy(path)
     if isinstance(loaded, np.ndarray):
         return (*_split_target_column(loaded, target, path), None)
-    with loaded:
-        arrays = {key: loaded[key] for key in loaded.files}
+    arrays = loaded
     lower = {key.lower(): key for key in arrays}
     if "x_train" in lower and "y_train" in lower:
         test = None
@@ -126,6 +163,29 @@ def read_arrays(path: str | Path, target: str | int | None) -> tuple[np.ndarray,
     if x_key is None:
         raise DataError(f"{path} holds {', '.join(arrays)}; zerograd cannot tell which array holds the inputs; name it x")
     return arrays[x_key], arrays[y_key], None
+
+
+def load_numpy(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
+    """The array of an .npy file, or the arrays of an .npz file by name, whatever the file is
+    called; pickles (and object arrays, which are pickles) are refused unread."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        with path.open("rb") as handle:
+            head = handle.read(6)
+        if "Object arrays" in str(error) or head.startswith(b"\x80"):  # pickle protocol 2+
+            detail = "it holds Python objects (a pickle), which zerograd never loads"
+        elif not head.startswith((b"\x93NUMPY", b"PK")):  # NumPy would call any other bytes a pickle too
+            detail = "it is neither an .npy nor an .npz file"
+        else:
+            detail = str(error).split(". ")[0].strip().rstrip(".")
+        raise DataError(f"{path} is not a NumPy file of numbers zerograd can read ({detail}); save numeric arrays "
+                        "with np.save (one array) or np.savez (several)") from None
 
 
 def _split_target_column(array: np.ndarray, target: str | int | None, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -193,7 +253,8 @@ class TableEncoder:
         if values.ndim == 2:
             table = RawTable([f"x{i}" for i in range(values.shape[1])], {f"x{i}": values[:, i] for i in range(values.shape[1])}, "array")
             return cls.fit(table, table.names, standardize=standardize)
-        mean, std = (float(values.mean()), float(values.std()) or 1.0) if standardize else (0.0, 1.0)
+        finite = values[np.isfinite(values)]  # a NaN pixel is the pre-flight check's to report, not to spread
+        mean, std = (float(finite.mean()), float(finite.std()) or 1.0) if standardize and finite.size else (0.0, 1.0)
         return cls(mean=mean, std=std, input_shape=list(values.shape[1:]))
 
     def transform(self, table: RawTable) -> np.ndarray:
@@ -205,7 +266,10 @@ class TableEncoder:
         if not self.columns:
             values = np.asarray(inputs, dtype=np.float64)
             return ((values - self.mean) / self.std).astype(np.float32)
-        rows = np.asarray(inputs, dtype=object if any(c.kind == "category" for c in self.columns) else np.float64)
+        try:
+            rows = np.asarray(inputs, dtype=object if any(c.kind == "category" for c in self.columns) else np.float64)
+        except (TypeError, ValueError) as error:
+            raise DataError(f"the rows must hold numbers ({', '.join(self.feature_names)}): {error}") from None
         if rows.ndim == 1:
             rows = rows[None, :]
         if rows.ndim != 2 or rows.shape[1] != len(self.columns):
@@ -236,19 +300,25 @@ def _column_dict(column: Column) -> dict[str, Any]:
 
 def _fit_column(name: str, values: np.ndarray, source: str, standardize: bool) -> Column:
     if values.dtype != object:
-        present = values[~np.isnan(values)]
+        present = values[np.isfinite(values)]  # NaN and inf are missing values (filled with the mean)
         if len(present) == 0:
             raise DataError(f"{source}: column {name!r} has no values in the training split")
         if not standardize:
             return Column(name, "number", mean=0.0, std=1.0)
         std = float(present.std())
         return Column(name, "number", mean=float(present.mean()), std=std if std > 0 else 1.0)
-    categories = sorted({str(v) for v in values if str(v).lower() not in MISSING})
+    present_texts = [str(v).strip() for v in values if str(v).strip().lower() not in MISSING]
+    categories = sorted(set(present_texts))
     if len(categories) > MAX_CATEGORIES:
         raise DataError(
             f"{source}: column {name!r} holds {len(categories)} different texts (e.g. {categories[0]!r}), too many for a "
             f"category; leave it out by listing the columns to use: features: [...]"
         )
+    words = [v for v in present_texts if not _parses(v)]
+    if 0 < len(words) <= len(present_texts) // 2:  # mostly numbers: a few stray words made it text
+        warnings.warn(f"{source}: column {name!r} is read as {len(categories)} categories, not as numbers, because "
+                      f"{len(words)} of its {len(present_texts)} values are not numbers (e.g. {words[0]!r}); if it holds "
+                      "numbers, empty or fix those cells", ZerogradWarning, stacklevel=4)
     return Column(name, "category", values=categories)
 
 
@@ -263,8 +333,8 @@ def _encode_column(column: Column, values: np.ndarray) -> np.ndarray:
         return encoded
     if values.dtype == object:  # numbers written as text (a form, a dict of strings)
         values = _raw_column(values, column)
-    # A missing number becomes the training mean, i.e. 0 after standardisation.
-    filled = np.where(np.isnan(values), column.mean, values)
+    # A missing (or infinite) number becomes the training mean, i.e. 0 after standardisation.
+    filled = np.where(np.isfinite(values), values, column.mean)
     return ((filled - column.mean) / column.std).astype(np.float32)[:, None]
 
 
@@ -286,7 +356,7 @@ def infer_task(targets: np.ndarray) -> tuple[str, str]:
         distinct = len({str(v) for v in values})
         return "classification", f"the target holds text labels ({distinct} distinct)"
     numbers = values.astype(np.float64)
-    numbers = numbers[~np.isnan(numbers)]
+    numbers = numbers[np.isfinite(numbers)]
     distinct = len(np.unique(numbers))
     if np.all(numbers == np.round(numbers)) and distinct <= MAX_CLASSES_INFERRED:
         return "classification", f"the target holds {distinct} distinct whole numbers"
@@ -302,14 +372,19 @@ def encode_targets(targets: np.ndarray, task: str, class_names: list[str] | None
             example = next(iter(values), "")
             raise DataError(f"{source}: the target holds text ({example!r}), which cannot be regressed; use classification (loss: cross_entropy)")
         numbers = values.astype(np.float32)
-        if np.isnan(numbers).any():
-            raise DataError(f"{source}: the target is missing in {int(np.isnan(numbers).sum())} rows; fill or drop them")
+        if not np.isfinite(numbers).all():
+            raise DataError(f"{source}: the target is missing in {int((~np.isfinite(numbers)).sum())} rows (empty, NaN or inf); "
+                            "fill or drop them")
         return torch.from_numpy(numbers.reshape(len(numbers), -1).copy()), None
     if values.ndim != 1:
         raise DataError(f"{source}: class targets must be one label per row, got shape {list(values.shape)}")
     labels = _label_texts(values, source)
     if class_names is None:
         class_names = _sorted_labels(labels)
+        if len(class_names) == 1:  # it would train to 100% accuracy and learn nothing
+            raise DataError(f"{source}: the target holds one class only ({class_names[0]!r}, in all {len(labels)} rows); "
+                            "a classifier needs at least two classes: check the target column (--target, data.target) "
+                            "and the file")
     index = {name: i for i, name in enumerate(class_names)}
     unknown = sorted({label for label in labels if label not in index})
     if unknown:
@@ -323,15 +398,15 @@ def _label_texts(values: np.ndarray, source: str) -> list[str]:
         missing = sum(1 for label in labels if label.lower() in MISSING)
     else:
         numbers = values.astype(np.float64)
-        missing = int(np.isnan(numbers).sum())
+        missing = int((~np.isfinite(numbers)).sum())
         if not missing and not np.all(numbers == np.round(numbers)):
             raise DataError(
                 f"{source}: the target holds fractional numbers ({numbers[numbers != np.round(numbers)][0]:g}), which are not "
                 "classes; for regression use loss: mse (or --task regress)"
             )
-        labels = [str(int(v)) if not math.isnan(v) else "" for v in numbers]
+        labels = [str(int(v)) if math.isfinite(v) else "" for v in numbers]
     if missing:
-        raise DataError(f"{source}: the target is missing in {missing} rows; fill or drop them")
+        raise DataError(f"{source}: the target is missing in {missing} rows (empty, NaN or inf); fill or drop them")
     return labels
 
 
@@ -442,6 +517,7 @@ def _array_splits(train: str | Path, target: str | int | None, test: str | Path 
     if len(inputs) != len(targets):
         raise DataError(f"{train}: {len(inputs)} input rows but {len(targets)} targets")
     task, notes = _resolve_task(task, targets, "the targets")
+    notes += _array_gaps(inputs, train)
     parts = _split_rows(len(inputs), test_split if test_arrays is None else 0.0, val_split, seed)
     encoder = TableEncoder.fit_array(inputs[parts["train"]], standardize=standardize)
     _, class_names = encode_targets(targets, task, None, str(train))
@@ -460,6 +536,29 @@ def _array_splits(train: str | Path, target: str | int | None, test: str | Path 
     notes.append(_split_note(train_set, val_set, test_set, test_arrays is not None))
     target_name = None if target is None else str(target)
     return TableSplits(train_set, val_set, test_set, task, class_names, encoder, target_name, notes)
+
+
+def _array_gaps(inputs: np.ndarray, source: str | Path) -> list[str]:
+    """NaN and inf in a table of numbers are missing values (filled with the training mean), as
+    in a CSV file: a note for them, and a warning for the infinities, which are rarely meant."""
+    if inputs.ndim != 2 or inputs.dtype.kind != "f":
+        return []
+    gaps = ~np.isfinite(inputs)
+    if not gaps.any():
+        return []
+    named = _column_names(gaps)
+    infinite = np.isinf(inputs)
+    if infinite.any():
+        count = int(infinite.sum())
+        warnings.warn(f"{source}: {count} input value{'s are' if count > 1 else ' is'} inf/-inf ({_column_names(infinite)}); "
+                      "they are read as missing values (filled with the training mean)", ZerogradWarning, stacklevel=4)
+    return [f"{named}: {int(gaps.sum())} missing values filled with the training mean"]
+
+
+def _column_names(mask: np.ndarray) -> str:
+    """'column x3' or 'columns x0, x1, ...': the columns of a 2-D mask with any True."""
+    columns = [f"x{i}" for i in np.flatnonzero(mask.any(axis=0))]
+    return f"column{'s' * (len(columns) > 1)} " + ", ".join(columns[:8]) + (", ..." if len(columns) > 8 else "")
 
 
 def _target_column(table: RawTable, target: str | int | None) -> str:
@@ -498,8 +597,8 @@ def _missing_notes(table: RawTable, features: Sequence[str]) -> list[str]:
     notes = []
     for name in features:
         values = table.columns[name]
-        if values.dtype != object and np.isnan(values).any():
-            notes.append(f"column {name!r}: {int(np.isnan(values).sum())} missing values filled with the training mean")
+        if values.dtype != object and not np.isfinite(values).all():
+            notes.append(f"column {name!r}: {int((~np.isfinite(values)).sum())} missing values filled with the training mean")
     return notes
 
 
