@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from zerograd import api
 from zerograd import config as configs
 from zerograd import checkpoint, distributed, predictor, runs, shortcut
 from zerograd.errors import ConfigError, TrainingInterrupted, ZerogradError, ZerogradWarning
+from zerograd.reporting.console import make_console, plain
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
 from zerograd.sweep import sweep as run_sweep
@@ -233,10 +232,11 @@ def launch_workers(launch: distributed.LaunchOptions, args: argparse.Namespace) 
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    console = Console(highlight=False)
+    console = make_console()
     final = summary["final"]
     figures = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float) and k not in ("weight", "bias"))
-    console.print(f"[bold]{summary['recipe']}[/]: {summary['epochs_completed']} epochs in {summary['train_seconds']:.1f} s  {figures}")
+    console.print(f"[bold]{plain(summary['recipe'])}[/]: {summary['epochs_completed']} epochs in {summary['train_seconds']:.1f} s  "
+                  f"{plain(figures)}", soft_wrap=True)
     if "weight" in summary:
         console.print(f"learned: y = {summary['weight']:.4f} x + {summary['bias']:.4f}")
     if "test_accuracy" in final:
@@ -244,9 +244,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     if summary.get("stop_reason") == "early_stopping":
         console.print(f"stopped early after epoch {summary['epochs_completed']} (no improvement); "
                       f"weights and figures from the best epoch, {summary['best_epoch']}")
-    console.print(f"run directory: {run_dir}")
+    console.print(f"run directory: {plain(run_dir)}", soft_wrap=True)
     if (run_dir / "plots").is_dir():
-        console.print(f"plots: {run_dir / 'plots'}  (report: zerograd report {run_dir})", soft_wrap=True)
+        console.print(f"plots: {plain(run_dir / 'plots')}  (report: zerograd report {plain(run_dir)})", soft_wrap=True)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -297,9 +297,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"runs": [r.to_dict() for r in rows], "plot": str(plot)}, indent=2))
         return 0
-    console = Console(highlight=False)
+    console = make_console()
     console.print(comparison_table(rows))
-    console.print(f"overlay plot: {plot}", soft_wrap=True)
+    console.print(f"overlay plot: {plain(plot)}", soft_wrap=True)
     return 0
 
 

@@ -144,7 +144,6 @@ def _progress_bar(label: str, total: int | None, *, enabled: bool) -> Iterator:
         yield lambda n: None
         return
     # Imported here: rich is only needed when a bar is actually shown.
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -154,6 +153,8 @@ def _progress_bar(label: str, total: int | None, *, enabled: bool) -> Iterator:
         TransferSpeedColumn,
     )
 
+    from zerograd.reporting.console import make_console
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -161,7 +162,7 @@ def _progress_bar(label: str, total: int | None, *, enabled: bool) -> Iterator:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=make_console(stderr=True)) as bar:
         task = bar.add_task(f"downloading {label}", total=total)
         yield lambda n: bar.advance(task, n)
 

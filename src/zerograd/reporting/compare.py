@@ -22,6 +22,7 @@ from zerograd import runs
 from zerograd.engine import History
 from zerograd.errors import ConfigError, RunDirError, did_you_mean
 from zerograd.losses import task_of
+from zerograd.reporting.console import plain
 
 HIGHER_IS_BETTER = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1", "r2")
 # Keys that change how a run is shown, not what it learns.
@@ -75,7 +76,8 @@ def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if not path.is_dir():
-            raise RunDirError(f"{path} does not exist; give run directories (see runs/) or a folder that holds them")
+            what = "is a file, not a directory" if path.exists() else "does not exist"
+            raise RunDirError(f"{path} {what}; give run directories (see runs/) or a folder that holds them")
         if is_run_dir(path):
             result.append(path)
             continue
@@ -206,16 +208,16 @@ def metric_columns(rows: Sequence[ComparedRun]) -> list[str]:
 def comparison_table(rows: Sequence[ComparedRun], *, title: str | None = None) -> Table:
     """A rich table: rank, run, config differences, final metrics (main metric bold), epochs, time."""
     arrow = "higher is better" if rows and rows[0].higher_is_better else "lower is better"
-    table = Table(title=title or f"{len(rows)} runs, best first by {rows[0].metric} ({arrow})" if rows else title,
-                  header_style="bold", title_style="bold")
+    heading = title or f"{len(rows)} runs, best first by {rows[0].metric} ({arrow})" if rows else title
+    table = Table(title=plain(heading) if heading else None, header_style="bold", title_style="bold")
     table.add_column("#", justify="right", style="dim")
     table.add_column("run", overflow="fold")
     difference_keys = list(dict.fromkeys(k for r in rows for k in r.differences))
     for key in difference_keys:
-        table.add_column(key, style="cyan", overflow="fold")
+        table.add_column(plain(key), style="cyan", overflow="fold")
     metrics = metric_columns(rows) if rows else []
     for index, name in enumerate(metrics):
-        table.add_column(name, justify="right", style="bold green" if index == 0 else None)
+        table.add_column(plain(name), justify="right", style="bold green" if index == 0 else None)
     table.add_column("epochs done", justify="right")
     table.add_column("time", justify="right")
     for rank, row in enumerate(rows, start=1):
@@ -223,7 +225,7 @@ def comparison_table(rows: Sequence[ComparedRun], *, title: str | None = None) -
         cells += [format_cell(row.differences.get(k)) for k in difference_keys]
         cells += [format_metric(m, row.final.get(m)) for m in metrics]
         cells += [str(row.epochs), format_seconds(row.seconds) if isinstance(row.seconds, (int, float)) else "—"]
-        table.add_row(*cells)
+        table.add_row(*map(plain, cells))  # names and values as they are, never read as markup
     return table
 
 

@@ -29,6 +29,7 @@ from zerograd.engine import LoopState
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.models import count_parameters
 from zerograd.optim import current_lr
+from zerograd.reporting.console import make_console, plain
 from zerograd.reporting.summary import ModelSummary, describe_sizes, layer_table_rows
 
 PROGRESS_MODES = ("bar", "plain", "none")
@@ -150,7 +151,7 @@ class ProgressPrinter(Callback):
         samples_per_epoch: int | None = None,
         refresh_seconds: float = 0.15,
     ) -> None:
-        self.console = console or Console(highlight=False)
+        self.console = console or make_console()
         self.title = title
         self.requested_mode = check_progress_mode(mode)
         self.summary = summary
@@ -254,7 +255,7 @@ class ProgressPrinter(Callback):
         acc = state.accelerator
         where = f"{acc.device}" + (f" x{acc.world_size} processes" if acc.distributed else "")
         self.console.print(
-            f"[bold]{self.title or 'training'}[/]: {count_parameters(state.raw_model):,} parameters on {where}, "
+            f"[bold]{plain(self.title or 'training')}[/]: {count_parameters(state.raw_model):,} parameters on {where}, "
             f"precision {acc.precision}, {state.options.epochs} epochs of {state.batches_per_epoch} batches",
             soft_wrap=True,
         )
@@ -275,7 +276,7 @@ class ProgressPrinter(Callback):
             if row is None:
                 table.add_row("…", "", "", "")
             else:
-                table.add_row(row.name, row.kind, row.output_shape, f"{row.parameters:,}")
+                table.add_row(plain(row.name), plain(row.kind), plain(row.output_shape), f"{row.parameters:,}")
         return table
 
     def _print_plain_epoch(self, logs: dict[str, Any]) -> None:

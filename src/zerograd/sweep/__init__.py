@@ -31,6 +31,7 @@ from rich.console import Console
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.errors import ConfigError, RunDirError, TrainingError
+from zerograd.reporting.console import make_console, plain
 
 from zerograd.sweep.jobs import (
     DEFAULT_MIN_RUNS,
@@ -205,10 +206,10 @@ def sweep(
     plan = _make_plan(spec, dimensions, seed_list, make_job, mode, sweep_dir)  # resolves every config
     _check_before_running(plan, source, spec, dimensions)
     _claim_sweep_dir(sweep_dir, spec)
-    console = Console(highlight=False)
+    console = make_console()
     if not quiet:
-        console.print(f"[bold]{spec['command']}[/]: {plan.total} runs, {jobs} at a time "
-                      f"({threads} threads each), ranked by {metric_name} -> {sweep_dir}")
+        console.print(f"[bold]{plain(spec['command'])}[/]: {plan.total} runs, {jobs} at a time "
+                      f"({threads} threads each), ranked by {plain(metric_name)} -> {plain(sweep_dir)}")
 
     results = _run_plan(plan, jobs, threads, metric_name, console if not quiet else None)
     result = _summarise(sweep_dir, spec, results, metric_name, mode, dimensions, source)
@@ -379,7 +380,8 @@ def _run_plan(plan: Plan, jobs: int, threads: int, metric: str, console: Console
             value = outcome.summary["final"].get(key[0])
         plan.done(job, value if _finite(value) else None)
         if console is not None:
-            console.print(f"[{finished}/{plan.total}] {job.name}  {_progress_text(outcome, key[0] if key else metric, value)}")
+            console.print(f"{plain(f'[{finished}/{plan.total}] {job.name}')}  "
+                          f"{_progress_text(outcome, key[0] if key else metric, value)}")
 
     with worker_pool(jobs, threads) as pool:
         return execute(plan, pool, jobs, on_result)
@@ -387,7 +389,7 @@ def _run_plan(plan: Plan, jobs: int, threads: int, metric: str, console: Console
 
 def _progress_text(outcome: Outcome, metric: str, value: Any) -> str:
     if outcome.summary is None:
-        return f"[red]failed[/]: {outcome.error}"
+        return f"[red]failed[/]: {plain(outcome.error)}"
     summary = outcome.summary
     figure = f"{metric} {value:.4g}" if _finite(value) else f"{metric} -"
     notes = " (done before)" if outcome.skipped else ""

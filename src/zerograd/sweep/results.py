@@ -17,6 +17,7 @@ from rich.table import Table
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.errors import RunDirError
+from zerograd.reporting.console import make_console, plain
 from zerograd.sweep.jobs import Job, Outcome, _finite
 from zerograd.sweep.space import _plain_text
 
@@ -130,15 +131,15 @@ def _row_cells(rank: int, row: ConfigResult, keys: Sequence[str]) -> list[str]:
 
 def results_table(result: SweepResult, limit: int | None = None) -> Table:
     """The configurations as a rich table, best first (the best row in bold)."""
-    table = Table(title=f"sweep {result.dir}: {result.metric} ({'higher' if result.mode == 'max' else 'lower'} is better)")
+    table = Table(title=plain(f"sweep {result.dir}: {result.metric} ({'higher' if result.mode == 'max' else 'lower'} is better)"))
     table.add_column("#", justify="right")
     for key in result.keys:
-        table.add_column(key, justify="right")
-    table.add_column(result.metric + (" mean ± std" if any(len(r.values) > 1 for r in result.configs) else ""), justify="right")
+        table.add_column(plain(key), justify="right")
+    table.add_column(plain(result.metric) + (" mean ± std" if any(len(r.values) > 1 for r in result.configs) else ""), justify="right")
     for name in ("runs", "epochs", "time s", "notes"):
         table.add_column(name, justify="right" if name != "notes" else "left")
     for rank, row in enumerate(result.configs[:limit], start=1):
-        table.add_row(*_row_cells(rank, row, result.keys), style="bold green" if rank == 1 and row.mean is not None else None)
+        table.add_row(*map(plain, _row_cells(rank, row, result.keys)), style="bold green" if rank == 1 and row.mean is not None else None)
     return table
 
 
@@ -152,16 +153,16 @@ def results_markdown(result: SweepResult) -> str:
 
 def print_result(result: SweepResult, console: Console | None = None) -> None:
     """The ranked table, the best configuration and where the files are."""
-    console = console or Console(highlight=False)
+    console = console or make_console()
     console.print(results_table(result))
     best = result.best
     if best is None:
         console.print("[red]no run finished with a value for the metric[/]")
         return
     chosen = "  ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
-    console.print(f"best: {chosen}  {result.metric} {format_score(best)}")
-    console.print(f"best config: {result.files[BEST_YAML]}  (train it: zerograd train {result.files[BEST_YAML]})")
-    console.print(f"sweep directory: {result.dir}")
+    console.print(plain(f"best: {chosen}  {result.metric} {format_score(best)}"))
+    console.print(plain(f"best config: {result.files[BEST_YAML]}  (train it: zerograd train {result.files[BEST_YAML]})"))
+    console.print(plain(f"sweep directory: {result.dir}"))
 
 
 def write_results_csv(path: Path, result: SweepResult) -> None:

@@ -1,0 +1,31 @@
+"""The rich `Console` every zerograd command prints with.
+
+In a terminal it is rich's own: the terminal's width, colour. Anywhere else (a pipe, a file, a
+CI log, `capsys`) rich would assume 80 columns and wrap or cut what it prints: run names split
+inside a table cell, headers cut to "test_…", "test_loss 0.3349" broken across two lines. There
+the console has no width limit and never wraps (rich adds no colour codes when the output is not
+a terminal), so each line is what a terminal would show, whole, for `grep`, `cut` and diff.
+
+Text from the user (run names, paths, error messages) goes through `plain` before it is mixed
+into rich markup, so "runs/exp[lr=0.1]" is printed as it is and not read as a style tag.
+"""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+
+UNLIMITED_WIDTH = 100_000  # wide enough for any table row; rich pads nothing to this width
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console on stdout (or stderr): rich's defaults in a terminal (or a notebook), else no
+    width limit and no wrapping."""
+    console = Console(highlight=False, stderr=stderr)
+    if console.is_terminal or console.is_jupyter:
+        return console
+    return Console(highlight=False, stderr=stderr, width=UNLIMITED_WIDTH, soft_wrap=True)
+
+
+def plain(text: object) -> str:
+    """`text` escaped for rich markup: shown as it is."""
+    return escape(str(text))
