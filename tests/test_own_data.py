@@ -142,7 +142,10 @@ def test_a_yaml_config_with_the_users_own_module(tmp_path: Path, monkeypatch: py
               "model": {"name": "mynet.py:Net", "in_features": 5, "num_classes": 3, "hidden": 8}}
     run = zerograd.train(config, out=tmp_path / "run", quiet=True)
     assert type(run.model).__name__ == "Net" and run.summary["final"]["test_accuracy"] >= 0.9
-    assert zerograd.load(tmp_path / "run").predict({"petal_length": 1.4, "petal_width": 0.2, "colour": "white"}).label == "setosa"
+    with pytest.raises(zerograd.ConfigError, match="mynet.py.*trust_code=True"):  # the run's config names code
+        zerograd.load(tmp_path / "run")
+    predictor = zerograd.load(tmp_path / "run", trust_code=True)
+    assert predictor.predict({"petal_length": 1.4, "petal_width": 0.2, "colour": "white"}).label == "setosa"
 
 
 def test_the_shortcut_sizes_a_users_class_from_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

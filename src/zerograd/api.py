@@ -19,7 +19,7 @@ from zerograd.callbacks import Callback
 from zerograd.engine import History, LoopState, evaluate, fit, seed_everything
 from zerograd.errors import ConfigError, TrainingInterrupted
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
-from zerograd.models import build_model
+from zerograd.models import imported_class
 from zerograd.reporting.hooks import RunReporters
 
 
@@ -53,19 +53,24 @@ def train(
     callbacks: Sequence[Callback] = (),
     progress: str | None = None,
     resume: str | Path | None = None,
+    trust_code: bool = True,
 ) -> Run:
     """Train a recipe name, a YAML file or a config mapping, writing a run directory.
 
     `progress` (bar, plain or none) overrides the config's `progress:`; `quiet` prints nothing.
     `resume=RUN_DIR` continues that run in place from its newest intact checkpoint (the config
     must be the one it started with); SIGINT/SIGTERM save a checkpoint and raise
-    `TrainingInterrupted`."""
+    `TrainingInterrupted`.
+
+    `source` is the caller's own config, so a model class it names (`module:Class`) is imported;
+    `trust_code=False` refuses that (as `resume` does for a run directory's config)."""
     config = configs.resolve(source, overrides)
     if resume is not None:
         config = checkpoint.resume_config(resume, config)
     every, keep = checkpoint.settings_from(config)
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
-    experiment = build_experiment(config)
+    origin = Path(resume) / runs.CONFIG if resume is not None else (source if isinstance(source, (str, Path)) else None)
+    experiment = build_experiment(config, trust_code=trust_code, origin=origin)
     Accelerator.create(config["device"], config["precision"])  # a device this machine lacks fails before any run file is written
     if resume is not None:
         if out is not None and Path(out).resolve() != Path(resume).resolve():
@@ -100,7 +105,8 @@ def train(
     if final.state.stop_reason == "interrupted":
         raise TrainingInterrupted(
             f"training stopped by {stop.name or 'a stop signal (to another rank)'} at epoch {final.state.epoch + 1}, after {final.state.global_step} steps; "
-            f"checkpoint saved in {saver.saved}. Continue with: zerograd resume {run_dir}{distributed.relaunch_flags()}", exit_code=stop.exit_code)
+            f"checkpoint saved in {saver.saved}. Continue with: zerograd resume {run_dir}{_trust_flag(config)}{distributed.relaunch_flags()}",
+            exit_code=stop.exit_code)
     summary = build_summary(experiment, history, final.state)
     if final.state.accelerator.is_main:
         runs.save_weights(final.state.raw_model, run_dir / runs.WEIGHTS)
@@ -109,11 +115,18 @@ def train(
     return Run(run_dir, history, summary, final.state.raw_model, config)
 
 
+def _trust_flag(config: dict[str, Any]) -> str:
+    """` --trust-code` when the run's model is a class of the user's own: resuming imports it again."""
+    return " --trust-code" if imported_class(config["model"]) else ""
+
+
 def resume(run_dir: str | Path, *, quiet: bool = False, callbacks: Sequence[Callback] = (),
-           progress: str | None = None) -> Run:
+           progress: str | None = None, trust_code: bool = False) -> Run:
     """Continue an interrupted run in place from its newest intact checkpoint, with the config it
-    started with; it ends with the same files (and, on CPU, the same weights) as an uninterrupted run."""
-    return train(checkpoint.resume_config(run_dir), resume=run_dir, quiet=quiet, callbacks=callbacks, progress=progress)
+    started with; it ends with the same files (and, on CPU, the same weights) as an uninterrupted run.
+    A model class of the user's own that the run's config names is imported only with `trust_code`."""
+    return train(checkpoint.resume_config(run_dir), resume=run_dir, quiet=quiet, callbacks=callbacks, progress=progress,
+                 trust_code=trust_code)
 
 
 def build_summary(experiment: Experiment, history: History, state: LoopState) -> dict[str, Any]:
@@ -145,20 +158,20 @@ def build_summary(experiment: Experiment, history: History, state: LoopState) ->
     return summary
 
 
-def load_run(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_run(run_dir: str | Path, *, trust_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """The trained model of a run directory (architecture from config.yaml, weights from
-    model.safetensors) and its config."""
+    model.safetensors) and its config. A model class of the user's own (`module:Class`) that the
+    config names is code: it is imported only with `trust_code=True`."""
     path = runs.require_run_dir(run_dir)
     config = runs.read_config(path)
     input_shape = (runs.read_preprocessing(path) or runs.read_summary(path)).get("input_shape")  # sizes layer lists
-    model = runs.load_weights(build_model(config["model"], input_shape=input_shape), path / runs.WEIGHTS)
-    return model.eval(), config
+    return runs.load_model(path, config, input_shape, trust_code=trust_code).eval(), config
 
 
-def evaluate_run(run_dir: str | Path, *, device: str = "auto") -> dict[str, float]:
+def evaluate_run(run_dir: str | Path, *, device: str = "auto", trust_code: bool = False) -> dict[str, float]:
     """Loss and metrics of a finished run recomputed from its saved weights, on the test set
     (`test_*`), or on the training set (`train_*`) for data sets without one."""
-    model, config = load_run(run_dir)
+    model, config = load_run(run_dir, trust_code=trust_code)
     data = build_data(data_spec(config))
     prefix, eval_data = ("test_", data.test) if data.test is not None else ("train_", data.train)
     results = evaluate(model, eval_data, loss=config["loss"], metrics=config.get("metrics"),

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from zerograd.callbacks import Callback, EarlyStopping
 from zerograd.divergence import check_finite_weights
-from zerograd.errors import CheckpointError, ConfigError, RunDirError, TrainingError, ZerogradWarning
+from zerograd.errors import CheckpointError, ConfigError, RunDirError, TrainingError, ZerogradError, ZerogradWarning
 
 if TYPE_CHECKING:
     from zerograd.engine import LoopState
@@ -450,6 +450,8 @@ def problem_with(path: Path) -> str | None:
         listing = json.loads(manifest.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{MANIFEST} is unreadable"
+    if not isinstance(listing, dict) or not all(isinstance(entry, dict) for entry in listing.values()):
+        return f"{MANIFEST} does not list files with their sizes and hashes"
     for filename in (MODEL_FILE, STATE_FILE, STATE_JSON):
         if filename not in listing:
             return f"{MANIFEST} does not list {filename}"
@@ -530,7 +532,7 @@ def _best_checkpoint(paths: list[Path]) -> Path | None:
             monitor = json.loads((path / MANIFEST).read_text()).get("monitor")
         except (OSError, ValueError):
             continue
-        if monitor and isinstance(monitor.get("value"), (int, float)) and math.isfinite(monitor["value"]):
+        if isinstance(monitor, dict) and isinstance(monitor.get("value"), (int, float)) and math.isfinite(monitor["value"]):
             sign = 1.0 if monitor.get("mode", "min") == "min" else -1.0
             scored.append((sign * monitor["value"], -_step_of(path), path))
     return min(scored)[2] if scored else None
@@ -710,7 +712,13 @@ class ResumeFrom(Callback):
                 rewrite_metrics(self.metrics_path, [], 0)  # what the stopped run logged is logged again
             return
         model_tensors, tensors, tree = read_checkpoint(path)
-        restore(state, model_tensors, tree, tensors, path)
+        try:
+            restore(state, model_tensors, tree, tensors, path)
+        except ZerogradError:  # e.g. other training options: already says what to do
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:  # hashes match, content does not
+            raise CheckpointError(f"{path} does not hold what zerograd writes in a checkpoint ({type(error).__name__}: "
+                                  f"{error}); it cannot be resumed, train the run again") from None
         if self.metrics_path is not None and state.accelerator.is_main:
             rewrite_metrics(self.metrics_path, state.history.records, state.global_step)
         state.last_checkpoint = str(path)
@@ -732,7 +740,10 @@ def resume_config(run_dir: str | Path, asked: dict[str, Any] | None = None) -> d
     if (path / runs.SUMMARY).is_file() and (path / runs.WEIGHTS).is_file():
         raise ConfigError(f"{path} is a finished run (it has {runs.SUMMARY} and {runs.WEIGHTS}): there is nothing to "
                           "resume; to train longer, start a new run")
-    config = configs.resolve(runs.read_config(path))
+    try:
+        config = configs.resolve(runs.read_config(path))
+    except ConfigError as error:  # a hand-edited or foreign config: say which file
+        raise RunDirError(f"{path / runs.CONFIG}: {error}") from None
     if asked is None:
         return config
     neutral = NEUTRAL_OPTIONS | {"name", "description", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints"}

@@ -17,6 +17,7 @@ from zerograd import api
 from zerograd import config as configs
 from zerograd import checkpoint, distributed, predictor, runs, shortcut
 from zerograd.errors import ConfigError, TrainingInterrupted, ZerogradError, ZerogradWarning
+from zerograd.models import check_trusted
 from zerograd.reporting.console import make_console, plain
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(train)
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue this interrupted run in place from its newest checkpoint (same config)")
+    add_trust_argument(train, "with --resume RUN_DIR alone: ")
     distributed.add_launch_arguments(train)
     train.set_defaults(handler=cmd_train)
 
@@ -89,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="RUN_DIR")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
     resume.add_argument("--progress", choices=("bar", "plain", "none"), help="as for train")
+    add_trust_argument(resume)
     distributed.add_launch_arguments(resume)  # a DDP run resumes with as many processes as it had
     resume.set_defaults(handler=cmd_resume)
 
     evaluate = commands.add_parser("evaluate", help="re-load a run's weights and print its test loss and metrics")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--device", default="auto")
+    add_trust_argument(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="predict with a trained run: images (PNG/JPEG), .npy arrays or .csv rows")
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", metavar="FILE", nargs="+")
     predict.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per input")
+    add_trust_argument(predict)
     predict.set_defaults(handler=cmd_predict)
 
     serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the predictions")
@@ -110,24 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
     serve.add_argument("--quiet", action="store_true", help="do not log requests")
+    add_trust_argument(serve)
     serve.set_defaults(handler=cmd_serve)
 
     export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
     export.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx or RUN_DIR/model.pt)")
+    add_trust_argument(export)
     export.set_defaults(handler=cmd_export)
 
     plot = commands.add_parser("plot", help="draw a run's plots (curves, confusion matrix, predictions...) into RUN_DIR/plots/")
     plot.add_argument("run_dir", metavar="RUN_DIR")
     plot.add_argument("--out", help="folder for the PNG files (default RUN_DIR/plots)")
     plot.add_argument("--device", default="auto", help="where to compute predictions (default auto)")
+    add_trust_argument(plot)
     plot.set_defaults(handler=cmd_plot)
 
     report = commands.add_parser("report", help="write a self-contained report.html for a run (or a folder of runs)")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--out", help="the HTML file (default RUN_DIR/report.html)")
     report.add_argument("--replot", action="store_true", help="draw the plots again even if RUN_DIR/plots/ has them")
+    add_trust_argument(report, "when plots are drawn: ")
     report.set_defaults(handler=cmd_report)
 
     compare = commands.add_parser("compare", help="compare runs: config differences and final metrics, best first, and their curves")
@@ -153,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--steps", type=int, default=100, help="training steps in the sweep (default 100)")
     lr_find.set_defaults(handler=cmd_lr_find)
     return parser
+
+
+def add_trust_argument(parser: argparse.ArgumentParser, when: str = "") -> None:
+    parser.add_argument("--trust-code", action="store_true",
+                        help=f"{when}import the model class (module:Class, file.py:Class) the run's config.yaml names; "
+                             "that runs its code, so only for runs you trust (zerograd's own models need no flag)")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_workers(launch, args)
     if args.resume is not None and args.recipe is None and args.data is None:
         return cmd_resume(argparse.Namespace(run_dir=args.resume, quiet=args.quiet, progress=args.progress,
-                                             dist_timeout=args.dist_timeout))
+                                             dist_timeout=args.dist_timeout, trust_code=args.trust_code))
     args.recipe = train_source(args)
     with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
         run = api.train(args.recipe, overrides=training_overrides(args), out=args.out, quiet=args.quiet,
@@ -209,7 +224,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if launch is not None:
         return launch_workers(launch, args)
     with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
-        run = api.resume(args.run_dir, quiet=args.quiet, progress=args.progress)
+        run = api.resume(args.run_dir, quiet=args.quiet, progress=args.progress, trust_code=args.trust_code)
         if distributed.is_main():
             print_summary(run.summary, run.dir)
     return 0
@@ -220,6 +235,7 @@ def launch_workers(launch: distributed.LaunchOptions, args: argparse.Namespace) 
     resuming = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     if resuming and getattr(args, "recipe", None) is None and getattr(args, "data", None) is None:
         config = checkpoint.resume_config(resuming)
+        check_trusted(config["model"], trust_code=args.trust_code, origin=Path(resuming) / runs.CONFIG)
     else:
         config = configs.resolve(train_source(argparse.Namespace(**{**vars(args), "quiet": True})),
                                  training_overrides(args))
@@ -277,7 +293,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from zerograd.reporting.plots import write_plots
 
-    for path in write_plots(args.run_dir, out_dir=args.out, device=args.device):
+    for path in write_plots(args.run_dir, out_dir=args.out, device=args.device, trust_code=args.trust_code):
         print(path)
     return 0
 
@@ -285,7 +301,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from zerograd.reporting.report import write_report
 
-    print(write_report(args.run_dir, args.out, replot=args.replot))
+    print(write_report(args.run_dir, args.out, replot=args.replot, trust_code=args.trust_code))
     return 0
 
 
@@ -304,13 +320,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    results = api.evaluate_run(args.run_dir, device=args.device)
+    results = api.evaluate_run(args.run_dir, device=args.device, trust_code=args.trust_code)
     print("  ".join(f"{k} {v:.4f}" for k, v in results.items()))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model = predictor.load(args.run_dir)
+    model = predictor.load(args.run_dir, trust_code=args.trust_code)
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     for path in args.files:
@@ -335,14 +351,14 @@ def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: 
 def cmd_serve(args: argparse.Namespace) -> int:
     from zerograd.serve import serve
 
-    serve(args.run_dir, args.host, args.port, top=args.top, quiet=args.quiet)
+    serve(args.run_dir, args.host, args.port, top=args.top, quiet=args.quiet, trust_code=args.trust_code)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from zerograd.export import export_run
 
-    result = export_run(args.run_dir, args.format, args.out)
+    result = export_run(args.run_dir, args.format, args.out, trust_code=args.trust_code)
     print(f"exported {result.path} ({result.format}); checked on {result.checked_inputs} inputs against PyTorch: "
           f"largest difference {result.max_abs_diff:.2g}")
     return 0

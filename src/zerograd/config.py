@@ -47,6 +47,17 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(what: str, error: yaml.YAMLError) -> str:
+    """One line saying what is wrong with the YAML of `what` and where; a Python tag (which the
+    safe loader refuses, so no code runs) is named as such."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if "tag:yaml.org,2002:python/" in str(error):
+        return f"{what} is not a plain config: it holds a Python tag (!!python/...){where}, which zerograd never loads because it could run code"
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{what} is not valid YAML: {problem}{where}"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from `path`, loaded with the safe loader (no code runs)."""
     path = Path(path)
@@ -55,7 +66,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        raise ConfigError(yaml_problem(f"config file {path}", error)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
     return data

@@ -17,6 +17,11 @@ class ConfigError(ZerogradError, ValueError):
     """An unknown key, a wrong type or an out-of-range value in a config or a call."""
 
 
+class UntrustedCodeError(ConfigError):
+    """A config zerograd did not get from the user (a run directory's config.yaml) names Python code
+    to import (`module:Class`, `file.py:Class`); it runs only with `--trust-code` / `trust_code=True`."""
+
+
 class DataError(ZerogradError, ValueError):
     """Data that cannot be read or does not fit the model/loss (bad files, shapes, labels)."""
 

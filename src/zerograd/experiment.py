@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from zerograd.data.images import load_image_folder
 from zerograd.data.tabular import load_table_data
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.losses import task_of
-from zerograd.models import build_model, check_kwargs
+from zerograd.models import build_model, check_kwargs, check_trusted
 
 
 @dataclass
@@ -146,9 +147,12 @@ def data_spec(config: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def build_experiment(config: dict[str, Any]) -> Experiment:
+def build_experiment(config: dict[str, Any], *, trust_code: bool = True, origin: str | Path | None = None) -> Experiment:
+    """The model and data of `config`; `trust_code=False` (a config from a run directory, `origin`)
+    refuses a model class of the user's own before the data is even loaded."""
+    check_trusted(config["model"], trust_code=trust_code, origin=origin)
     data = build_data(data_spec(config))
-    model = build_model(config["model"], input_shape=data.input_shape)
+    model = build_model(config["model"], input_shape=data.input_shape, trust_code=trust_code, origin=origin)
     check_model_fits(model, data, task_of(config["loss"]))
     return Experiment(config, model, data)
 

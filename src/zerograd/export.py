@@ -41,11 +41,13 @@ class ExportResult:
     checked_inputs: int
 
 
-def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, *, seed: int = 0) -> ExportResult:  # noqa: A002
-    """Export a run's model to `out` (default RUN_DIR/model.onnx or model.pt) and check it."""
+def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, *, seed: int = 0,  # noqa: A002
+               trust_code: bool = False) -> ExportResult:
+    """Export a run's model to `out` (default RUN_DIR/model.onnx or model.pt) and check it.
+    `trust_code`: as for `zerograd.load` (a model class of the user's own is code)."""
     if format not in FORMATS:
         raise ExportError(f'unknown export format "{format}"{did_you_mean(format, FORMATS)}; choose from {", ".join(FORMATS)}')
-    predictor = load(run_dir)
+    predictor = load(run_dir, trust_code=trust_code)
     if not predictor.input_shape:
         raise ExportError(f"{run_dir} does not record its input shape, so no example input can be made to trace the model")
     path = Path(out) if out else Path(predictor.run_dir or run_dir) / FORMATS[format]

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zerograd.errors import ConfigError, did_you_mean
+from zerograd.errors import ConfigError, UntrustedCodeError, did_you_mean
 
 Shape = tuple[int, ...]
 
@@ -201,10 +201,31 @@ def is_import_path(name: Any) -> bool:
     return isinstance(name, str) and ":" in name
 
 
+def code_of(name: str) -> str:
+    """What importing `name` would run: the Python module, or the file (as an absolute path)."""
+    target = name.rpartition(":")[0]
+    if target.endswith(".py"):
+        return f"the Python file {Path(target).expanduser().resolve()}"
+    return f"the Python module {target or name}"
+
+
+def require_trust(name: str, *, trust_code: bool, origin: str | Path | None = None) -> None:
+    """The one gate in front of every import a config asks for: a config the user did not hand to
+    zerograd themselves (a run directory's config.yaml, perhaps downloaded or shared) may name any
+    code, so it is imported only when the user says they trust it. Nothing is imported here."""
+    if trust_code:
+        return
+    where = f"{origin}" if origin is not None else "the config"
+    raise UntrustedCodeError(
+        f'{where} names the model "{name}"; loading it would import and run {code_of(name)}. '
+        "Only if you trust that code, add --trust-code (Python: trust_code=True)"
+    )
+
+
 def import_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """Import the class (or factory) `module:Class` the config names and build it with `kwargs`.
 
-    Only ever called for a name the user wrote into a config or on the command line.
+    Callers ask `require_trust` first (see `zerograd.models.build_model`).
     """
     factory = resolve_import(name)
     from zerograd.models import check_kwargs  # models imports this module

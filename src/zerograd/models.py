@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from zerograd.errors import ConfigError, did_you_mean
-from zerograd.layers import build_layer_list, import_model, is_import_path
+from zerograd.layers import build_layer_list, import_model, is_import_path, require_trust
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -139,9 +140,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(spec: str | dict[str, Any] | list[Any], input_shape: Sequence[int] | None = None) -> nn.Module:
+def build_model(spec: str | dict[str, Any] | list[Any], input_shape: Sequence[int] | None = None, *,
+                trust_code: bool = True, origin: str | Path | None = None) -> nn.Module:
     """Build a zoo model from `"name"` or `{name: ..., **kwargs}`, a layer list `[{linear: 64}, relu, ...]`
-    sized from `input_shape`, or the user's own class `{name: "package.module:Class", **kwargs}`."""
+    sized from `input_shape`, or the user's own class `{name: "package.module:Class", **kwargs}`.
+
+    `trust_code=False` (for a config read from a run directory, `origin`) refuses to import the
+    user's own class, before anything is imported; zoo models and layer lists run no code of the
+    config's and are always built."""
+    check_trusted(spec, trust_code=trust_code, origin=origin)
     if isinstance(spec, dict) and set(spec) == {"layers"}:
         spec = spec["layers"]
     if isinstance(spec, list):
@@ -152,6 +159,8 @@ def build_model(spec: str | dict[str, Any] | list[Any], input_shape: Sequence[in
         raise ConfigError(f"model must be a name, a mapping with a 'name' key or a list of layers, got {spec!r}")
     kwargs = dict(spec)
     name = kwargs.pop("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"the model's name must be a text (a zoo model or package.module:Class), got {name!r}")
     if is_import_path(name):
         return import_model(name, kwargs)
     if name not in MODELS:
@@ -159,6 +168,20 @@ def build_model(spec: str | dict[str, Any] | list[Any], input_shape: Sequence[in
     builder = MODELS[name]
     check_kwargs(f"model {name}", builder, kwargs)
     return builder(**kwargs)
+
+
+def imported_class(spec: Any) -> str | None:
+    """The `module:Class` (or `file.py:Class`) a model spec would import; None for zoo models and
+    layer lists."""
+    name = spec.get("name") if isinstance(spec, dict) else spec
+    return name if is_import_path(name) else None
+
+
+def check_trusted(spec: Any, *, trust_code: bool, origin: str | Path | None = None) -> None:
+    """Refuse (UntrustedCodeError) a model spec that would import code, unless `trust_code`."""
+    name = imported_class(spec)
+    if name is not None:
+        require_trust(name, trust_code=trust_code, origin=origin)
 
 
 def check_kwargs(what: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -29,9 +29,8 @@ from zerograd import runs
 from zerograd.data.images import ImageSpec
 from zerograd.data.tabular import RawTable, TableEncoder, load_numpy, read_csv
 from zerograd.digits import light_on_dark, mnist_style
-from zerograd.errors import DataError
+from zerograd.errors import DataError, RunDirError
 from zerograd.losses import loss_name, task_of
-from zerograd.models import build_model
 
 IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -238,18 +237,20 @@ class Predictor:
         )
 
 
-def load(run_dir: str | Path, *, device: str = "cpu") -> Predictor:
-    """The trained model of a run directory, ready to predict (see `Predictor`)."""
+def load(run_dir: str | Path, *, device: str = "cpu", trust_code: bool = False) -> Predictor:
+    """The trained model of a run directory, ready to predict (see `Predictor`). A model class of
+    the user's own (`module:Class`) that the run's config names is code: it is imported only with
+    `trust_code=True`."""
     path = runs.require_run_dir(run_dir)
     config = runs.read_config(path)
     preprocessing = runs.read_preprocessing(path) or _preprocessing_from_summary(config, runs.read_summary(path))
-    model = build_model(config["model"], input_shape=preprocessing.get("input_shape"))
+    model = runs.load_model(path, config, preprocessing.get("input_shape"), trust_code=trust_code)
+    where = _device(device)
     try:
-        runs.load_weights(model, path / runs.WEIGHTS)
-    except RuntimeError as error:
-        raise DataError(f"{path / runs.WEIGHTS} does not fit the model in {path / runs.CONFIG}: {str(error).splitlines()[0]}") from None
-    return Predictor(model, preprocessing, loss=config.get("loss", "cross_entropy"), config=config, run_dir=path,
-                     device=_device(device))
+        return Predictor(model, preprocessing, loss=config["loss"], config=config, run_dir=path, device=where)
+    except (KeyError, TypeError, ValueError) as error:  # a preprocessing.json the type checks let through
+        raise RunDirError(f"{path / runs.PREPROCESSING} does not describe the inputs ({type(error).__name__}: {error}); "
+                          "restore the file zerograd wrote, or train the run again") from None
 
 
 def _preprocessing_from_summary(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:

@@ -18,18 +18,21 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import save
 from torch import nn
 
 from zerograd.callbacks import Callback
-from zerograd.config import dump, yaml_load
-from zerograd.engine import History, LoopState
-from zerograd.errors import RunDirError
+from zerograd.config import dump, yaml_load, yaml_problem
+from zerograd.engine import FitOptions, History, LoopState
+from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError
+from zerograd.models import build_model
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
@@ -89,6 +92,24 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+def load_model(run_dir: Path, config: dict[str, Any], input_shape: Sequence[int] | None, *,
+               trust_code: bool = False) -> nn.Module:
+    """The architecture a run's config.yaml names, with the run's weights. A model class of the
+    user's own (`module:Class`) is imported only with `trust_code` (see `zerograd.layers.require_trust`)."""
+    origin = run_dir / CONFIG
+    try:
+        model = build_model(config["model"], input_shape=input_shape, trust_code=trust_code, origin=origin)
+    except UntrustedCodeError:
+        raise
+    except ConfigError as error:
+        raise RunDirError(f"{origin}: {error}") from None
+    try:
+        return load_weights(model, run_dir / WEIGHTS)
+    except RuntimeError as error:  # names or shapes that differ: torch's list of them, on one line
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip()) or str(error)
+        raise RunDirError(f"{run_dir / WEIGHTS} does not fit the model in {origin} ({details[:300]}); {_REWRITE}") from None
+
+
 def require_run_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir)
     if not path.is_dir():
@@ -100,13 +121,49 @@ def require_run_dir(run_dir: str | Path) -> Path:
     return path
 
 
+# Every file of a run directory is read as data that may have been damaged or written by someone
+# else: whatever is wrong with it ends as one RunDirError naming the file, never a traceback.
+_REWRITE = "restore the file zerograd wrote, or train the run again"
+
+# The value types a run's JSON files hold (checked where present; other keys pass).
+_NUMBER = (int, float)
+SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "final": (dict,), "epochs_completed": (int,), "best_epoch": (int,), "train_seconds": _NUMBER,
+    "input_shape": (list, type(None)), "class_names": (list, type(None)), "task": (str, type(None)), "stop_reason": (str, type(None)),
+    "recipe": (str,), "batch_size": (int,),
+}
+PREPROCESSING_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "task": (str, type(None)), "input_shape": (list, type(None)), "class_names": (list, type(None)),
+    "size": (list,), "mode": (str,), "fit": (str,), "mean": (list, *_NUMBER), "std": (list, *_NUMBER),
+    "style": (str, type(None)), "columns": (list,),
+}
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
-    return yaml_load((run_dir / CONFIG).read_text())  # a hand-edited `lr: 1e-3` stays a number
+    """A run's config.yaml: plain YAML (the safe loader: a Python tag is refused, never run), a
+    mapping with the `model` and `data` sections every run's config has."""
+    path = Path(run_dir) / CONFIG
+    try:
+        config = yaml_load(path.read_text())  # a hand-edited `lr: 1e-3` stays a number
+    except FileNotFoundError:
+        raise RunDirError(f"{path} does not exist; is {run_dir} a zerograd run directory?") from None
+    except yaml.YAMLError as error:
+        raise RunDirError(f"{yaml_problem(str(path), error)}; {_REWRITE}") from None
+    except UnicodeDecodeError as error:
+        raise RunDirError(f"{path} is not text ({error}); {_REWRITE}") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{path} holds a {type(config).__name__}, not a mapping of config keys; {_REWRITE}")
+    missing = [key for key in ("model", "data") if key not in config]
+    if missing:
+        raise RunDirError(f"{path} has no {' or '.join(repr(k) for k in missing)} section; {_REWRITE}")
+    loss = config.setdefault("loss", FitOptions.loss)  # what training used when the config did not say
+    if not isinstance(loss, str) and not (isinstance(loss, dict) and isinstance(loss.get("name"), str)):
+        raise RunDirError(f'{path}: "loss" is {loss!r}, not a loss name or {{name: ..., ...}}; {_REWRITE}')
+    return config
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_object(Path(run_dir) / SUMMARY, SUMMARY_TYPES)
 
 
 def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:
@@ -115,27 +172,74 @@ def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> 
 
 
 def read_preprocessing(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / PREPROCESSING
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_object(Path(run_dir) / PREPROCESSING, PREPROCESSING_TYPES)
+
+
+def read_json_object(path: Path, types: dict[str, tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """The JSON object in `path` ({} when there is no such file), the keys in `types` type-checked;
+    anything else is a RunDirError naming the file."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunDirError(f"{path} is not valid JSON ({error}); {_REWRITE}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} holds a JSON {type(data).__name__}, not an object; {_REWRITE}")
+    for key, allowed in (types or {}).items():
+        if key in data and (not isinstance(data[key], allowed) or isinstance(data[key], bool)):
+            raise RunDirError(f'{path}: "{key}" is {json.dumps(data[key])[:60]}, not a {_type_names(allowed)}; {_REWRITE}')
+    return data
+
+
+_JSON_NAMES = {dict: "JSON object", list: "list", int: "whole number", float: "number", str: "text", type(None): "null"}
+
+
+def _type_names(allowed: tuple[type, ...]) -> str:
+    return " or ".join(_JSON_NAMES[t] for t in allowed if not (t is int and float in allowed))
 
 
 def load_history(run_dir: str | Path) -> History:
     """The per-epoch records of a run, from its metrics.jsonl."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        raise RunDirError(f"{path} does not exist; is {run_dir} a zerograd run directory?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = _read_metrics(run_dir)
     return History([r for r in records if "epoch" in r and r.get("kind", "epoch") == "epoch"])
 
 
 def load_steps(run_dir: str | Path) -> list[dict[str, Any]]:
     """The every-N-steps records of a run (`"kind": "step"` lines of metrics.jsonl): step,
     fractional epoch, the train loss over the steps since the previous record, and the lr."""
+    return [r for r in _read_metrics(run_dir) if r.get("kind") == "step"]
+
+
+def _read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records. A last line cut short (a crash while it was written) is left out;
+    any other line that is not a JSON object of numbers is an error naming the file and line."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         raise RunDirError(f"{path} does not exist; is {run_dir} a zerograd run directory?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("kind") == "step"]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise RunDirError(f"{path} is not text ({error}); {_REWRITE}") from None
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise RunDirError(f"{path}, line {number}, is not valid JSON ({error}); {_REWRITE}") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path}, line {number}, holds a JSON {type(record).__name__}, not an object; {_REWRITE}")
+        bad = next((k for k, v in record.items() if k != "kind" and (isinstance(v, bool) or not isinstance(v, (*_NUMBER, type(None))))), None)
+        if bad is not None or not isinstance(record.get("kind", ""), str):
+            key = bad if bad is not None else "kind"
+            raise RunDirError(f'{path}, line {number}: "{key}" is {json.dumps(record[key])[:60]}, not a number; {_REWRITE}')
+        records.append(record)
+    return records
 
 
 def export_csv(run_dir: str | Path, path: str | Path | None = None, *, kind: str = "epoch") -> Path:

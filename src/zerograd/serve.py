@@ -141,10 +141,11 @@ def run_info(predictor: Predictor, top: int) -> dict[str, Any]:
 
 
 def make_server(predictor: Predictor | str | Path, host: str = "127.0.0.1", port: int = 8000, *, top: int = 3,
-                max_bytes: int = MAX_BYTES, quiet: bool = False) -> PredictionServer:
-    """A ready (not yet serving) server; port 0 picks a free port (see `.url`)."""
+                max_bytes: int = MAX_BYTES, quiet: bool = False, trust_code: bool = False) -> PredictionServer:
+    """A ready (not yet serving) server; port 0 picks a free port (see `.url`). `trust_code`: as
+    for `zerograd.load`, when `predictor` is a run directory."""
     if not isinstance(predictor, Predictor):
-        predictor = load(predictor)
+        predictor = load(predictor, trust_code=trust_code)
     if predictor.kind != "image":
         raise DataError(f"the page sends images, but {predictor.run_dir} was trained on {predictor.kind} data; serve an image run")
     try:
@@ -154,9 +155,9 @@ def make_server(predictor: Predictor | str | Path, host: str = "127.0.0.1", port
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, top: int = 3, quiet: bool = False,
-          max_seconds: float | None = None) -> None:
+          max_seconds: float | None = None, trust_code: bool = False) -> None:
     """Serve the page until Ctrl-C (or for `max_seconds`)."""
-    server = make_server(run_dir, host, port, top=top, quiet=quiet)
+    server = make_server(run_dir, host, port, top=top, quiet=quiet, trust_code=trust_code)
     if not _is_loopback(host):
         print(f"note: listening on {host}, so other machines can reach this page", file=sys.stderr)
     print(f"serving {server.predictor.run_dir} at {server.url}  (Ctrl-C stops)", flush=True)

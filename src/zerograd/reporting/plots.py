@@ -34,6 +34,7 @@ from zerograd.data.loader import in_memory_tensors
 from zerograd.engine import History, predict
 from zerograd.errors import RunDirError
 from zerograd.losses import loss_name, task_of
+from zerograd.models import check_trusted
 
 PLOTS_DIR = "plots"
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
@@ -323,17 +324,23 @@ class RunInputs:
     summary: dict[str, Any]
     model: Any = None
     data: Any = None
+    trust_code: bool = False  # may import a model class of the user's own that the config names
 
 
 def write_plots(run_dir: str | Path, *, model: Any = None, data: Any = None, device: str = "auto",
-                out_dir: str | Path | None = None) -> list[Path]:
+                out_dir: str | Path | None = None, trust_code: bool = False) -> list[Path]:
     """Draw every plot that fits the run into `out_dir` (default RUN_DIR/plots/); returns the paths.
 
     `model` and `data` (a `DataBundle`) are the trained model and its data when the caller has
     them in memory; otherwise they are re-loaded from the run directory and its config. A run
-    without weights (an interrupted or pruned one) gets its curves only.
+    without weights (an interrupted or pruned one) gets its curves only. Re-loading a model class
+    of the user's own (`module:Class`) runs its code, so it needs `trust_code=True`; without it the
+    call fails before any plot is drawn.
     """
     inputs = _read_run(Path(run_dir), model, data)
+    inputs.trust_code = trust_code
+    if model is None and (inputs.run_dir / runs.WEIGHTS).is_file():
+        check_trusted(inputs.config["model"], trust_code=trust_code, origin=inputs.run_dir / runs.CONFIG)
     out = Path(out_dir) if out_dir is not None else inputs.run_dir / PLOTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -374,7 +381,7 @@ def _load_model_and_data(run: RunInputs) -> bool:
             return False
         from zerograd.api import load_run  # api imports this module; import at call time
 
-        run.model, _ = load_run(run.run_dir)
+        run.model, _ = load_run(run.run_dir, trust_code=run.trust_code)
     if run.data is None:
         from zerograd.experiment import build_data, data_spec
 

@@ -68,28 +68,31 @@ footer { margin-top: 48px; color: var(--muted); font-size: 12px; }
 """
 
 
-def write_report(path: str | Path, out: str | Path | None = None, *, replot: bool = False) -> Path:
+def write_report(path: str | Path, out: str | Path | None = None, *, replot: bool = False,
+                 trust_code: bool = False) -> Path:
     """report.html for a run directory, or an index page for a folder of runs (a sweep).
 
     Missing plots are drawn first (`replot=True` draws them all again). Returns the report's path
-    (default PATH/report.html).
+    (default PATH/report.html). Drawing plots re-loads each run's model: `trust_code` as for
+    `write_plots`.
     """
     directory = Path(path)
     if not directory.is_dir():
         raise RunDirError(f"{directory} does not exist; give a run directory (see runs/) or a folder of runs")
     if is_run_dir(directory):
-        return write_run_report(directory, out, replot=replot)
+        return write_run_report(directory, out, replot=replot, trust_code=trust_code)
     inside = find_runs(directory)
     if not inside:
         raise RunDirError(f"{directory} is neither a run directory ({runs.CONFIG} and {runs.METRICS}) nor a folder of runs")
-    return write_sweep_report(directory, inside, out, replot=replot)
+    return write_sweep_report(directory, inside, out, replot=replot, trust_code=trust_code)
 
 
-def write_run_report(run_dir: str | Path, out: str | Path | None = None, *, replot: bool = False) -> Path:
+def write_run_report(run_dir: str | Path, out: str | Path | None = None, *, replot: bool = False,
+                     trust_code: bool = False) -> Path:
     run_dir = Path(run_dir)
     plots_dir = run_dir / PLOTS_DIR
     if replot or not any(plots_dir.glob("*.png")):
-        write_plots(run_dir)
+        write_plots(run_dir, trust_code=trust_code)
     target = Path(out) if out else run_dir / REPORT
     runs.write_atomic(target, render_run_report(run_dir))
     return target
@@ -222,7 +225,8 @@ def _page(title: str, body: str) -> str:
 
 def write_sweep_report(directory: str | Path, run_dirs: Iterable[str | Path] | None = None,
                        out: str | Path | None = None, *, title: str | None = None, replot: bool = False,
-                       notes: str | None = None, metric: str | None = None, run_reports: bool = True) -> Path:
+                       notes: str | None = None, metric: str | None = None, run_reports: bool = True,
+                       trust_code: bool = False) -> Path:
     """An index page for several runs (default: every run in `directory`): the comparison table
     (best first by `metric`, linking to each run's own report.html, written too unless
     `run_reports=False`), the overlaid validation curves and the best run's plots.
@@ -240,7 +244,7 @@ def write_sweep_report(directory: str | Path, run_dirs: Iterable[str | Path] | N
     notes = sweep_notes if notes is None else notes
     if run_reports:
         for path in paths:
-            write_run_report(path, replot=replot)
+            write_run_report(path, replot=replot, trust_code=trust_code)
     rows = compare_runs(paths, metric=metric or sweep_metric)
     name = title or directory.name
     body = [f"<header><h1>{html.escape(name)}</h1><p>{len(rows)} runs in <code>{html.escape(str(directory))}</code>, "

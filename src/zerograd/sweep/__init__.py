@@ -310,7 +310,7 @@ def _claim_sweep_dir(sweep_dir: Path, spec: dict[str, Any]) -> None:
     """Start a new sweep directory, or check that an existing one holds this very sweep."""
     spec_path = sweep_dir / SWEEP_FILE
     if spec_path.is_file():
-        old = json.loads(spec_path.read_text())
+        old = runs.read_json_object(spec_path)
         for key in IDENTITY_KEYS:
             if _normal(old.get(key)) != _normal(spec.get(key)):
                 raise RunDirError(f"{sweep_dir} holds a different sweep ({key} was {json.dumps(old.get(key))}, now "

@@ -3,7 +3,6 @@ workers that train them."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import multiprocessing
 import os
@@ -212,7 +211,7 @@ def finished_outcome(job: Job) -> Outcome | None:
     try:
         same = comparable(runs.read_config(run_dir)) == comparable(job.config)
         summary = runs.read_summary(run_dir)
-    except (yaml.YAMLError, json.JSONDecodeError, OSError):
+    except ZerogradError:  # a damaged run: train it again
         return None
     return Outcome(summary, skipped=True) if same else None
 
@@ -304,7 +303,7 @@ def known_configurations(sweep_dir: Path, keys: Sequence[str]) -> dict[int, dict
         index = int(RUN_NAME.match(run_dir.name).group(1))
         if index in known or not (run_dir / runs.CONFIG).is_file():
             continue
-        with contextlib.suppress(KeyError, TypeError, yaml.YAMLError):
+        with contextlib.suppress(KeyError, TypeError, ZerogradError):  # a damaged config.yaml: train it again
             config = runs.read_config(run_dir)
             known[index] = {key: _lookup(config, key) for key in keys}
     return known

@@ -209,9 +209,8 @@ def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     path = Path(sweep_dir)
     if not (path / SWEEP_FILE).is_file():
         raise RunDirError(f"{path} is not a sweep directory ({SWEEP_FILE} is missing); `zerograd sweep` writes one")
-    description = json.loads((path / SWEEP_FILE).read_text())
-    results_path = path / RESULTS_JSON
-    description["results"] = json.loads(results_path.read_text()) if results_path.is_file() else None
+    description = runs.read_json_object(path / SWEEP_FILE)
+    description["results"] = runs.read_json_object(path / RESULTS_JSON) or None
     return description
 
 
@@ -235,7 +234,11 @@ def sweep_section_html(sweep_dir: str | Path) -> str:
              f"{html.escape(str(described.get('status')))}; resume or repeat it with:</p>"
              f"<pre>{html.escape(described.get('command', ''))} --out {html.escape(str(path))}</pre>"]
     if results:
-        parts.append(_configs_html(results))
+        try:
+            parts.append(_configs_html(results))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # a results.json zerograd did not write
+            raise RunDirError(f"{path / RESULTS_JSON} does not hold a sweep's results ({type(error).__name__}: {error}); "
+                              "run the sweep again to rewrite it") from None
     if (path / BEST_YAML).is_file():
         parts.append(f"<h3>Best configuration ({BEST_YAML})</h3><pre>{html.escape((path / BEST_YAML).read_text())}</pre>")
     for plot in sorted((path / PLOTS).glob("*.png")):
