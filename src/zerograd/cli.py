@@ -105,12 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print one JSON object per input")
     predict.set_defaults(handler=cmd_predict)
 
-    serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the predictions")
+    serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the predictions, "
+                                               "and a JSON API for any run (POST /predict, /openapi.json)")
     serve.add_argument("run_dir", metavar="RUN_DIR")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
-    serve.add_argument("--quiet", action="store_true", help="do not log requests")
+    serve.add_argument("--quiet", action="store_true", help="do not log requests (errors still are)")
     serve.set_defaults(handler=cmd_serve)
 
     export = commands.add_parser("export", help="export a run's model to ONNX or TorchScript, checked against PyTorch")

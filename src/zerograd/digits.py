@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image, ImageOps
+from PIL import Image
 
-from zerograd.data.images import to_8bit
+from zerograd.data.images import to_8bit, upright
 from zerograd.errors import DataError
 
 SIZE = 28
@@ -139,7 +139,7 @@ def _grayscale(image: Image.Image | np.ndarray) -> np.ndarray:
         # 16-bit pixels (uint16, or integers past 255) are in 0..65535, other values past 1 in 0..255
         full = 65535.0 if image.dtype == np.uint16 or (image.dtype.kind in "iu" and peak > 255) else 255.0 if peak > 1.0 else 1.0
     else:  # shrunk while still 8-bit: no float copy of a large picture is ever made
-        array, full = np.asarray(to_8bit(ImageOps.exif_transpose(image), "L")), 255.0
+        array, full = np.asarray(to_8bit(upright(image), "L")), 255.0
     return shrink(array, full).astype(np.float32) / full
 
 
@@ -152,7 +152,7 @@ def shrink(gray: np.ndarray, full: float = 255.0) -> np.ndarray:
         return gray
     light_paper = np.median(_border(gray)) > full / 2
     height, width = gray.shape
-    padded = np.pad(gray, ((0, -height % factor), (0, -width % factor)), mode="edge")
+    padded = np.pad(gray, ((0, -height % factor), (0, -width % factor)), mode="edge") if height % factor or width % factor else gray
     blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
     return blocks.min(axis=3).min(axis=1) if light_paper else blocks.max(axis=3).max(axis=1)
 

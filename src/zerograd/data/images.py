@@ -79,7 +79,7 @@ class ImageSpec:
             raise DataError(f"{source}: not a readable image ({error})") from None
 
     def _pixels(self, image: Image.Image) -> np.ndarray:
-        image = to_8bit(ImageOps.exif_transpose(image), "L" if self.mode == "grayscale" else "RGB")
+        image = to_8bit(upright(image), "L" if self.mode == "grayscale" else "RGB")
         height, width = self.size
         if self.fit == "stretch":
             image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -100,16 +100,27 @@ class ImageSpec:
                    list(data.get("mean") or [0.0] * channels), list(data.get("std") or [1.0] * channels))
 
 
-def flatten_alpha(image: Image.Image) -> Image.Image:
-    """Put a transparent image on white, so transparency reads as background, not as black."""
+def flatten_alpha(image: Image.Image, mode: str | None = None) -> Image.Image:
+    """Put a transparent image on white, so transparency reads as background, not as black; the
+    result is in `mode` ("L" or "RGB"; by default grey for LA, colour for the others)."""
     if image.mode in ("RGBa", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        base = image.mode[:-1]  # "RGB" or "L": pasting through the alpha band costs one plain copy
-        background = Image.new(base, image.size, 255 if base == "L" else (255, 255, 255))
-        background.paste(image.convert(base), mask=image.getchannel("A"))
-        return background
-    return image
+    if image.mode not in ("RGBA", "LA"):
+        return image
+    base = mode or image.mode[:-1]
+    background = Image.new(base, image.size, 255 if base == "L" else (255, 255, 255))
+    background.paste(image.convert(base), mask=image.getchannel("A"))  # one plain copy and the alpha band at a time
+    return background
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned the way its EXIF orientation says; the image itself (not a copy, which for a
+    large picture is many MB) when it needs no turning."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF: take the picture as it is stored
+        return image
+    return image if orientation in (None, 1) else ImageOps.exif_transpose(image)
 
 
 def to_8bit(image: Image.Image, mode: str = "RGB") -> Image.Image:
@@ -126,7 +137,7 @@ def to_8bit(image: Image.Image, mode: str = "RGB") -> Image.Image:
         array = np.asarray(image, dtype=np.float32)
         peak = float(np.nanmax(array)) if array.size else 0.0
         image = Image.fromarray(_rounded_uint8(np.nan_to_num(array) * (255.0 if peak <= 1.0 else 1.0)))
-    image = flatten_alpha(image)
+    image = flatten_alpha(image, mode)
     try:
         return image if image.mode == mode else image.convert(mode)
     except ValueError as error:  # a mode Pillow cannot turn into RGB/L (rare colour spaces)
