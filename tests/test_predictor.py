@@ -180,11 +180,14 @@ def phone_photo(path: Path) -> Path:
 
 
 def test_a_phone_photo_is_decoded_at_reduced_size(digit_run: Path, image_run: Path, tmp_path: Path) -> None:
+    from zerograd.predictor import open_image
+
     photo = phone_photo(tmp_path / "photo.jpg")
+    assert open_image(photo, size=512).size == (750, 1000)  # 1/4 scale: still more than the 512 px asked for
     digits = zerograd.load(digit_run).read_image(photo)
-    assert max(digits.size) <= 1000 and min(digits.size) >= 512  # 1/4 scale: still more than the 512 px it works on
+    assert digits.size == (375, 500) and digits.mode == "L"  # then shrunk to the digit preparation's 512 px at most
     shapes = zerograd.load(image_run).read_image(photo)
-    assert shapes.size == (375, 500)  # 1/8 scale: the run takes 16x16
+    assert shapes.size == (375, 500) and shapes.mode == "RGB"  # 1/8 scale: the run takes 16x16
 
 
 def test_predict_on_a_phone_photo_and_a_huge_scan_finishes(digit_run: Path, tmp_path: Path) -> None:
@@ -217,3 +220,13 @@ def test_a_16_bit_png_predicts_like_its_8_bit_twin(digit_run: Path, digit_drawin
     assert from_16.label == from_8.label == "0" and from_16.output == pytest.approx(from_8.output, abs=1e-3)
     as_array = model.predict(np.full((28, 28), 65535, np.uint16))  # uint16 arrays are 0..65535 as well
     assert as_array.output == pytest.approx(model.predict(np.ones((28, 28), np.float32)).output, abs=1e-5)
+
+
+def test_predict_names_the_file_a_mistake_is_in(digit_run: Path, digit_drawing, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    digit_drawing("1").save(tmp_path / "one.png")
+    Image.new("L", (300, 300), 255).save(tmp_path / "blank.png")
+    assert main(["predict", str(digit_run), str(tmp_path / "one.png"), str(tmp_path / "blank.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'one.png'}: 1")
+    assert captured.err.strip() == f"zerograd: error: {tmp_path / 'blank.png'}: the image looks blank: no strokes stand out from the background; draw or photograph a digit"

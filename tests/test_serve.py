@@ -324,9 +324,12 @@ def test_drawing_a_digit_in_the_browser_shows_the_prediction(mnist_mlp_run: Path
             assert shot.size[0] >= 600 and shot.format == "PNG"
 
 
-def test_serve_command_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_command_mistakes_are_one_line(shapes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from zerograd.cli import main
 
-    assert main(["serve", str(tmp_path / "nowhere"), "--port", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "does not exist" in err
+    for argv, message in (([str(tmp_path / "nowhere"), "--port", "0"], "does not exist"),
+                          ([str(shapes_run), "--top", "0"], "--top must be at least 1, got 0"),
+                          ([str(shapes_run), "--port", "70000"], "cannot listen on 127.0.0.1:70000")):
+        assert main(["serve", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

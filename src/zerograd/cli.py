@@ -18,7 +18,7 @@ from rich.console import Console
 from zerograd import api
 from zerograd import config as configs
 from zerograd import checkpoint, distributed, predictor, runs, shortcut
-from zerograd.errors import ConfigError, TrainingInterrupted, ZerogradError, ZerogradWarning
+from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
 from zerograd.sweep import sweep as run_sweep
@@ -315,7 +315,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     for path in args.files:
-        predictions = model.predict(path, top=args.top)
+        try:
+            predictions = model.predict(path, top=args.top)
+        except DataError as error:  # e.g. "the image looks blank": say which of the files
+            raise (error if path in str(error) else DataError(f"{path}: {error}")) from None
         rows = predictions if isinstance(predictions, list) else [predictions]
         for row, prediction in enumerate(rows):
             label = path if not isinstance(predictions, list) else f"{path}[{row}]"
@@ -336,6 +339,8 @@ def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: 
 def cmd_serve(args: argparse.Namespace) -> int:
     from zerograd.serve import serve
 
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
     serve(args.run_dir, args.host, args.port, top=args.top, quiet=args.quiet)
     return 0
 
