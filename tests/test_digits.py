@@ -83,3 +83,62 @@ def test_light_on_dark_only_inverts() -> None:
     image[10:18, 12:15] = 0
     out = light_on_dark(image)
     assert out[0, 0] == 0.0 and out[12, 13] == 1.0 and out.shape == (28, 28)
+
+
+def test_a_16_bit_digit_is_read_at_its_real_greys(digit_drawing) -> None:
+    """Mid-grey ink (32768 of 65535) on white paper in a 16-bit PNG: the same digit as the 8-bit
+    drawing with ink 128 on 255, not a blank white page."""
+    import io
+
+    eight_bit = np.asarray(digit_drawing("7", ink=(128, 128, 128)).convert("L"))
+    sixteen = eight_bit.astype(np.uint16) * 257  # paper 255 -> 65535
+    sixteen[eight_bit == 128] = 32768  # the ink: mid-grey
+    buffer = io.BytesIO()
+    Image.fromarray(sixteen).save(buffer, format="PNG")
+    from_file = Image.open(io.BytesIO(buffer.getvalue()))
+    assert from_file.mode.startswith("I")  # Pillow opens 16-bit greys as I;16 (or I)
+    expected = mnist_digit(Image.fromarray(eight_bit))
+    assert np.abs(mnist_digit(from_file) - expected).max() < 0.02
+    assert np.abs(mnist_digit(sixteen) - expected).max() < 0.02  # a uint16 array alike
+
+
+def one_pixel_line(side: int) -> Image.Image:
+    from PIL import ImageDraw
+
+    image = Image.new("1", (side, side), 1)  # a 1-bit scan: white paper, one black pixel-wide line
+    ImageDraw.Draw(image).line([(side * 0.5, side * 0.1), (side * 0.45, side * 0.9)], fill=0, width=1)
+    return image
+
+
+def test_a_huge_scan_of_a_thin_line_is_prepared_from_a_small_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 6000x6000 page with a one-pixel line (a 17 KB PNG) is shrunk to at most WORK_SIDE before
+    the costly steps, keeping the line: the thickening used to run on the full-size crop (cost
+    growing with side^4: hours)."""
+    from zerograd import digits
+
+    seen: list[tuple[int, ...]] = []
+    real_thicken = digits.thicken
+
+    def thicken(crop: np.ndarray, scale: float) -> np.ndarray:
+        seen.append(crop.shape)
+        assert max(crop.shape) <= 512, f"the thickening got a {crop.shape} crop"  # fail at once, not in hours
+        return real_thicken(crop, scale)
+
+    monkeypatch.setattr(digits, "thicken", thicken)
+    out = mnist_digit(one_pixel_line(6000))
+    assert seen
+    height, width = ink_box(out, 0.3)
+    assert height == 20 and 1 <= width <= 6 and out.max() > 0.9  # a bright upright stroke filling the box
+    small = mnist_digit(one_pixel_line(600))  # the same line on a small page looks the same
+    assert np.abs(out - small).mean() < 0.05
+
+
+def test_max_filter_is_the_square_maximum() -> None:
+    from PIL import ImageFilter
+
+    from zerograd.digits import max_filter
+
+    array = np.random.default_rng(0).integers(0, 256, (40, 33)).astype(np.uint8)
+    padded = np.pad(array, 7)  # a zero border, as thicken gives it
+    pillow = np.asarray(Image.fromarray(padded).filter(ImageFilter.MaxFilter(7)))
+    assert np.array_equal(max_filter(padded, 7), pillow)

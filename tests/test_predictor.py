@@ -166,3 +166,67 @@ def test_without_the_digit_preparation_the_drawing_is_not_recognised(mnist_mlp_r
     assert model.predict(drawing).label == "7"
     naive = np.asarray(drawing.convert("L").resize((28, 28)), dtype=np.float32) / 255  # black on white, not centred in 20x20
     assert model.predict(naive).probability < model.predict(drawing).probability
+
+
+def phone_photo(path: Path) -> Path:
+    """A 3000x4000 JPEG like a phone's picture of a digit: a thick dark 1 on grey, noisy paper."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (3000, 4000), (170, 165, 160))
+    ImageDraw.Draw(image).line([(1500, 800), (1400, 3200)], fill=(60, 60, 70), width=120)
+    noisy = np.asarray(image, np.int16) + np.random.default_rng(0).integers(-6, 7, (4000, 3000, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=85)
+    return path
+
+
+def test_a_phone_photo_is_decoded_at_reduced_size(digit_run: Path, image_run: Path, tmp_path: Path) -> None:
+    from zerograd.predictor import open_image
+
+    photo = phone_photo(tmp_path / "photo.jpg")
+    assert open_image(photo, size=512).size == (750, 1000)  # 1/4 scale: still more than the 512 px asked for
+    digits = zerograd.load(digit_run).read_image(photo)
+    assert digits.size == (375, 500) and digits.mode == "L"  # then shrunk to the digit preparation's 512 px at most
+    shapes = zerograd.load(image_run).read_image(photo)
+    assert shapes.size == (375, 500) and shapes.mode == "RGB"  # 1/8 scale: the run takes 16x16
+
+
+def test_predict_on_a_phone_photo_and_a_huge_scan_finishes(digit_run: Path, tmp_path: Path) -> None:
+    """`zerograd predict` on a 3000x4000 photo and a 6000x6000 one-pixel-line PNG: each used to
+    take minutes to hours in the digit preparation; the command is given a minute in all."""
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    photo = phone_photo(tmp_path / "photo.jpg")
+    scan = Image.new("1", (6000, 6000), 1)
+    ImageDraw.Draw(scan).line([(3000, 600), (2700, 5400)], fill=0, width=1)
+    scan.save(tmp_path / "scan.png")
+    command = [sys.executable, "-m", "zerograd", "predict", str(digit_run), str(photo), str(tmp_path / "scan.png"), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["label"] for line in done.stdout.splitlines()] == ["1", "1"]
+
+
+def test_a_16_bit_png_predicts_like_its_8_bit_twin(digit_run: Path, digit_drawing, tmp_path: Path) -> None:
+    """A 16-bit mid-grey digit used to decode as white (Pillow clips 32768 to 255): "looks blank"."""
+    eight_bit = np.asarray(digit_drawing("0", ink=(128, 128, 128)).convert("L"))
+    sixteen = eight_bit.astype(np.uint16) * 257
+    sixteen[eight_bit == 128] = 32768
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
+    Image.fromarray(eight_bit).save(tmp_path / "eight.png")
+    model = zerograd.load(digit_run)
+    from_16, from_8 = model.predict(tmp_path / "sixteen.png"), model.predict(tmp_path / "eight.png")
+    assert from_16.label == from_8.label == "0" and from_16.output == pytest.approx(from_8.output, abs=1e-3)
+    as_array = model.predict(np.full((28, 28), 65535, np.uint16))  # uint16 arrays are 0..65535 as well
+    assert as_array.output == pytest.approx(model.predict(np.ones((28, 28), np.float32)).output, abs=1e-5)
+
+
+def test_predict_names_the_file_a_mistake_is_in(digit_run: Path, digit_drawing, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    digit_drawing("1").save(tmp_path / "one.png")
+    Image.new("L", (300, 300), 255).save(tmp_path / "blank.png")
+    assert main(["predict", str(digit_run), str(tmp_path / "one.png"), str(tmp_path / "blank.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'one.png'}: 1")
+    assert captured.err.strip() == f"zerograd: error: {tmp_path / 'blank.png'}: the image looks blank: no strokes stand out from the background; draw or photograph a digit"

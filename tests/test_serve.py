@@ -2,6 +2,7 @@
 the page itself driven in headless Chromium."""
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -16,12 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import zerograd
-from zerograd.errors import DataError
-from zerograd.predictor import Predictor
 from zerograd.serve import PredictionServer, make_server, serve
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -53,13 +51,13 @@ class running:
 
 
 def request(server: PredictionServer, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+            headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
     host, port = server.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=10)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()  # header names are case-insensitive
     finally:
         connection.close()
 
@@ -94,7 +92,8 @@ def test_post_predict_answers_the_top_3_as_json(server: PredictionServer, shapes
 
 def test_bad_requests_get_a_status_and_a_message_and_the_server_keeps_running(server: PredictionServer) -> None:
     status, _, body = request(server, "POST", "/predict", b"this is not an image")
-    assert status == 400 and "is not an image zerograd can read" in json.loads(body)["error"]
+    assert status == 400 and "the uploaded data is not an image zerograd can read" in json.loads(body)["error"]
+    assert "object at 0x" not in json.loads(body)["error"]  # Pillow's message names a BytesIO object
     status, _, body = request(server, "POST", "/predict", b"")
     assert status == 400 and "no image" in json.loads(body)["error"]
     status, _, body = request(server, "POST", "/predict", b"\0" * 50_000)
@@ -132,10 +131,95 @@ def test_an_unexpected_failure_is_a_500_not_a_crash(shapes_run: Path, shapes_fol
         assert request(broken, "GET", "/health")[0] == 200
 
 
-def test_only_image_runs_can_be_served() -> None:
-    table = Predictor(torch.nn.Linear(2, 2), {"kind": "table", "columns": [], "input_shape": [2]})
-    with pytest.raises(DataError, match="the page sends images"):
-        make_server(table, "127.0.0.1", 0)
+def test_a_slow_prediction_does_not_hold_up_other_requests(shapes_run: Path, shapes_folder: Path) -> None:
+    """Predictions run in worker threads, off the event loop: while one takes seconds, the page and
+    /health answer at once; past `max_pending` predictions in progress the answer is 503."""
+    predictor = zerograd.load(shapes_run)
+    forward = predictor.model.forward
+    predictor.model.forward = lambda x: (time.sleep(1.5), forward(x))[1]  # type: ignore[method-assign]
+    image = png_bytes(Image.open(shapes_folder / "circle" / "000.png"))
+    with running(make_server(predictor, "127.0.0.1", 0, quiet=True, max_pending=1)) as server:
+        slow: list[tuple[int, object, bytes]] = []
+        thread = threading.Thread(target=lambda: slow.append(request(server, "POST", "/predict", image)), daemon=True)
+        thread.start()
+        time.sleep(0.3)  # the slow prediction is under way
+        for path in ("/health", "/", "/info"):
+            assert request(server, "GET", path)[0] == 200
+        status, headers, body = request(server, "POST", "/predict", image)
+        assert status == 503 and headers["Retry-After"] == "1" and "busy" in json.loads(body)["error"]
+        assert thread.is_alive(), "the GETs were answered only after the slow prediction"
+        thread.join(timeout=10)
+        assert slow[0][0] == 200 and json.loads(slow[0][2])["label"] == "circle"
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two well separated species in a CSV, with a text column; trained in a second."""
+    rng = np.random.default_rng(0)
+    lines = ["length,width,colour,species"] + [
+        f"{300 + 200 * (i % 2) + rng.normal(0, 20):.1f},{50 + 30 * (i % 2) + rng.normal(0, 5):.1f},{['red', 'blue'][i % 2]},"
+        f"{['setosa', 'virginica'][i % 2]}" for i in range(80)]
+    root = tmp_path_factory.mktemp("flowers")
+    (root / "flowers.csv").write_text("\n".join(lines) + "\n")
+    config = {"name": "flowers", "data": {"train": str(root / "flowers.csv"), "target": "species"},
+              "model": [{"linear": 16}, "relu", {"linear": 2}], "epochs": 15, "lr": 0.01, "batch_size": 16,
+              "device": "cpu", "progress": "none", "plots": False}
+    return zerograd.train(config, out=root / "run", quiet=True).dir
+
+
+def test_a_table_run_answers_json_rows(table_run: Path) -> None:
+    with running(make_server(table_run, "127.0.0.1", 0, quiet=True)) as server:
+        rows = [{"length": 505.0, "width": 79.0, "colour": "blue"}, {"length": 290.0, "width": 48.0, "colour": "red"}]
+        json_type = {"Content-Type": "application/json"}
+        status, _, body = request(server, "POST", "/predict", json.dumps({"rows": rows}).encode(), json_type)
+        answers = json.loads(body)
+        assert status == 200 and [a["label"] for a in answers] == ["virginica", "setosa"]
+        assert all(0.5 < a["probability"] <= 1 and len(a["top"]) == 2 for a in answers)
+        bare = request(server, "POST", "/predict", json.dumps(rows).encode(), json_type)[2]  # the bare list
+        in_order = request(server, "POST", "/predict", json.dumps([[505.0, 79.0, "blue"]]).encode(), json_type)[2]
+        assert json.loads(bare) == answers and json.loads(in_order) == answers[:1]
+        status, _, body = request(server, "POST", "/predict", json.dumps({"rows": [{"length": 1.0}]}).encode(), json_type)
+        assert status == 400 and "columns ['width', 'colour'] are missing" in json.loads(body)["error"]
+        status, _, body = request(server, "POST", "/predict", b"{not json", json_type)
+        assert status == 400 and "not valid JSON" in json.loads(body)["error"]
+        status, _, body = request(server, "POST", "/predict", json.dumps({"rows": []}).encode(), json_type)
+        assert status == 400 and "non-empty list" in json.loads(body)["error"]
+        status, _, body = request(server, "POST", "/predict", b"\x89PNG...", {"Content-Type": "image/png"})
+        assert status == 415 and '{"rows"' in json.loads(body)["error"]
+        status, headers, body = request(server, "GET", "/")  # no drawing page: a note on the API
+        assert status == 200 and b"/openapi.json" in body and b"canvas" not in body
+        info = json.loads(request(server, "GET", "/info")[2])
+        assert info["kind"] == "table" and info["columns"] == ["length", "width", "colour"]
+        schema = json.loads(request(server, "GET", "/openapi.json")[2])
+        assert "rows" in json.dumps(schema["paths"]["/predict"]["post"]["requestBody"]) and "colour" in json.dumps(schema)
+
+
+def test_a_batch_of_images_as_base64_json(server: PredictionServer, shapes_folder: Path) -> None:
+    names = ["square", "circle", "triangle"]
+    files = [png_bytes(Image.open(shapes_folder / name / "003.png")) for name in names]
+    images = [base64.b64encode(f).decode() for f in files]
+    images[1] = "data:image/png;base64," + images[1]  # as a canvas's toDataURL gives it
+    json_type = {"Content-Type": "application/json"}
+    status, _, body = request(server, "POST", "/predict", json.dumps({"images": images}).encode(), json_type)
+    assert status == 200 and [a["label"] for a in json.loads(body)] == names
+    status, _, body = request(server, "POST", "/predict", json.dumps({"images": [images[0], "!!"]}).encode(), json_type)
+    assert status == 400 and "images[1] is not valid base64" in json.loads(body)["error"]
+    status, _, body = request(server, "POST", "/predict", json.dumps({"images": [base64.b64encode(b"no").decode()]}).encode(), json_type)
+    assert status == 400 and json.loads(body)["error"].startswith("images[0] is not an image zerograd can read")
+    status, _, body = request(server, "POST", "/predict", json.dumps({"images": ["x"] * 17}).encode(), json_type)
+    assert status == 413 and "the limit is 16" in json.loads(body)["error"]
+
+
+def test_the_api_is_described_at_openapi_json(server: PredictionServer) -> None:
+    status, headers, body = request(server, "GET", "/openapi.json")
+    schema = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == "application/json" and schema["openapi"].startswith("3.1")
+    assert set(schema["paths"]) == {"/", "/info", "/health", "/openapi.json", "/predict"}
+    bodies = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"image/*", "application/json"} <= set(bodies)
+    assert schema["components"]["schemas"]["Prediction"]["properties"]["top"]["items"]["properties"]["label"]["enum"] == ["circle", "square", "triangle"]
+    info = json.loads(request(server, "GET", "/info")[2])
+    assert info["limits"]["max_bytes"] == 40_000 and info["limits"]["max_pixels"] == 16_000_000
 
 
 def test_serve_listens_on_localhost_and_stops_by_itself(shapes_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,9 +324,12 @@ def test_drawing_a_digit_in_the_browser_shows_the_prediction(mnist_mlp_run: Path
             assert shot.size[0] >= 600 and shot.format == "PNG"
 
 
-def test_serve_command_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_command_mistakes_are_one_line(shapes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from zerograd.cli import main
 
-    assert main(["serve", str(tmp_path / "nowhere"), "--port", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "does not exist" in err
+    for argv, message in (([str(tmp_path / "nowhere"), "--port", "0"], "does not exist"),
+                          ([str(shapes_run), "--top", "0"], "--top must be at least 1, got 0"),
+                          ([str(shapes_run), "--port", "70000"], "cannot listen on 127.0.0.1:70000")):
+        assert main(["serve", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

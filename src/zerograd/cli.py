@@ -16,7 +16,7 @@ from typing import Any
 from zerograd import api
 from zerograd import config as configs
 from zerograd import checkpoint, distributed, predictor, runs, shortcut
-from zerograd.errors import ConfigError, TrainingInterrupted, ZerogradError, ZerogradWarning
+from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
 from zerograd.models import check_trusted
 from zerograd.reporting.console import make_console, plain
 from zerograd.sweep import add_sweep_arguments
@@ -109,12 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_argument(predict)
     predict.set_defaults(handler=cmd_predict)
 
-    serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the predictions")
+    serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the predictions, "
+                                               "and a JSON API for any run (POST /predict, /openapi.json)")
     serve.add_argument("run_dir", metavar="RUN_DIR")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     serve.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
-    serve.add_argument("--quiet", action="store_true", help="do not log requests")
+    serve.add_argument("--quiet", action="store_true", help="do not log requests (errors still are)")
     add_trust_argument(serve)
     serve.set_defaults(handler=cmd_serve)
 
@@ -330,7 +331,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     for path in args.files:
-        predictions = model.predict(path, top=args.top)
+        try:
+            predictions = model.predict(path, top=args.top)
+        except DataError as error:  # e.g. "the image looks blank": say which of the files
+            raise (error if path in str(error) else DataError(f"{path}: {error}")) from None
         rows = predictions if isinstance(predictions, list) else [predictions]
         for row, prediction in enumerate(rows):
             label = path if not isinstance(predictions, list) else f"{path}[{row}]"
@@ -351,6 +355,8 @@ def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: 
 def cmd_serve(args: argparse.Namespace) -> int:
     from zerograd.serve import serve
 
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
     serve(args.run_dir, args.host, args.port, top=args.top, quiet=args.quiet, trust_code=args.trust_code)
     return 0
 

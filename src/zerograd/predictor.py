@@ -26,9 +26,9 @@ from PIL import Image
 from torch import nn
 
 from zerograd import runs
-from zerograd.data.images import ImageSpec
+from zerograd.data.images import ImageSpec, to_8bit, upright
 from zerograd.data.tabular import RawTable, TableEncoder, load_numpy, read_csv
-from zerograd.digits import light_on_dark, mnist_style
+from zerograd.digits import WORK_SIDE, light_on_dark, mnist_style, shrink
 from zerograd.errors import DataError, RunDirError
 from zerograd.losses import loss_name, task_of
 
@@ -162,7 +162,28 @@ class Predictor:
             raise DataError(f"{path} is an image, but this run was trained on {self.kind} data of shape {self.input_shape}")
         if self._image is None:
             raise DataError(f"{path}: give this run .npy arrays" + (" or .csv rows" if self._table is not None else ""))
-        return self._prepare_image_input(open_image(path))
+        return self._prepare_image_input(self.read_image(path))
+
+    def read_image(self, source: str | Path | bytes, *, max_pixels: int | None = None) -> Image.Image:
+        """An image file or uploaded bytes, as small as this run allows: a large JPEG decoded at
+        reduced scale (see `open_image`), then made 8-bit grey or colour, upright, and for digit
+        runs shrunk to the digit preparation's working size (thin strokes kept). The full-size
+        decoded picture is let go at once, so it is never held during the prediction."""
+        image = open_image(source, max_pixels=max_pixels, size=self.decode_side)
+        spec = self._image
+        if spec is None:
+            return image
+        if self.preprocessing.get("style") in ("digit", "centered"):
+            return Image.fromarray(shrink(np.asarray(to_8bit(upright(image), "L"))))
+        return to_8bit(upright(image), "L" if spec.mode == "grayscale" else "RGB")
+
+    @property
+    def decode_side(self) -> int | None:
+        """The smallest side an image must keep for this run: the model's input size, or the digit
+        preparation's working size (None for runs that take no images)."""
+        if self._image is None:
+            return None
+        return WORK_SIDE if self.preprocessing.get("style") in ("digit", "centered") else max(self._image.size)
 
     def _prepare_image_input(self, inputs: Any) -> tuple[torch.Tensor, bool]:
         spec = self._image
@@ -268,8 +289,13 @@ def _preprocessing_from_summary(config: dict[str, Any], summary: dict[str, Any])
     return base | {"kind": "tensor"}
 
 
-def open_image(source: str | Path | bytes, *, max_pixels: int | None = None) -> Image.Image:
-    """A PIL image from a file or from bytes (PNG, JPEG, ...); anything else is a DataError."""
+def open_image(source: str | Path | bytes, *, max_pixels: int | None = None, size: int | None = None) -> Image.Image:
+    """A PIL image from a file or from bytes (PNG, JPEG, ...); anything else is a DataError.
+
+    `size`: the side the caller needs at least; a larger JPEG is then decoded at 1/2, 1/4 or 1/8 of
+    its size (still at least `size`), which is far quicker and smaller. `max_pixels` refuses images
+    that would decode to more pixels than that (a small file can hold a gigapixel image).
+    """
     import io
 
     from PIL import UnidentifiedImageError
@@ -277,14 +303,24 @@ def open_image(source: str | Path | bytes, *, max_pixels: int | None = None) -> 
     what = "the uploaded data" if isinstance(source, bytes) else str(source)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if size is not None:
+            image.draft(None, (size, size))
         if max_pixels is not None and image.width * image.height > max_pixels:
             raise DataError(f"{what} is a {image.width}x{image.height} image; the limit is {max_pixels:,} pixels")
         image.load()
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"{what} is not an image zerograd can read ({error}); give a PNG or JPEG") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"{what} is not an image zerograd can read ({_without_reprs(error)}); give a PNG or JPEG") from None
     return image
+
+
+def _without_reprs(error: Exception) -> str:
+    """Pillow's message without the object reprs it puts in (`<_io.BytesIO object at 0x...>`)."""
+    import re
+
+    text = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(error)).strip()
+    return text or type(error).__name__
 
 
 def _as_array(inputs: Any) -> np.ndarray:
@@ -304,8 +340,11 @@ def _dtype_words(dtype: np.dtype) -> str:
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
-    """Pixels in 0..1: uint8 arrays are divided by 255, float arrays are taken as they are."""
-    return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    """Pixels in 0..1: uint8 arrays are divided by 255, uint16 (16-bit images) by 65535, float
+    arrays are taken as they are."""
+    if array.dtype in (np.uint8, np.uint16):
+        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    return array.astype(np.float32)
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> RawTable:

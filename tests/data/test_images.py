@@ -216,3 +216,51 @@ def test_a_folder_of_mnist_like_digits_gets_the_digit_preparation(tmp_path: Path
     assert load_image_folder(tmp_path / "digits", progress=False).preprocessing()["style"] == "digit"
     assert load_image_folder(shapes_folder, progress=False).preprocessing()["style"] is None
     assert load_image_folder(tmp_path / "digits", style="none", progress=False).preprocessing()["style"] is None
+
+
+def half_grey(mode: str) -> Image.Image:
+    """An 8x8 image in `mode`: mid-grey (0.5) on the left, white (1.0) on the right, where white is
+    transparency for the modes that have it (it must read as white paper)."""
+    left = np.zeros((8, 8), bool)
+    left[:, :4] = True
+    if mode in ("I;16", "I"):
+        return Image.fromarray(np.where(left, 32768, 65535).astype(np.uint16 if mode == "I;16" else np.int32))
+    if mode == "F":
+        return Image.fromarray(np.where(left, 0.5, 1.0).astype(np.float32))
+    if mode in ("LA", "RGBA"):
+        grey = np.where(left, 128, 0).astype(np.uint8)  # black under the transparent half
+        alpha = np.where(left, 255, 0).astype(np.uint8)
+        bands = [grey, alpha] if mode == "LA" else [grey, grey, grey, alpha]
+        return Image.merge(mode, [Image.fromarray(band) for band in bands])
+    if mode == "P":
+        image = Image.frombytes("P", (8, 8), np.where(left, 1, 0).astype(np.uint8).tobytes())
+        image.putpalette([0, 0, 0, 128, 128, 128] + [0] * 762)
+        image.info["transparency"] = 0  # index 0 (black) is transparent
+        return image
+    if mode == "CMYK":
+        return Image.merge("CMYK", [Image.fromarray(np.zeros((8, 8), np.uint8))] * 3
+                           + [Image.fromarray(np.where(left, 127, 0).astype(np.uint8))])
+    raise ValueError(mode)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "LA", "RGBA", "P", "CMYK"])
+def test_every_pixel_format_decodes_to_0_255(mode: str) -> None:
+    """16-bit, 32-bit and float pixels are scaled (not clipped: 16-bit mid-grey is not white),
+    transparency reads as white paper, CMYK as its colours."""
+    grey = ImageSpec((8, 8), "grayscale", "stretch").decode(half_grey(mode))[0]
+    assert abs(int(grey[:, :4].mean()) - 128) <= 1 and grey[:, 4:].min() >= 254, grey
+    rgb = ImageSpec((8, 8), "rgb", "stretch").decode(half_grey(mode))
+    assert abs(int(rgb[:, :, :4].mean()) - 128) <= 1 and rgb[:, :, 4:].min() >= 254
+
+
+def test_a_folder_of_16_bit_pngs_trains_on_their_real_greys(tmp_path: Path) -> None:
+    for i in range(6):
+        save(tmp_path / "mid" / f"{i}.png", np.full((8, 8), 32768 + 256 * i, np.uint16))
+        save(tmp_path / "dark" / f"{i}.png", np.full((8, 8), 4096, np.uint16))
+    assert Image.open(tmp_path / "mid" / "0.png").mode.startswith("I")  # a real 16-bit file
+    splits = load_image_folder(tmp_path, test_split=0.0, progress=False, normalize=False)
+    assert splits.spec.mode == "grayscale"
+    pixels = splits.train.images[:, 0].float().mean(dim=(1, 2))  # uint8 cache, class order: dark, mid
+    labels = splits.train.labels
+    assert pixels[labels == 0].round().tolist() == [16.0] * 6  # 4096 / 257
+    assert 127 <= pixels[labels == 1].min() and pixels[labels == 1].max() <= 134  # mid-grey, not white (255)

@@ -70,14 +70,16 @@ class ImageSpec:
             return self._pixels(source)
         try:
             with Image.open(source) as image:
+                image.draft(None, (max(self.size),) * 2)  # a large JPEG decodes at 1/2..1/8 scale, still >= size
                 image.load()
                 return self._pixels(image)
+        except DataError as error:
+            raise DataError(f"{source}: {error}") from None
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(f"{source}: not a readable image ({error})") from None
 
     def _pixels(self, image: Image.Image) -> np.ndarray:
-        image = ImageOps.exif_transpose(image)
-        image = flatten_alpha(image).convert("L" if self.mode == "grayscale" else "RGB")
+        image = to_8bit(upright(image), "L" if self.mode == "grayscale" else "RGB")
         height, width = self.size
         if self.fit == "stretch":
             image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -98,13 +100,52 @@ class ImageSpec:
                    list(data.get("mean") or [0.0] * channels), list(data.get("std") or [1.0] * channels))
 
 
-def flatten_alpha(image: Image.Image) -> Image.Image:
-    """Put a transparent image on white, so transparency reads as background, not as black."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image
+def flatten_alpha(image: Image.Image, mode: str | None = None) -> Image.Image:
+    """Put a transparent image on white, so transparency reads as background, not as black; the
+    result is in `mode` ("L" or "RGB"; by default grey for LA, colour for the others)."""
+    if image.mode in ("RGBa", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA"):
+        return image
+    base = mode or image.mode[:-1]
+    background = Image.new(base, image.size, 255 if base == "L" else (255, 255, 255))
+    background.paste(image.convert(base), mask=image.getchannel("A"))  # one plain copy and the alpha band at a time
+    return background
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned the way its EXIF orientation says; the image itself (not a copy, which for a
+    large picture is many MB) when it needs no turning."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF: take the picture as it is stored
+        return image
+    return image if orientation in (None, 1) else ImageOps.exif_transpose(image)
+
+
+def to_8bit(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """`image` as an 8-bit "L" or "RGB" image: transparency on white, and 16-bit, 32-bit and float
+    pixels scaled to 0..255 (Pillow's own convert clips them, so 16-bit mid-grey would read as white).
+
+    16-bit files (PNG, TIFF) open as mode I;16 or I and are taken as 0..65535; float images (mode F)
+    as 0..1 when no pixel is above 1, else as 0..255.
+    """
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I: 16 bits a pixel (I holds them in 32)
+        array = np.asarray(image, dtype=np.float32) / 257.0
+        image = Image.fromarray(_rounded_uint8(array))
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        peak = float(np.nanmax(array)) if array.size else 0.0
+        image = Image.fromarray(_rounded_uint8(np.nan_to_num(array) * (255.0 if peak <= 1.0 else 1.0)))
+    image = flatten_alpha(image, mode)
+    try:
+        return image if image.mode == mode else image.convert(mode)
+    except ValueError as error:  # a mode Pillow cannot turn into RGB/L (rare colour spaces)
+        raise DataError(f"cannot read an image in mode {image.mode} ({error}); save it as an 8-bit RGB or grayscale PNG/JPEG") from None
+
+
+def _rounded_uint8(array: np.ndarray) -> np.ndarray:
+    return np.clip(array + 0.5, 0, 255).astype(np.uint8)
 
 
 # -- per-batch transform --------------------------------------------------------------------------
