@@ -20,6 +20,7 @@ from zerograd.engine import History, LoopState, evaluate, fit, seed_everything
 from zerograd.errors import ConfigError, TrainingInterrupted
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import imported_class
+from zerograd.performance import auto_threads
 from zerograd.reporting.hooks import RunReporters
 
 
@@ -71,7 +72,10 @@ def train(
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
     origin = Path(resume) / runs.CONFIG if resume is not None else (source if isinstance(source, (str, Path)) else None)
     experiment = build_experiment(config, trust_code=trust_code, origin=origin)
-    Accelerator.create(config["device"], config["precision"])  # a device this machine lacks fails before any run file is written
+    device = Accelerator.create(config["device"], config["precision"]).device  # a device this machine lacks fails before any run file is written
+    if config["threads"] is None and device.type == "cpu":  # config.yaml says the count, so it trains the same again
+        config["threads"] = auto_threads(experiment.model, experiment.data.sample_input(), device,
+                                         config["batch_size"] // distributed.world_size())
     if resume is not None:
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise ConfigError(f"--resume continues {resume} in place; leave out --out (it says {out})")
@@ -146,6 +150,7 @@ def build_summary(experiment: Experiment, history: History, state: LoopState) ->
         "precision": state.accelerator.precision,
         "device": str(state.accelerator.device),
         "world_size": state.accelerator.world_size,
+        "threads": state.options.threads,  # intra-op CPU threads (what `threads: null` chose, or as set)
         "batch_size": state.options.batch_size,  # the global batch, the same for any process count
         "per_rank_batch_size": state.options.batch_size // state.accelerator.world_size,
         "input_shape": data.input_shape,

@@ -754,7 +754,9 @@ def resume_config(run_dir: str | Path, asked: dict[str, Any] | None = None) -> d
             f"--resume continues {path} with the config it started with, but this command changes it ({shown}); "
             f"drop the changes (`zerograd resume {path}`), or start a new run without --resume"
         )
-    return config | {k: asked[k] for k in neutral if k in asked and k not in ("name", "description")}
+    # `threads: null` asks for nothing: the run goes on with the count it recorded when it started
+    return config | {k: asked[k] for k in neutral if k in asked and k not in ("name", "description")
+                     and not (k == "threads" and asked[k] is None)}
 
 
 def refuse_existing_run(run_dir: str | Path) -> None:

@@ -6,6 +6,9 @@ A distributed job has two kinds of process:
   this process. torchrun starts N workers `python -m zerograd train RECIPE ...` (the same command
   line), gives each its RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, watches them,
   and stops all of them as soon as one fails. `launch` then prints the failing rank's error.
+  A worker sees the same `--nproc` flag, so it must know it is one: any of torchrun's variables
+  says so (whatever the world size, 1 included), and the launcher also marks its workers with
+  `ZEROGRAD_LAUNCHED`; a marked process refuses to launch, so a launcher can never start itself.
 - the *workers*: `process_group()` initialises the default process group from those variables
   (gloo for CPU tensors, nccl for CUDA ones) with a timeout on every collective, so a worker
   that stops answering fails the job instead of hanging it. `Accelerator` sees the group and
@@ -32,8 +35,12 @@ from typing import Any, TypeVar
 import torch
 
 from zerograd.errors import ConfigError
+from zerograd.performance import CPU_SHARE, THREAD_ENV_VARS, usable_cores
 
 DEFAULT_TIMEOUT_S = 120.0
+# Set by every launcher (torchrun) in its workers; any one of them means "started by a launcher".
+LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "GROUP_RANK", "LOCAL_RANK", "RANK")
+LAUNCHED_MARK = "ZEROGRAD_LAUNCHED"  # set by `launch` in its workers' environment
 _INTERRUPTED = "TrainingInterrupted: "  # how a worker's error file names a graceful stop
 _NO_REPORT = "it wrote no error report (see its output above)"
 _KILLED = "killed by signal "
@@ -51,6 +58,8 @@ class WorkerEnv:
     world_size: int = 1
     local_world_size: int = 1
     restart_count: int = 0
+    launched: bool = False  # a launcher (torchrun) started this process, whatever the world size
+    marked: bool = False  # zerograd's launcher started it (ZEROGRAD_LAUNCHED)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "WorkerEnv":
@@ -61,17 +70,27 @@ class WorkerEnv:
             except ValueError:
                 raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
+        world_size = number("WORLD_SIZE", 1)
         return cls(
             rank=number("RANK", 0),
             local_rank=number("LOCAL_RANK", 0),
-            world_size=number("WORLD_SIZE", 1),
+            world_size=world_size,
             local_world_size=number("LOCAL_WORLD_SIZE", 1),
             restart_count=number("TORCHELASTIC_RESTART_COUNT", 0),
+            launched=world_size > 1 or any(environ.get(name, "").strip() for name in LAUNCHER_VARIABLES),
+            marked=bool(environ.get(LAUNCHED_MARK, "").strip()),
         )
 
     @property
     def is_worker(self) -> bool:
-        """True in a process a launcher started as one of several (WORLD_SIZE > 1)."""
+        """True in a process a launcher started (torchrun's variables, or zerograd's mark): it
+        never launches workers itself, even in a job of one process."""
+        return self.launched or self.marked
+
+    @property
+    def multi_process(self) -> bool:
+        """True in a job of several processes (WORLD_SIZE > 1): it needs a process group. A job of
+        one process trains exactly like the plain command, without one."""
         return self.world_size > 1
 
 
@@ -91,7 +110,7 @@ def init_process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     collective operation: a rank that waits longer for the others raises instead of hanging.
     """
     env = WorkerEnv.from_environ()
-    if not env.is_worker:
+    if not env.multi_process:
         return False
     import torch.distributed as dist
 
@@ -207,7 +226,7 @@ def check_global_batch(batch_size: int, world: int) -> int:
 def relaunch_flags() -> str:
     """The flags that start this job's processes again (for `zerograd resume RUN_DIR ...`)."""
     env = WorkerEnv.from_environ()
-    if not env.is_worker:
+    if not env.launched:
         return ""
     flags = f" --nproc {env.local_world_size}"
     if env.world_size != env.local_world_size:
@@ -229,7 +248,7 @@ def resume_after_restart(out: str | os.PathLike[str] | None) -> Path | None:
 def rank_prefix() -> str:
     """'[rank 1] ' in a worker of a multi-process job, '' otherwise (for error lines)."""
     env = WorkerEnv.from_environ()
-    return f"[rank {env.rank}] " if env.is_worker else ""
+    return f"[rank {env.rank}] " if env.multi_process else ""
 
 
 def record_error(error: BaseException) -> None:
@@ -291,6 +310,10 @@ class LaunchOptions:
             )
 
     @property
+    def multi_node(self) -> bool:
+        return _node_range(self.nnodes)[1] > 1
+
+    @property
     def fixed_world_size(self) -> int | None:
         """The number of workers, when it is fixed (not an elastic MIN:MAX node range)."""
         low, high = _node_range(self.nnodes)
@@ -342,8 +365,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def launch_options(args: argparse.Namespace) -> LaunchOptions | None:
-    """The launch the flags ask for; None for a plain run, or inside a worker (already launched)."""
-    if WorkerEnv.from_environ().is_worker:
+    """The launch the flags ask for; None for a plain run, or inside a worker (torchrun started
+    it, with the launcher's own command line: its `--nproc` was the launcher's to act on)."""
+    env = WorkerEnv.from_environ()
+    if env.launched:
         return None
     if args.nproc is None and args.nnodes is None:
         given = [flag for flag, value in (("--rdzv-endpoint", args.rdzv_endpoint), ("--node-rank", args.node_rank),
@@ -351,6 +376,7 @@ def launch_options(args: argparse.Namespace) -> LaunchOptions | None:
         if given:
             raise ConfigError(f"{', '.join(given)} start workers through torchrun: add --nproc N (processes on this machine)")
         return None
+    refuse_to_launch_from_a_worker(env)
     options = LaunchOptions(
         nproc=args.nproc if args.nproc is not None else 1,
         nnodes=args.nnodes or "1",
@@ -372,31 +398,90 @@ def launch(options: LaunchOptions, argv: Sequence[str]) -> int:
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.run import parse_args, run
 
-    _share_cpu_threads(options.nproc)
+    refuse_to_launch_from_a_worker(WorkerEnv.from_environ())
     torchrun = parse_args([*options.torchrun_args(), "-m", ENTRY_MODULE])
     # Set after parsing: torchrun's own parser would take worker flags such as --nproc for its own.
     torchrun.training_script_args = list(argv)
     try:
-        run(torchrun)
+        with _environment(worker_environment(options.nproc)):  # the workers inherit it
+            run(torchrun)
     except ChildFailedError as error:
         failed_rank, failure = root_failure(error)
         # A stop signal is no failure: the ranks saved a checkpoint together and rank 0 said so.
         if not failure_message(failure).startswith(_INTERRUPTED):
-            print(f"zerograd: error: {describe_failure(failed_rank, failure, error.failures)}", file=sys.stderr)
+            text = describe_failure(failed_rank, failure, error.failures, multi_node=options.multi_node,
+                                    only_worker=options.fixed_world_size == 1)
+            print(f"zerograd: error: {text}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1  # e.g. 2: a config error, 130: interrupted
     except SignalException as error:
         print(f"zerograd: the launcher received {error.sigval.name}; all workers were stopped", file=sys.stderr)
         return 128 + int(error.sigval)
+    except RendezvousError as error:  # the nodes could not meet, or lost the store they met at
+        print(f"zerograd: error: {describe_rendezvous_error(error, options)}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _share_cpu_threads(nproc: int) -> None:
-    """Give each worker its share of this machine's cores (torchrun's default is 1 thread each).
-    The workers inherit this process's environment; an OMP_NUM_THREADS set by the user wins."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+def describe_rendezvous_error(error: BaseException, options: LaunchOptions) -> str:
+    """One line for torchrun's rendezvous failures: in a multi-node job they mean that another
+    node (or the network to it) is gone, which torchrun words as a store or timeout error."""
+    where = f"at {options.rdzv_endpoint}" if options.rdzv_endpoint else "on this machine"
+    kind = type(error).__name__
+    if kind == "RendezvousTimeoutError":
+        what = (f"the nodes did not all join the job's rendezvous {where} in time ({options.nnodes} nodes "
+                f"expected); start the same command on every node, with the same --rdzv-endpoint and --rdzv-id")
+    elif kind == "RendezvousClosedError":
+        what = f"the job's rendezvous {where} was closed: another node ended the job"
+    else:
+        what = (f"lost the connection to the job's rendezvous store {where} ({kind}): another node stopped "
+                f"or the network to it failed")
+    return f"{what}; torchrun stopped the workers on this node"
+
+
+def refuse_to_launch_from_a_worker(env: WorkerEnv) -> None:
+    """A process a launcher started must never start torchrun again: with `--nproc 1` each
+    generation would start the next, without end, until the machine runs out of memory."""
+    if env.launched:
+        raise ConfigError("this process is a worker that torchrun started (RANK / LOCAL_RANK are set), "
+                          "so it will not start workers itself; run `zerograd train ... --nproc N` from a plain shell")
+    if env.marked:
+        raise ConfigError(f"this process was started by a zerograd launcher ({LAUNCHED_MARK} is set), so it will not "
+                          f"start workers itself; run `zerograd train ... --nproc N` from a plain shell (or unset "
+                          f"{LAUNCHED_MARK} if you set it yourself)")
+
+
+def worker_environment(nproc: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What the launcher adds to its workers' environment: the mark that they were launched, and
+    each worker's share of this machine's cores (the cores `threads: null` chooses from). A thread
+    count the user pinned (OMP_NUM_THREADS / MKL_NUM_THREADS) is left to win. OMP_NUM_THREADS is
+    set to the share for several workers, where torchrun would otherwise set 1; one worker keeps
+    torch's default, as the plain command does."""
+    values = {LAUNCHED_MARK: "1"}
+    if not any(name in environ for name in THREAD_ENV_VARS):
+        # torch's own default counts physical cores: N workers on hyperthreads would oversubscribe
+        share = max(1, min(usable_cores(environ), torch.get_num_threads()) // nproc)
+        values[CPU_SHARE] = str(share)
+        if nproc > 1:
+            values["OMP_NUM_THREADS"] = str(share)
+    return values
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the block (the launcher's own environment is left as it was)."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def root_failure(error: Any) -> tuple[int, Any]:
@@ -424,11 +509,13 @@ def failure_message(failure: Any) -> str:
     return message
 
 
-def describe_failure(failed_rank: int, failure: Any, failures: Mapping[int, Any] | None = None) -> str:
+def describe_failure(failed_rank: int, failure: Any, failures: Mapping[int, Any] | None = None, *,
+                     multi_node: bool = False, only_worker: bool = False) -> str:
     """`worker rank 1 failed (exit code 1): RuntimeError: ...; torchrun stopped the other workers`.
 
     A rank that left no message (killed by a signal) gets the first message another rank left,
-    e.g. the collective timeout that made torchrun stop a hung worker."""
+    e.g. the collective timeout that made torchrun stop a hung worker. In a job of several nodes
+    a lost peer may be a whole node, which this launcher never sees: the line says so."""
     message = failure_message(failure)
     silent = message.startswith((_KILLED, _NO_REPORT))
     if message.startswith(_KILLED):
@@ -443,6 +530,11 @@ def describe_failure(failed_rank: int, failure: Any, failures: Mapping[int, Any]
     if silent and told:
         message = told[0][1]
         text += f"; rank {told[0][0]} reported: {message}"
+    if _reads_as_peer_failure(message) and multi_node:
+        return (f"{text} (a collective operation failed or timed out: a worker here or on another node died or "
+                f"stopped responding, or the network between the nodes failed); torchrun stopped the workers on this node")
+    if only_worker:  # `--nproc 1` on one node: nobody else to stop
+        return text
     if _reads_as_peer_failure(message):
         text += " (a collective operation failed or timed out: a worker died or stopped responding)"
     return f"{text}; torchrun stopped the other workers"

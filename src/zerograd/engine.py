@@ -55,7 +55,7 @@ class FitOptions:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
-    threads: int | None = None  # null: automatic (1 thread for small steps on the CPU, see performance.py)
+    threads: int | None = None  # null: automatic, by the machine and the model (see performance.py)
     channels_last: bool = False  # convolution weights and activations in NHWC layout (faster on CPU and GPU)
     schedule: dict | str | None = None
     val_split: float = 0.0
@@ -250,8 +250,10 @@ def _fit(model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
     state.train_loader, state.nonfinite = train_loader, NonFiniteGuard(opts.on_nan, acc)
     if opts.preflight:  # one batch through model and loss: a clear error now, not a traceback later
         preflight(net, train_loader, loss_fn, task=task, acc=acc, opts=opts, source=given_train)
-    if opts.threads is None and acc.device.type == "cpu":  # automatic: by the step's size and the idle cores
-        torch.set_num_threads(auto_threads(net, _sample_inputs(train_loader, opts, acc), acc.device))
+    if opts.threads is None:  # automatic: by the step's size and the cores this process may use
+        sample = _sample_inputs(train_loader, opts, acc) if acc.device.type == "cpu" else None
+        opts.threads = auto_threads(net, sample, acc.device, opts.batch_size // acc.world_size)
+        torch.set_num_threads(opts.threads)  # kept in the options: the run records the count it used
     early_stopping = early_stopping_from(opts.early_stopping)
     callbacks = ([early_stopping] if early_stopping else []) + callbacks
     state.callbacks = callbacks

@@ -35,6 +35,15 @@ class DataBundle:
     # preprocessing.json, so `zerograd.load(run).predict(raw)` prepares new inputs the same way.
     preprocessing: dict[str, Any] | None = None
 
+    def sample_input(self) -> torch.Tensor | None:
+        """The first training sample's input as a batch of one, or None for data that cannot be
+        indexed (the model check and the automatic thread count try it on this)."""
+        try:
+            sample = self.train[0][0]
+        except (TypeError, IndexError, KeyError, NotImplementedError):
+            return None
+        return sample.unsqueeze(0) if isinstance(sample, torch.Tensor) else None
+
 
 def _idx_images(name: str) -> Callable[..., DataBundle]:
     def build(normalize: bool = False, root: str | None = None, download: bool = True) -> DataBundle:
@@ -160,21 +169,18 @@ def build_experiment(config: dict[str, Any], *, trust_code: bool = True, origin:
 def check_model_fits(model: nn.Module, data: DataBundle, task: str) -> None:
     """One forward pass on one training sample, so a model that does not fit the data fails now,
     with the shapes named, and not inside the first training step."""
-    try:
-        sample = data.train[0][0]
-    except (TypeError, IndexError, KeyError, NotImplementedError):
-        return  # not an indexable data set: nothing to try
-    if not isinstance(sample, torch.Tensor):
-        return
+    sample = data.sample_input()
+    if sample is None:
+        return  # not an indexable data set of tensors: nothing to try
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            output = model(sample.unsqueeze(0))
+            output = model(sample)
     except (RuntimeError, ValueError, TypeError) as error:
         from zerograd.checks import explain_forward_error  # names the fix, e.g. flatten images for a Linear layer
 
-        raise ConfigError(explain_forward_error(model, sample.unsqueeze(0), None, error)) from None
+        raise ConfigError(explain_forward_error(model, sample, None, error)) from None
     finally:
         model.train(was_training)
     classes = len(data.class_names or [])

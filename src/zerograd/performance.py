@@ -4,13 +4,14 @@ keeps freed memory.
 Why threads are chosen per run (`threads: null`): a training step of a small model is a few
 hundred short kernels; with two or more intra-op threads each of them pays a fork/join and the
 step gets slower. Bigger steps (convolutions, large matmuls) run 1.4-1.7x faster on two idle
-cores, but when another busy process holds one of the cores every join waits for that thread to
-be scheduled again: 2-4x slower steps with one busy neighbour, 10-100x with several, on this
-2-core machine (docs/performance.md). So: one thread below `SMALL_STEP_FLOPS` per step; above it,
-as many threads as there are cores that other processes leave idle at the start of the run (all
-of them on an idle machine). `threads: N` always wins, and so does OMP_NUM_THREADS. The thread
-count can change a convolution's rounding in the last bits: pin `threads` for runs that must
-repeat bitwise on a machine whose load varies.
+cores. So: one thread below `SMALL_STEP_FLOPS` per step; above it, one thread per core this
+process may use (its CPU affinity, or its share of them when a launcher started several
+workers; at most torch's own default). The choice is a function of the machine and the model
+only, never of the momentary load: the thread count can change a convolution's rounding in the
+last bits, and the same command and seed must give the same weights on a busy machine as on an
+idle one. A busy machine makes the run slower, not different; the run's header says so
+(`busy_cores`). `threads: N` always wins, and so does an OMP_NUM_THREADS set by the user; the
+count used is written into the run's config.yaml and summary.json.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ IDLE_SAMPLE_SECONDS = 0.1  # how long /proc/stat is watched to count idle cores
 # Environment variables with which a user or a launcher (torchrun, the sweep's workers) has
 # already chosen the thread count: automatic choice leaves it alone then.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# The cores each worker of `zerograd train --nproc N` may use, set by its launcher (which then
+# set the thread variables above itself: they are not the user's choice).
+CPU_SHARE = "ZEROGRAD_CPU_SHARE"
 
 
 def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
@@ -75,22 +79,48 @@ def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
             hook.remove()
 
 
-def auto_threads(model: nn.Module, sample_inputs: torch.Tensor | None, device: torch.device) -> int:
+def auto_threads(model: nn.Module, sample_inputs: torch.Tensor | None, device: torch.device,
+                 batch_size: int | None = None) -> int:
     """The intra-op thread count for `threads: null` (see the module doc): 1 for small steps on
-    the CPU, else the cores other processes leave idle (at most the current setting, torch's
-    default being one per core). A count already chosen through OMP_NUM_THREADS / MKL_NUM_THREADS
-    is kept, and so is the setting on other devices."""
+    the CPU, else one per usable core (at most the current setting, torch's default being one per
+    physical core). `sample_inputs` holds at least one sample; the step is `batch_size` of them
+    (default: as many as `sample_inputs` holds). A count already chosen through OMP_NUM_THREADS /
+    MKL_NUM_THREADS is kept, and so is the setting on other devices."""
     current = torch.get_num_threads()
-    if device.type != "cpu" or sample_inputs is None or any(v in os.environ for v in THREAD_ENV_VARS):
+    if device.type != "cpu" or sample_inputs is None or threads_pinned_by_environment():
         return current
     one = training_flops(model, sample_inputs[:1])  # one sample, times the batch: cheap for any model
-    flops = None if one is None else one * len(sample_inputs)
-    if flops is None:
+    if one is None:
         return current
-    if flops < SMALL_STEP_FLOPS or current == 1:
+    if one * (batch_size or len(sample_inputs)) < SMALL_STEP_FLOPS or current == 1:
         return 1
-    idle = idle_cores()
-    return current if idle is None else max(1, min(current, round(idle)))
+    return max(1, min(current, usable_cores()))
+
+
+def threads_pinned_by_environment(environ: Mapping[str, str] = os.environ) -> bool:
+    """True when the user (or a launcher other than zerograd's) chose the thread count through
+    OMP_NUM_THREADS / MKL_NUM_THREADS."""
+    return CPU_SHARE not in environ and any(name in environ for name in THREAD_ENV_VARS)
+
+
+def usable_cores(environ: Mapping[str, str] = os.environ) -> int:
+    """The cores this process may use: its share under `zerograd train --nproc N`, else its CPU
+    affinity (a container's or `taskset`'s limit), else all of the machine's."""
+    share = environ.get(CPU_SHARE, "").strip()
+    if share.isdigit() and int(share) > 0:
+        return int(share)
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def busy_cores(threads: int, seconds: float = IDLE_SAMPLE_SECONDS) -> int:
+    """How many of the `threads` cores a run uses other processes keep busy right now (0 when
+    it cannot tell). Only for the header's warning: the thread count never depends on it."""
+    if threads <= 1:
+        return 0
+    idle = idle_cores(seconds)
+    return 0 if idle is None else max(0, min(threads, threads - math.floor(idle + 0.25)))
 
 
 def idle_cores(seconds: float = IDLE_SAMPLE_SECONDS) -> float | None:

@@ -63,6 +63,19 @@ def test_images_are_held_as_one_uint8_tensor_and_batches_become_normalised_float
     assert float(x.double().mean()) == pytest.approx(0.0, abs=1e-5) and float(x.double().std(correction=0)) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_cache_auto_does_not_depend_on_the_memory_free_at_the_moment(grey_folder: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached and streamed folders are shuffled differently (other weights for the same seed), so
+    `cache: auto` must not follow what other processes leave free: 8 GiB, none of it free right now."""
+    import os
+
+    real = os.sysconf
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2 * 2**20, "SC_AVPHYS_PAGES": 0}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name] if name in pages else real(name))
+    splits = load_image_folder(grey_folder, test_split=0.0, progress=False)
+    assert isinstance(splits.train, CachedImages) and "decoded into memory" in splits.notes[0]
+
+
 def test_normalisation_is_fitted_on_the_training_images_only(grey_folder: Path) -> None:
     splits = load_image_folder(grey_folder, test_split=0.3, seed=1, progress=False)
     train_pixels = splits.train.images.double() / 255

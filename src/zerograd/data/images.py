@@ -37,7 +37,7 @@ STYLES = ("auto", "digit", "centered", "none")  # how predict prepares new pictu
 AUTO_MAX_SIDE = 64  # `size: auto` keeps small images as they are and scales larger ones to this
 SAMPLE = 32  # images looked at to choose `size: auto` / `mode: auto`
 STATS_SAMPLE = 2000  # images decoded to fit the normalisation when the folder is streamed
-MEMORY_SHARE = 0.5  # cache the decoded images when they need at most this share of free memory
+MEMORY_SHARE = 0.5  # cache the decoded images when they need at most this share of the machine's memory
 
 
 # -- decoding one image ---------------------------------------------------------------------------
@@ -600,9 +600,12 @@ def choose_mode(mode: str, files: Sequence[Path]) -> str:
 
 
 def _fits_in_memory(count: int, spec: ImageSpec) -> bool:
+    """Whether `cache: auto` decodes into memory. The two paths shuffle differently, so this is
+    decided by the machine's memory, never by what other processes leave free at the moment:
+    the same command must train the same weights on a busy machine."""
     needed = count * spec.channels * spec.size[0] * spec.size[1]
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not on Linux: assume a laptop's few GiB
         available = 4 * 2**30
     return needed <= MEMORY_SHARE * available

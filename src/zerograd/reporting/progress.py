@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -29,6 +30,7 @@ from zerograd.engine import LoopState
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.models import count_parameters
 from zerograd.optim import current_lr
+from zerograd.performance import busy_cores
 from zerograd.reporting.console import make_console, plain
 from zerograd.reporting.summary import ModelSummary, describe_sizes, layer_table_rows
 
@@ -116,6 +118,14 @@ def plain_batch_interval(batches_per_epoch: int) -> int:
     while (batches_per_epoch - 1) // (interval * 10) + 1 >= 5:  # lines after batch 1, 1 + k, 1 + 2k, ...
         interval *= 10
     return interval
+
+
+def busy_note(busy: int, threads: int) -> str:
+    """The header's warning when other processes keep some of the run's cores busy."""
+    return (f"note: {busy} of the {threads} cores this run uses {'is' if busy == 1 else 'are'} busy with other processes: "
+            f"training is slower (it can be many times slower), the results stay the same; --set "
+            f"threads={max(1, threads - busy)} runs faster on a busy machine, with numbers that can differ from "
+            f"{threads} threads' in the last bits")
 
 
 def epochs_to_show(epochs: int) -> int:
@@ -253,12 +263,18 @@ class ProgressPrinter(Callback):
 
     def print_header(self, state: LoopState) -> None:
         acc = state.accelerator
+        threads = torch.get_num_threads()
         where = f"{acc.device}" + (f" x{acc.world_size} processes" if acc.distributed else "")
+        if acc.device.type == "cpu":
+            where += f" ({threads} thread{'s' if threads != 1 else ''}{' each' if acc.distributed else ''})"
         self.console.print(
             f"[bold]{plain(self.title or 'training')}[/]: {count_parameters(state.raw_model):,} parameters on {where}, "
             f"precision {acc.precision}, {state.options.epochs} epochs of {state.batches_per_epoch} batches",
             soft_wrap=True,
         )
+        busy = busy_cores(threads) if acc.device.type == "cpu" else 0
+        if busy:
+            self.console.print(busy_note(busy, threads), soft_wrap=True)
         if self.summary is not None:
             self.console.print(self.layer_table())
             if self.summary.data_sizes:
