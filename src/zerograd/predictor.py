@@ -238,10 +238,7 @@ def load(run_dir: str | Path, *, device: str = "cpu") -> Predictor:
     config = runs.read_config(path)
     preprocessing = runs.read_preprocessing(path) or _preprocessing_from_summary(config, runs.read_summary(path))
     model = build_model(config["model"], input_shape=preprocessing.get("input_shape"))
-    try:
-        runs.load_weights(model, path / runs.WEIGHTS)
-    except RuntimeError as error:
-        raise DataError(f"{path / runs.WEIGHTS} does not fit the model in {path / runs.CONFIG}: {str(error).splitlines()[0]}") from None
+    runs.load_weights(model, path / runs.WEIGHTS)  # weights that do not fit: a WeightsMismatchError saying why
     return Predictor(model, preprocessing, loss=config.get("loss", "cross_entropy"), config=config, run_dir=path,
                      device=_device(device))
 
