@@ -66,3 +66,20 @@ def test_a_checkpoint_of_another_model_names_what_differs(tmp_path: Path) -> Non
     with pytest.raises(CheckpointError, match=r"does not fit this model \(weight: \[1, 3\] in the file, \[1, 2\] in "
                                               r"the model\); resume with the config the run started with"):
         fit(nn.Linear(2, 1), (x[:, :2], y), loss="mse", epochs=1, batch_size=4, callbacks=[ResumeFrom(tmp_path / "ckpt")])
+
+
+@pytest.mark.parametrize(("name", "damage", "expected"), [
+    ("config.yaml", "model: {name: [linear\n", "config.yaml is not valid YAML (while parsing a flow"),
+    ("config.yaml", "", "config.yaml does not hold a mapping of keys (it holds NoneType)"),
+    ("preprocessing.json", '{"kind": "tab', "preprocessing.json is not valid JSON (Unterminated string"),
+    ("summary.json", "[1, 2]", "summary.json does not hold a mapping of keys (it holds list)"),
+])
+def test_a_damaged_run_file_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+                                                  damage: str, expected: str) -> None:
+    run_dir = tmp_path / "run"
+    api.train(CONFIG, out=run_dir, quiet=True)
+    (run_dir / name).write_text(damage)
+    command = ["plot", str(run_dir)] if name == "summary.json" else ["evaluate", str(run_dir)]
+    assert cli(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"zerograd: error: {run_dir / name}{expected.removeprefix(name)}") and "\n" not in err

@@ -94,7 +94,8 @@ def test_a_run_whose_folder_cannot_be_made_is_one_line(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
     assert cli(["train", str(config_file(tmp_path)), "--out", str(tmp_path / "run")]) == 2
-    assert one_line_error(capsys) == f"could not write {tmp_path / 'run' / '.lock'}: Read-only file system"
+    assert one_line_error(capsys) == (f"could not write {tmp_path / 'run'}: Read-only file system; nothing was "
+                                      "written; choose a writable --out (or free some disk space)")
 
 
 # --- during training -----------------------------------------------------------------------------

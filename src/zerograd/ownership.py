@@ -38,6 +38,12 @@ REFUSALS = {
               "stopped: wait for it to finish (or stop it with Ctrl-C), then `zerograd resume {dir}`",
     "sweep": "{dir} is in use by another sweep ({holder}); wait for it to finish, or choose another --out",
 }
+# What is safe, and how to go on, when the folder cannot be written at all (read-only, full, no permission).
+UNWRITABLE = {
+    "train": "nothing was written; choose a writable --out (or free some disk space)",
+    "resume": "the run is as it was; make the folder writable (or free some disk space), then `zerograd resume {dir}`",
+    "sweep": "nothing was written; choose a writable --out (or free some disk space)",
+}
 
 
 class DirectoryLock:
@@ -53,9 +59,16 @@ class DirectoryLock:
         self._fd: int | None = None
 
     def acquire(self) -> "DirectoryLock":
+        try:
+            self._take()
+        except WriteError as error:
+            raise WriteError(f"{error}; {UNWRITABLE[self.purpose].format(dir=self.directory)}") from None
+        return self
+
+    def _take(self) -> None:
         from zerograd.runs import writing  # runs imports the engine; this module stays light
 
-        with writing(self.path):
+        with writing(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             while True:  # the file may be removed by its releasing owner between open and flock
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -72,7 +85,6 @@ class DirectoryLock:
             os.write(fd, (json.dumps(_this_process()) + "\n").encode())
         except OSError:
             pass
-        return self
 
     def release(self) -> None:
         if self._fd is None:

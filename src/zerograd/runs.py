@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from safetensors.torch import save
 from torch import nn
 
@@ -164,12 +165,34 @@ def require_run_dir(run_dir: str | Path) -> Path:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    return yaml_load((run_dir / CONFIG).read_text())  # a hand-edited `lr: 1e-3` stays a number
+    path = Path(run_dir) / CONFIG
+    try:
+        config = yaml_load(path.read_text())  # a hand-edited `lr: 1e-3` stays a number
+    except yaml.YAMLError as error:
+        raise RunDirError(f"{path} is not valid YAML ({' '.join(str(error).split())}); fix it, or copy the config "
+                          "the run was trained with back") from None
+    return _mapping(config, path)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _read_json(Path(run_dir) / SUMMARY)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run's JSON file ({} when it is absent); a damaged one is named, not a traceback."""
+    if not path.is_file():
+        return {}
+    try:
+        return _mapping(json.loads(path.read_text()), path)
+    except ValueError as error:
+        raise RunDirError(f"{path} is not valid JSON ({error}); it was edited or damaged") from None
+
+
+def _mapping(value: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path} does not hold a mapping of keys (it holds {type(value).__name__}); it was "
+                          "edited or damaged")
+    return value
 
 
 def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:
@@ -178,8 +201,7 @@ def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> 
 
 
 def read_preprocessing(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / PREPROCESSING
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _read_json(Path(run_dir) / PREPROCESSING)
 
 
 def load_history(run_dir: str | Path) -> History:

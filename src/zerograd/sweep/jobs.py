@@ -24,7 +24,7 @@ from zerograd import config as configs
 from zerograd import runs
 from zerograd.callbacks import Callback
 from zerograd.engine import LoopState
-from zerograd.errors import ConfigError, TrainingError, ZerogradError, did_you_mean
+from zerograd.errors import ConfigError, RunDirError, TrainingError, ZerogradError, did_you_mean
 from zerograd.losses import task_of
 from zerograd.metrics import DEFAULT_METRICS
 from zerograd.sweep.space import Dimension, _plain_text
@@ -304,7 +304,7 @@ def known_configurations(sweep_dir: Path, keys: Sequence[str]) -> dict[int, dict
         index = int(RUN_NAME.match(run_dir.name).group(1))
         if index in known or not (run_dir / runs.CONFIG).is_file():
             continue
-        with contextlib.suppress(KeyError, TypeError, yaml.YAMLError):
+        with contextlib.suppress(KeyError, TypeError, RunDirError):  # a damaged config.yaml: not a known one
             config = runs.read_config(run_dir)
             known[index] = {key: _lookup(config, key) for key in keys}
     return known
