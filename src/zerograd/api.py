@@ -12,12 +12,12 @@ from typing import Any
 
 from torch import nn
 
-from zerograd import checkpoint, distributed, runs, signals
+from zerograd import checkpoint, distributed, ownership, runs, signals
 from zerograd import config as configs
 from zerograd.accelerator import Accelerator
 from zerograd.callbacks import Callback
 from zerograd.engine import History, LoopState, evaluate, fit, seed_everything
-from zerograd.errors import ConfigError, TrainingInterrupted
+from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, WriteError
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import imported_class
 from zerograd.performance import auto_threads
@@ -80,32 +80,61 @@ def train(
         if out is not None and Path(out).resolve() != Path(resume).resolve():
             raise ConfigError(f"--resume continues {resume} in place; leave out --out (it says {out})")
         run_dir = Path(resume)
-    else:
-        run_dir = Path(out) if out else distributed.broadcast_from_main(runs.new_run_dir(config["name"]))
+    else:  # rank 0 names (and makes) the folder, so two runs started in the same second get two
+        run_dir = Path(out) if out else distributed.broadcast_from_main(
+            runs.new_run_dir(config["name"], create=True) if distributed.is_main() else None)
+    # One process at a time: a second train/resume of this folder is refused before it writes anything.
+    with ownership.hold(run_dir, "resume" if resume is not None else "train"):
+        return _train_in(run_dir, config, experiment, every, keep, resumed=resume is not None, quiet=quiet,
+                         callbacks=callbacks, progress=progress)
+
+
+def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, every: checkpoint.Every, keep: int, *,
+              resumed: bool, quiet: bool, callbacks: Sequence[Callback], progress: str | None) -> Run:
+    """`train` once it owns `run_dir`: the run's first files, `fit`, the final files."""
+    go_on = f"then continue with `zerograd resume {run_dir}`{distributed.relaunch_flags()}"
+    if not resumed:
         checkpoint.refuse_existing_run(run_dir)  # never write over an earlier run's files
     if distributed.is_main():  # one writer: rank 0 owns the run directory
-        if resume is None:
-            runs.write_config(run_dir, config)
-        runs.write_preprocessing(run_dir, experiment.data.preprocessing)
+        try:
+            if not resumed:
+                runs.write_config(run_dir, config)
+            runs.write_preprocessing(run_dir, experiment.data.preprocessing)
+        except WriteError as error:
+            safe = (f"its checkpoints are untouched. Free some disk space (or make the folder writable), {go_on}" if resumed
+                    else "nothing was trained yet. Free some disk space (or choose a writable --out), then run the command again")
+            raise WriteError(f"{error}; {safe}") from None
     final = _FinalState()
-    reporters = RunReporters(config, run_dir, experiment, quiet=quiet, progress=progress)
-    hooks: list[Callback] = [*reporters.callbacks, runs.MetricsWriter(run_dir, every_steps=reporters.log_every),
-                             *callbacks, final]
     stop = signals.StopSignal()
+    reporters = RunReporters(config, run_dir, experiment, quiet=quiet, progress=progress)
+    metrics = runs.MetricsWriter(run_dir, every_steps=reporters.log_every, stop=stop)  # a failed write stops, saved
+    hooks: list[Callback] = [*reporters.callbacks, metrics, *callbacks, final]
     saver = checkpoint.Checkpointer(run_dir / checkpoint.CHECKPOINTS, every=every, keep=keep, stop=stop)
     hooks.insert(len(hooks) - 1, saver)  # last before `final`: it saves what the other callbacks did this epoch
-    if resume is not None:  # first: the others start from the restored state
+    if resumed:  # first: the others start from the restored state
         hooks.insert(0, checkpoint.ResumeFrom(run_dir / checkpoint.CHECKPOINTS, metrics_path=run_dir / runs.METRICS))
-    with reporters, signals.graceful_stop(stop):  # takes a live progress bar down even when training fails
-        history = fit(
-            experiment.model,
-            experiment.data.train,
-            eval_data=experiment.data.test,
-            val_data=experiment.data.val,
-            callbacks=hooks,
-            **configs.fit_options(config),
-        )
+    try:
+        with reporters, signals.graceful_stop(stop):  # takes a live progress bar down even when training fails
+            history = fit(
+                experiment.model,
+                experiment.data.train,
+                eval_data=experiment.data.test,
+                val_data=experiment.data.val,
+                callbacks=hooks,
+                **configs.fit_options(config),
+            )
+    except WriteError as error:  # a file other than a checkpoint; the checkpoints are as they were
+        raise WriteError(f"{error}; {_newest_checkpoint_text(run_dir)}. Free some disk space (or make the folder "
+                         f"writable), {go_on}") from None
+    except CheckpointError as error:
+        if metrics.failure is None:
+            raise
+        raise CheckpointError(f"{metrics.failure}; {error}") from None  # the stop to save the run could not save it
     assert final.state is not None
+    if metrics.failure is not None:
+        where = f"epoch {final.state.epoch + 1}" if final.state.batch else f"the end of epoch {final.state.epoch}"
+        raise WriteError(f"{metrics.failure}; training stopped at step {final.state.global_step} ({where}) and saved "
+                         f"checkpoint {saver.saved}. Free some disk space (or make the folder writable), {go_on}")
     if final.state.stop_reason == "interrupted":
         raise TrainingInterrupted(
             f"training stopped by {stop.name or 'a stop signal (to another rank)'} at epoch {final.state.epoch + 1}, after {final.state.global_step} steps; "
@@ -113,15 +142,52 @@ def train(
             exit_code=stop.exit_code)
     summary = build_summary(experiment, history, final.state)
     if final.state.accelerator.is_main:
-        runs.save_weights(final.state.raw_model, run_dir / runs.WEIGHTS)
-        runs.write_summary(run_dir, summary)
-        reporters.finish(final.state.raw_model, device=str(final.state.accelerator.device))  # metrics.csv, plots/
+        _write_final_files(run_dir, final.state, summary, reporters, every, go_on)
     return Run(run_dir, history, summary, final.state.raw_model, config)
 
 
 def _trust_flag(config: dict[str, Any]) -> str:
     """` --trust-code` when the run's model is a class of the user's own: resuming imports it again."""
     return " --trust-code" if imported_class(config["model"]) else ""
+def _write_final_files(run_dir: Path, state: LoopState, summary: dict[str, Any], reporters: RunReporters,
+                       every: checkpoint.Every, go_on: str) -> None:
+    """The weights first (the one file that cannot be made again without training), then the summary;
+    then metrics.csv and the plots, whose failure only warns: they are drawn again from the run."""
+    try:
+        runs.save_weights(state.raw_model, run_dir / runs.WEIGHTS)
+    except WriteError as error:
+        newest = _newest_checkpoint(run_dir)
+        if newest is None:
+            safe = (f"no checkpoint holds the trained weights (checkpoints: {every}), so the training must be done "
+                    f"again: free some disk space (or make the folder writable), {go_on} (it starts over)")
+        elif _checkpoint_step(newest) == state.global_step:
+            safe = f"the trained weights are in checkpoint {newest}. Free some disk space (or make the folder writable), {go_on} to write the run's files from it"
+        else:
+            safe = (f"the newest checkpoint, {newest}, is from step {_checkpoint_step(newest)} of {state.global_step}. "
+                    f"Free some disk space (or make the folder writable), {go_on} to train the rest again from it")
+        raise WriteError(f"{error}; {safe}") from None
+    try:
+        runs.write_summary(run_dir, summary)
+    except WriteError as error:
+        raise WriteError(f"{error}; the trained weights are safe in {run_dir / runs.WEIGHTS}. Free some disk space "
+                         f"(or make the folder writable), {go_on} to finish the run's files") from None
+    reporters.finish(state.raw_model, device=str(state.accelerator.device))  # metrics.csv, plots/
+
+
+def _newest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoint.checkpoint_dirs(run_dir / checkpoint.CHECKPOINTS)
+    return found[0] if found else None
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix("step-"))
+
+
+def _newest_checkpoint_text(run_dir: Path) -> str:
+    newest = _newest_checkpoint(run_dir)
+    if newest is None:
+        return "no checkpoint was written yet, so resuming starts over"
+    return f"the newest checkpoint, {newest.name}, is intact"
 
 
 def resume(run_dir: str | Path, *, quiet: bool = False, callbacks: Sequence[Callback] = (),

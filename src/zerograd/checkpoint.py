@@ -300,8 +300,11 @@ def restore(state: "LoopState", model_tensors: dict[str, torch.Tensor], tree: di
     _check_compatible(data, state, where)
     try:
         state.raw_model.load_state_dict(model_tensors)
-    except RuntimeError as error:
-        raise CheckpointError(f"{where} does not fit this model: {str(error).splitlines()[0]}") from None
+    except RuntimeError:
+        from zerograd.runs import weights_mismatch  # runs imports the engine, which imports this module
+
+        raise CheckpointError(f"{where} does not fit this model ({weights_mismatch(state.raw_model, model_tensors)}); "
+                              "resume with the config the run started with") from None
     state.optimizer.load_state_dict(data["optimizer"])
     if data["schedule"] is not None and state.schedule is not None:
         state.schedule.scheduler.load_state_dict(data["schedule"])

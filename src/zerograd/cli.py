@@ -244,7 +244,7 @@ def launch_workers(launch: distributed.LaunchOptions, args: argparse.Namespace) 
         distributed.check_global_batch(config["batch_size"], launch.fixed_world_size)
     argv = args.argv
     if launch.max_restarts and not resuming and args.out is None:
-        argv = [*argv, "--out", str(runs.new_run_dir(config["name"]))]  # a restart must find the same run
+        argv = [*argv, "--out", str(runs.new_run_dir(config["name"], create=True))]  # a restart must find the same run
     return distributed.launch(launch, argv)
 
 
@@ -262,7 +262,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         console.print(f"stopped early after epoch {summary['epochs_completed']} (no improvement); "
                       f"weights and figures from the best epoch, {summary['best_epoch']}")
     console.print(f"run directory: {plain(run_dir)}", soft_wrap=True)
-    if (run_dir / "plots").is_dir():
+    if any((run_dir / "plots").glob("*.png")):  # none when they could not be written (a warning said so)
         console.print(f"plots: {plain(run_dir / 'plots')}  (report: zerograd report {plain(run_dir)})", soft_wrap=True)
 
 

@@ -38,6 +38,19 @@ class RunDirError(ZerogradError, FileNotFoundError):
     """A run directory is missing or incomplete."""
 
 
+class RunInUseError(ZerogradError):
+    """Another process is training (or sweeping into) this directory right now."""
+
+
+class WriteError(ZerogradError, OSError):
+    """A file could not be written (full disk, read-only folder, no permission); the message names
+    the file, the reason, what is still safe and how to go on."""
+
+
+class WeightsMismatchError(DataError):
+    """Saved weights that do not fit the model the run's config builds (other layer names or sizes)."""
+
+
 class TrainingError(ZerogradError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
 

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from torch import nn
 
 from zerograd.errors import ZerogradError, did_you_mean
 from zerograd.predictor import Predictor, load
+from zerograd.runs import write_atomic, writing
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 CHECK_BATCHES = (1, 5)  # two batch sizes: the exported batch dimension must really be free
@@ -51,7 +53,6 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     if not predictor.input_shape:
         raise ExportError(f"{run_dir} does not record its input shape, so no example input can be made to trace the model")
     path = Path(out) if out else Path(predictor.run_dir or run_dir) / FORMATS[format]
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = predictor.model.cpu().eval()
     generator = torch.Generator().manual_seed(seed)
     inputs = [torch.randn(n, *predictor.input_shape, generator=generator) for n in CHECK_BATCHES]
@@ -79,20 +80,30 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, predictor:
     except ImportError as error:
         raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({error}); install them: pip install 'zerograd[export]'") from None
     log = io.StringIO()
-    try:
-        with _quiet(log):
-            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False, dynamo=True)
-    except Exception as error:  # the exporter raises many types; all mean "this model does not export"
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"ONNX export of the model failed: {detail}") from None
-    document = onnx.load(str(path))
+    # The exporter writes a file: a scratch one beside `path` (so a read-only or full target fails
+    # as a WriteError naming it), and the result goes into place whole via write_atomic.
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.")
+    with scratch:
+        draft = Path(scratch.name) / path.name
+        try:
+            with _quiet(log):
+                torch.onnx.export(model, (example,), str(draft), input_names=["input"], output_names=["output"],
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False, dynamo=True)
+        except OSError as error:
+            raise ExportError(f"could not write {path}: {error.strerror or error}") from None
+        except Exception as error:  # the exporter raises many types; all mean "this model does not export"
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ExportError(f"ONNX export of the model failed: {detail}") from None
+        document = onnx.load(str(draft))
     metadata = {"zerograd.preprocessing": json.dumps(predictor.preprocessing), "zerograd.run": str(predictor.run_dir or "")}
     for key, value in metadata.items():
         entry = document.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(document, str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    content = document.SerializeToString()
+    write_atomic(path, content)
+    session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: np.asarray(session.run(None, {name: x.astype(np.float32)})[0])
 
@@ -101,11 +112,14 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path):  #
     try:
         with _quiet(io.StringIO()), torch.no_grad():
             traced = torch.jit.trace(model, example)
-            traced.save(str(path))
-            loaded = torch.jit.load(str(path))
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)  # (ScriptModule.save takes a file name only)
     except Exception as error:  # tracing fails in many ways (data-dependent control flow, ...)
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"TorchScript export (torch.jit.trace) of the model failed: {detail}; try --format onnx") from None
+    write_atomic(path, buffer.getvalue())  # a full disk or read-only folder: a WriteError naming the file
+    with _quiet(io.StringIO()):
+        loaded = torch.jit.load(str(path))  # read back what was written: that file is the one checked
 
     def run(x: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings(), torch.no_grad():

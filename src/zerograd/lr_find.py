@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import math
 import random
@@ -109,10 +110,11 @@ def lr_find(
     result.extras = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "batch_size": batch_size,
                      "rule": "steepest descent of the smoothed loss (against log lr) before its minimum"}
     if out is not None:
+        from zerograd.runs import write_atomic  # runs imports the engine; keep this module light to import
+
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         result.plot = plot_lr_find(result, out / PLOT, title=title)
-        (out / CURVE).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        write_atomic(out / CURVE, json.dumps(result.to_dict(), indent=1) + "\n")  # a WriteError names the file
     return result
 
 
@@ -206,7 +208,11 @@ def plot_lr_find(result: LRFindResult, path: Path, *, title: str = "") -> Path:
     _clip_y_to_smoothed(axes, result)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=10)
-    figure.savefig(path)
+    from zerograd.runs import write_atomic
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_atomic(Path(path), buffer.getvalue())
     return path
 
 

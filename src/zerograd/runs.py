@@ -18,10 +18,11 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -31,38 +32,72 @@ from torch import nn
 from zerograd.callbacks import Callback
 from zerograd.config import dump, yaml_load, yaml_problem
 from zerograd.engine import FitOptions, History, LoopState
-from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError
+from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
 from zerograd.models import build_model
+
+if TYPE_CHECKING:
+    from zerograd.signals import StopSignal
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
 
 
-def new_run_dir(name: str, base: str | Path = "runs") -> Path:
-    """`runs/<name>-<timestamp>/`, made unique if two runs start in the same second."""
+def new_run_dir(name: str, base: str | Path = "runs", *, create: bool = False) -> Path:
+    """`runs/<name>-<timestamp>/`, made unique if two runs start in the same second. With `create`
+    the folder is made here, atomically, so two processes starting at once never get the same one."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(base) / f"{name}-{stamp}"
     suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path(base) / f"{name}-{stamp}-{suffix}"
-    return path
+    with writing(Path(base) / f"{name}-{stamp}"):
+        while True:
+            path = Path(base) / (f"{name}-{stamp}" if suffix == 1 else f"{name}-{stamp}-{suffix}")
+            if not create and not path.exists():
+                return path
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    path.mkdir()
+                    return path
+                except FileExistsError:
+                    pass
+            suffix += 1
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an OSError while writing `path` (full disk, read-only folder, no permission) into a
+    `WriteError` that names the file and the reason, instead of a traceback."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as error:
+        raise write_error(error, path) from None
+
+
+def write_error(error: OSError, path: str | Path) -> WriteError:
+    """'could not write PATH: No space left on device' as a `WriteError` (errno kept)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    failure = WriteError(f"could not write {path}: {reason}")
+    failure.errno = error.errno  # (not .filename: OSError would then print itself as "[Errno N] None: path")
+    return failure
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(fd, _new_file_mode())  # mkstemp's 0o600 would hide run files from other users
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode() if isinstance(text, str) else text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write via a temp file and rename, so a crash never leaves a half-written file; an OSError
+    becomes a `WriteError` naming `path`, and the file as it was stays untouched."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.chmod(fd, _new_file_mode())  # mkstemp's 0o600 would hide run files from other users
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text.encode() if isinstance(text, str) else text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _new_file_mode() -> int:
@@ -86,9 +121,21 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """`model` with the weights of `path` (a run's model.safetensors); weights of another shape or
+    with other layer names raise a `WeightsMismatchError` that says which and why."""
     from zerograd.checkpoint import load_safetensors  # refuses a pickle in its place, unread
 
-    model.load_state_dict(load_safetensors(Path(path)))
+    path = Path(path)
+    tensors = load_safetensors(path)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError:
+        config = path.parent / CONFIG
+        built = f"the model {config} describes" if config.is_file() else f"this {type(model).__name__} model"
+        raise WeightsMismatchError(
+            f"{path} does not fit {built} ({weights_mismatch(model, tensors)}); was the config edited after "
+            "training, or the weights copied from another run? Put back the config the weights were trained with"
+        ) from None
     return model
 
 
@@ -103,11 +150,22 @@ def load_model(run_dir: Path, config: dict[str, Any], input_shape: Sequence[int]
         raise
     except ConfigError as error:
         raise RunDirError(f"{origin}: {error}") from None
-    try:
-        return load_weights(model, run_dir / WEIGHTS)
-    except RuntimeError as error:  # names or shapes that differ: torch's list of them, on one line
-        details = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip()) or str(error)
-        raise RunDirError(f"{run_dir / WEIGHTS} does not fit the model in {origin} ({details[:300]}); {_REWRITE}") from None
+    return load_weights(model, run_dir / WEIGHTS)  # weights that do not fit: a WeightsMismatchError saying why
+
+
+def weights_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+    """How saved `tensors` differ from `model`'s parameters and buffers, in a few words
+    (torch's own message lists every tensor on lines of their own)."""
+    expected = model.state_dict()
+    resized = [f"{key}: {list(tensors[key].shape)} in the file, {list(value.shape)} in the model"
+               for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
+    missing = [key for key in expected if key not in tensors]
+    unknown = [key for key in tensors if key not in expected]
+    parts = []
+    for label, items in (("", resized), ("missing from the file: ", missing), ("not in the model: ", unknown)):
+        if items:
+            parts.append(label + (", " if label else "; ").join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
+    return "; ".join(parts) or "the tensors do not load into it"
 
 
 def require_run_dir(run_dir: str | Path) -> Path:
@@ -262,18 +320,29 @@ class MetricsWriter(Callback):
     """Appends each epoch's record to metrics.jsonl as soon as the epoch ends, and every
     `every_steps` optimizer steps a `"kind": "step"` record (0: none; none either when an epoch
     has fewer steps). A step record reads the loss from the device, so it is a host sync once per
-    `every_steps` steps, not per step."""
+    `every_steps` steps, not per step.
 
-    def __init__(self, run_dir: Path, *, every_steps: int = 0) -> None:
+    A record that cannot be appended (full disk, read-only folder) raises a `WriteError`; with
+    `stop` (the run's `StopSignal`) it is kept in `failure` instead and training is asked to stop,
+    so that the checkpoint callback saves the run first, as on Ctrl-C."""
+
+    def __init__(self, run_dir: Path, *, every_steps: int = 0, stop: "StopSignal | None" = None) -> None:
         self.path = Path(run_dir) / METRICS
         self.every_steps = every_steps
+        self.stop = stop
+        self.failure: WriteError | None = None
+        self._unwritten: list[dict[str, Any]] = []  # step records a failed write lost, kept in the checkpoint
         self._next_step: float = float("inf")
         self._window: tuple[Any, float, int, int] = (None, 0.0, 0, 0)  # (epoch totals, loss sum, count, batch) at the last record
 
     def on_fit_start(self, state: LoopState) -> None:
         if state.accelerator.is_main:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.touch()
+            with writing(self.path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.touch()
+            unwritten, self._unwritten = self._unwritten, []  # restored from the checkpoint by a resume
+            for record in unwritten:
+                self._append(record)
             steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
             if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
                 self._next_step = state.global_step + self.every_steps
@@ -309,13 +378,33 @@ class MetricsWriter(Callback):
             "lr": float(state.optimizer.param_groups[0]["lr"]),
         }
         self._window = (totals, loss_sum, count, state.batch)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(_plain(record)) + "\n")
+        self._append(record)
 
     def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
         if state.accelerator.is_main:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(_plain(logs)) + "\n")
+            self._append(logs)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        if self.failure is None:
+            try:
+                with writing(self.path), self.path.open("a") as handle:
+                    handle.write(json.dumps(_plain(record)) + "\n")
+                return
+            except WriteError as error:
+                if self.stop is None:
+                    raise
+                self.failure = error
+                self.stop.request(f"a failed write to {self.path.name}")
+        if record.get("kind") == "step":  # epoch records are in the checkpoint's history already
+            self._unwritten.append(_plain(record))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step records a failed write kept out of metrics.jsonl: a checkpoint holds them, and
+        the resumed run writes them first (resuming cuts the file back to the checkpoint)."""
+        return {"unwritten": list(self._unwritten)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._unwritten = list(state.get("unwritten", []))
 
 
 def _plain(value: Any) -> Any:

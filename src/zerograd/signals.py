@@ -22,14 +22,23 @@ class StopSignal:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.reason: str | None = None  # a stop asked for by zerograd itself (see `request`)
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.reason is not None
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
+        if self.signum is not None:
+            return signal.Signals(self.signum).name
+        return self.reason or ""
+
+    def request(self, reason: str) -> None:
+        """Stop as a signal would (checkpoint at the next safe point, then stop), for a reason found
+        inside the run, e.g. a metrics file that can no longer be written."""
+        if not self.requested:
+            self.reason = reason
 
     @property
     def exit_code(self) -> int:

@@ -223,3 +223,16 @@ def test_mnist_download_failure_is_not_found(
     monkeypatch.delenv("ZEROGRAD_DATA", raising=False)
     with pytest.raises(datasets.DatasetNotFoundError, match="downloading failed.*HTTP 404"):
         datasets.MNIST(download=True)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_download_error(out: Path, server_url: str, labels_gz: tuple,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(DownloadError, match=r"could not write .*labels-idx1-ubyte.gz: Read-only file system"):
+        download(f"{server_url}/labels-idx1-ubyte.gz", out / "labels-idx1-ubyte.gz")

@@ -45,14 +45,20 @@ def download(
     """
     dest = Path(dest)
     _check_scheme(url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:  # a read-only or full cache folder: say which, not a traceback
+        raise DownloadError(f"cannot download {url}: could not write {dest}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
             digests = _fetch(url, out, label=dest.name, progress=progress, timeout=timeout)
         _verify(url, tmp, digests, md5=md5, sha256=sha256, decompressed_md5=decompressed_md5)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise DownloadError(f"cannot download {url}: could not write {dest}: {exc.strerror or exc}") from None
     except BaseException:
         # Also on Ctrl-C: a half-written .part file is useless and would pile up.
         tmp.unlink(missing_ok=True)

@@ -11,13 +11,14 @@ record in metrics.jsonl every `log_every` optimizer steps; 0 for none).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from zerograd import runs
 from zerograd.callbacks import Callback
 from zerograd.engine import LoopState
-from zerograd.errors import ConfigError
+from zerograd.errors import ConfigError, WriteError, ZerogradWarning
 from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
 from zerograd.reporting.summary import ModelSummary, sample_batch, split_sizes, summarize_model
 
@@ -78,10 +79,17 @@ class RunReporters(Callback):
             runs.write_atomic(self.run_dir / MODEL_SUMMARY, self.summary.to_text())
 
     def finish(self, model: Any, *, device: str = "auto") -> list[Path]:
-        """After training (main process): metrics.csv, steps.csv and the plots; returns the plots."""
-        runs.export_csv(self.run_dir)
-        if runs.load_steps(self.run_dir):
-            runs.export_csv(self.run_dir, kind="step")
+        """After training (main process): metrics.csv, steps.csv and the plots; returns the plots.
+        A file that cannot be written here only warns: weights and summary are saved already, and
+        these are made again from metrics.jsonl and the weights."""
+        try:
+            runs.export_csv(self.run_dir)
+            if runs.load_steps(self.run_dir):
+                runs.export_csv(self.run_dir, kind="step")
+        except WriteError as error:
+            warnings.warn(f"{error}; the run itself is saved (weights, summary, metrics.jsonl, of which the CSV files "
+                          "are copies)", ZerogradWarning, stacklevel=2)
+            return []  # the plots would fail alike
         if not self.options["plots"]:
             return []
         from zerograd.reporting.plots import write_plots_safely  # matplotlib loads only when plotting

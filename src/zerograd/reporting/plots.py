@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from zerograd import runs
 from zerograd.data.loader import in_memory_tensors
 from zerograd.engine import History, predict
-from zerograd.errors import RunDirError
+from zerograd.errors import RunDirError, WriteError, ZerogradWarning
 from zerograd.losses import loss_name, task_of
 from zerograd.models import check_trusted
 
@@ -342,7 +342,8 @@ def write_plots(run_dir: str | Path, *, model: Any = None, data: Any = None, dev
     if model is None and (inputs.run_dir / runs.WEIGHTS).is_file():
         check_trusted(inputs.config["model"], trust_code=trust_code, origin=inputs.run_dir / runs.CONFIG)
     out = Path(out_dir) if out_dir is not None else inputs.run_dir / PLOTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    with runs.writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with plot_style():
         for name, figure in _run_figures(inputs, device):
@@ -478,7 +479,10 @@ def write_plots_safely(run_dir: str | Path, **kwargs: Any) -> list[Path]:
     already) instead of turning a finished run into an error."""
     try:
         return write_plots(run_dir, **kwargs)
+    except WriteError as error:  # a full disk or read-only folder: the weights and summary are written already
+        warnings.warn(f"{error}; the run itself is saved: draw its plots later with `zerograd plot {run_dir}`",
+                      ZerogradWarning, stacklevel=2)
     except Exception as error:  # plotting must not fail a finished training run
         warnings.warn(f"could not draw the plots of {run_dir} ({type(error).__name__}: {error}); "
-                      f"try again with: zerograd plot {run_dir}", stacklevel=2)
-        return []
+                      f"try again with: zerograd plot {run_dir}", ZerogradWarning, stacklevel=2)
+    return []

@@ -6,12 +6,13 @@ so all charts share one x axis. View with `tensorboard --logdir RUN_DIR/tensorbo
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from zerograd.callbacks import Callback
 from zerograd.engine import LoopState
-from zerograd.errors import ConfigError
+from zerograd.errors import ConfigError, ZerogradWarning
 from zerograd.optim import current_lr
 
 TENSORBOARD_DIR = "tensorboard"
@@ -37,7 +38,9 @@ def scalar_tag(key: str) -> str:
 
 class TensorBoardLogger(Callback):
     """Writes each epoch's record, and the lr every `every_steps` optimizer steps, as scalars
-    under `log_dir`. Only the main process writes."""
+    under `log_dir`. Only the main process writes. TensorBoard is an extra view of metrics.jsonl,
+    so when its files cannot be written (full disk, read-only folder) it warns once and stops
+    logging, and training goes on."""
 
     def __init__(self, log_dir: str | Path, *, every_steps: int = 50) -> None:
         self.writer_class = summary_writer_class()  # fail before training, not after an epoch
@@ -47,32 +50,50 @@ class TensorBoardLogger(Callback):
         self._next_step = every_steps if every_steps > 0 else float("inf")
 
     def on_fit_start(self, state: LoopState) -> None:
+        self._next_step = float("inf")
         if state.accelerator.is_main:
-            self.writer = self.writer_class(log_dir=str(self.log_dir))
+            try:
+                self.writer = self.writer_class(log_dir=str(self.log_dir))
+            except OSError as error:
+                self._give_up(error)
+                return
             self._next_step = state.global_step + self.every_steps if self.every_steps > 0 else float("inf")
-        else:
-            self._next_step = float("inf")
 
     def on_batch_end(self, state: LoopState) -> None:
         if state.global_step < self._next_step:
             return
         self._next_step = state.global_step + self.every_steps
-        self.writer.add_scalar("lr/step", current_lr(state.optimizer), state.global_step)
+        try:
+            self.writer.add_scalar("lr/step", current_lr(state.optimizer), state.global_step)
+        except OSError as error:
+            self._give_up(error)
 
     def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
         if self.writer is None:
             return
-        for key, value in logs.items():
-            if key == "epoch" or not isinstance(value, (int, float)):
-                continue
-            self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value, state.global_step)
-        self.writer.add_scalar("epoch", logs["epoch"], state.global_step)
-        self.writer.flush()
+        try:
+            for key, value in logs.items():
+                if key == "epoch" or not isinstance(value, (int, float)):
+                    continue
+                self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value, state.global_step)
+            self.writer.add_scalar("epoch", logs["epoch"], state.global_step)
+            self.writer.flush()
+        except OSError as error:
+            self._give_up(error)
 
     def on_fit_end(self, state: LoopState) -> None:
         self.close()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except OSError as error:
+                self._give_up(error)
+
+    def _give_up(self, error: OSError) -> None:
+        self.writer, self._next_step = None, float("inf")  # (a writer that failed is not closed: closing writes again)
+        reason = error.strerror or str(error)
+        warnings.warn(f"could not write TensorBoard files in {self.log_dir}: {reason}; TensorBoard logging stopped, "
+                      "training goes on (metrics.jsonl has the same numbers)", ZerogradWarning, stacklevel=2)

@@ -30,7 +30,8 @@ from rich.console import Console
 
 from zerograd import config as configs
 from zerograd import runs
-from zerograd.errors import ConfigError, RunDirError, TrainingError
+from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
+from zerograd.ownership import LOCK_FILE, DirectoryLock
 from zerograd.reporting.console import make_console, plain
 
 from zerograd.sweep.jobs import (
@@ -205,14 +206,20 @@ def sweep(
 
     plan = _make_plan(spec, dimensions, seed_list, make_job, mode, sweep_dir)  # resolves every config
     _check_before_running(plan, source, spec, dimensions)
-    _claim_sweep_dir(sweep_dir, spec)
-    console = make_console()
-    if not quiet:
-        console.print(f"[bold]{plain(spec['command'])}[/]: {plan.total} runs, {jobs} at a time "
-                      f"({threads} threads each), ranked by {plain(metric_name)} -> {plain(sweep_dir)}")
+    # One sweep at a time per folder: a second one would clear and retrain the first's runs.
+    with DirectoryLock(sweep_dir, "sweep"):
+        _claim_sweep_dir(sweep_dir, spec)
+        console = make_console()
+        if not quiet:
+            console.print(f"[bold]{plain(spec['command'])}[/]: {plan.total} runs, {jobs} at a time "
+                          f"({threads} threads each), ranked by {plain(metric_name)} -> {plain(sweep_dir)}")
 
-    results = _run_plan(plan, jobs, threads, metric_name, console if not quiet else None)
-    result = _summarise(sweep_dir, spec, results, metric_name, mode, dimensions, source)
+        results = _run_plan(plan, jobs, threads, metric_name, console if not quiet else None)
+        try:
+            result = _summarise(sweep_dir, spec, results, metric_name, mode, dimensions, source)
+        except WriteError as error:
+            raise WriteError(f"{error}; the finished runs are kept: free some disk space (or make the folder "
+                             f"writable), then run the same command again (finished runs are not trained again)") from None
     if not quiet:
         print_result(result, console)
     if result.best is None:
@@ -315,7 +322,7 @@ def _claim_sweep_dir(sweep_dir: Path, spec: dict[str, Any]) -> None:
             if _normal(old.get(key)) != _normal(spec.get(key)):
                 raise RunDirError(f"{sweep_dir} holds a different sweep ({key} was {json.dumps(old.get(key))}, now "
                                   f"{json.dumps(spec.get(key))}); give another --out, or delete that directory")
-    elif sweep_dir.exists() and any(sweep_dir.iterdir()):
+    elif sweep_dir.exists() and any(p.name != LOCK_FILE for p in sweep_dir.iterdir()):
         raise RunDirError(f"{sweep_dir} exists and is not a sweep directory (no {SWEEP_FILE}); give another --out")
     runs.write_atomic(spec_path, json.dumps(spec | {"status": "running"}, indent=2) + "\n")
 
@@ -417,7 +424,8 @@ def _summarise(sweep_dir: Path, spec: dict[str, Any], results: list[tuple[Job, O
         result.best_config = best
         runs.write_atomic(files[BEST_YAML], best_config_yaml(result, best, spec["command"]))
     plots = sweep_dir / PLOTS
-    plots.mkdir(exist_ok=True)
+    with runs.writing(plots):
+        plots.mkdir(exist_ok=True)
     plot_paths = plot_metric_vs_params(result, dimensions, plots)
     curves = plot_overlay(result, plots)
     result.files["plots"] = [str(p) for p in [*plot_paths, *([curves] if curves else [])]]

@@ -1,12 +1,14 @@
 """A sweep's plots: the metric against each swept key, and every run's curves in one figure."""
 from __future__ import annotations
 
+import io
 import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from zerograd import runs
 from zerograd.sweep.results import SweepResult
 from zerograd.sweep.space import Dimension, _plain_text
 
@@ -44,7 +46,9 @@ def plot_metric_vs_params(result: SweepResult, space: Mapping[str, Dimension], o
         ax.legend()
         fig.tight_layout()
         path = out_dir / f"metric_vs_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
-        fig.savefig(path)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        runs.write_atomic(path, buffer.getvalue())  # via a temp file; a full disk: a WriteError naming it
         paths.append(path)
     return paths
 
