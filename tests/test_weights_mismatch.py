@@ -69,10 +69,10 @@ def test_a_checkpoint_of_another_model_names_what_differs(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(("name", "damage", "expected"), [
-    ("config.yaml", "model: {name: [linear\n", "config.yaml is not valid YAML (while parsing a flow"),
-    ("config.yaml", "", "config.yaml does not hold a mapping of keys (it holds NoneType)"),
+    ("config.yaml", "model: {name: [linear\n", "config.yaml is not valid YAML"),
+    ("config.yaml", "", "config.yaml holds a NoneType, not a mapping of config keys"),
     ("preprocessing.json", '{"kind": "tab', "preprocessing.json is not valid JSON (Unterminated string"),
-    ("summary.json", "[1, 2]", "summary.json does not hold a mapping of keys (it holds list)"),
+    ("summary.json", "[1, 2]", "summary.json holds a JSON list, not an object"),
 ])
 def test_a_damaged_run_file_is_named_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
                                                   damage: str, expected: str) -> None:

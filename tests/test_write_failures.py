@@ -293,7 +293,7 @@ def test_a_metrics_file_cut_short_by_a_full_disk_still_plots(tmp_path: Path, fin
     with (run_dir / "metrics.jsonl").open("a") as handle:
         handle.write('\n{"epoch": 8}\n')  # damage in the middle is not a crash: it is named
     assert cli(["plot", str(run_dir)]) == 2
-    assert "metrics.jsonl line 7 is not a JSON record" in one_line_error(capsys)
+    assert "metrics.jsonl, line 7, is not valid JSON" in one_line_error(capsys)
 
 
 def test_write_errors_are_os_errors_with_the_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
