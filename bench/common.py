@@ -130,11 +130,16 @@ def median(values: list[float]) -> float:
 
 @dataclass
 class Target:
-    """One pass/fail check of the issue's targets."""
+    """One pass/fail check of the issues' targets (skipped: not measured here, and said why)."""
 
     name: str
     passed: bool
     detail: str
+    skipped: bool = False
+
+    @property
+    def mark(self) -> str:
+        return "SKIP" if self.skipped else ("PASS" if self.passed else "MISS")
 
 
 @dataclass
@@ -153,6 +158,15 @@ class Report:
     def check(self, name: str, passed: bool, detail: str) -> None:
         self.targets.append(Target(name, bool(passed), detail))
         print(f"  target {'PASS' if passed else 'MISS'}: {name}: {detail}", flush=True)
+
+    def skip(self, name: str, why: str) -> None:
+        """A target this run could not measure (e.g. a peer not installed): printed, never a pass."""
+        self.targets.append(Target(name, False, why, skipped=True))
+        print(f"  target SKIP: {name}: {why}", flush=True)
+
+    @property
+    def missed(self) -> list[Target]:
+        return [t for t in self.targets if not t.passed and not t.skipped]
 
     def extend(self, other: "Report") -> None:
         self.rows += other.rows
