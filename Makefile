@@ -50,9 +50,10 @@ $(PEERS_VENV)/.installed: pyproject.toml constraints.txt
 	$(PEERS_PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'torch ' + v + ' in $(PEERS_VENV): the pin was not kept')"
 	touch $@
 
-# CUDA tests, the recipes on cuda in fp32/bf16/fp16 and DDP over NCCL; on a CPU machine it says so and exits 77.
+# CUDA tests, the recipes on cuda in fp32/bf16/fp16 and DDP over NCCL. The script exits 77 on a machine
+# without a GPU (it says so); make takes that as done, not failed.
 gpu-check:
-	bash scripts/gpu-check.sh
+	bash scripts/gpu-check.sh || test $$? -eq 77
 
 clean:
 	rm -rf $(VENV) $(PEERS_VENV) build src/*.egg-info .pytest_cache

@@ -124,6 +124,19 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (0 rounds or epochs would leave nothing to report)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import REPO, Report, print_header, use_shared_data
+from common import REPO, Report, positive_int, print_header, use_shared_data
 from processes import SideFailed, run_isolated
 
 PEERS_PYTHON = REPO / ".venv-peers" / "bin" / "python"
@@ -336,29 +336,35 @@ def summarize(results: dict[str, dict[str, list]], skipped: dict[str, str], repo
 
 
 def print_table(results: dict[str, dict[str, list]], skipped: dict[str, str]) -> None:
-    """The issue's table: seconds per epoch, median (best; every round), and accuracy."""
+    """The issue's table: seconds per epoch, median (every round's), accuracy, peak memory."""
     sides = [s for s in SIDES if s not in skipped and any(s in r for r in results.values())]
-    print("\nseconds per epoch, median of the rounds (each round's in brackets); test accuracy; peak RSS")
-    print(f"{'model':12s}" + "".join(f" | {s:>26s}" for s in sides))
+    rows = []
     for model, by_side in results.items():
-        cells = []
+        cells = [model]
         for side in sides:
             if side not in by_side:
-                cells.append(f"{'-':>26s}")
+                cells.append("-")
                 continue
             times, runs = per_round(by_side[side]), by_side[side]
             accuracy = statistics.mean(run.result["accuracy"] for run in runs)
             peak = max(run.peak_rss_mib for run in runs)
-            cell = f"{statistics.median(times):.2f} [{'; '.join(f'{t:.2f}' for t in times)}] {accuracy:.3f} {peak:.0f}M"
-            cells.append(f"{cell:>26s}")
-        print(f"{model:12s}" + "".join(f" | {c}" for c in cells))
+            cells.append(f"{statistics.median(times):.2f} [{'; '.join(f'{t:.2f}' for t in times)}] "
+                         f"{accuracy:.3f} {peak:.0f}M")
+        rows.append(cells)
+    header = ["model", *sides]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print("\nseconds per epoch: median of the rounds [each round]; test accuracy; peak RSS")
+    for row in [header, *rows]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     for side, why in skipped.items():
         print(f"skipped {side}: {why}")
 
 
 def choose_python(python: str | None) -> str:
     if python:
-        return python
+        if not (Path(python).is_file() and os.access(python, os.X_OK)):
+            raise SystemExit(f"peers.py: error: --python {python}: no such interpreter")
+        return os.path.abspath(python)  # the sides run in other folders; not resolved: a venv's python is a link
     return str(PEERS_PYTHON) if PEERS_PYTHON.exists() else sys.executable
 
 
@@ -391,9 +397,9 @@ def run(rounds: int = 3, epochs: int = 1, samples: int | None = None, models: li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every tool (the median is reported)")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per run")
-    parser.add_argument("--samples", type=int, help="train on the first N training images (default: all)")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds of every tool (the median is reported)")
+    parser.add_argument("--epochs", type=positive_int, default=1, help="epochs per run")
+    parser.add_argument("--samples", type=positive_int, help="train on the first N training images (default: all)")
     parser.add_argument("--models", nargs="*", choices=list(MODELS))
     parser.add_argument("--sides", nargs="*", choices=list(SIDES), help="the tools to run (zerograd always runs)")
     parser.add_argument("--python", help="the interpreter of every side (default: .venv-peers's when it exists)")

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Report, print_header, use_shared_data
+from common import Report, positive_int, print_header, use_shared_data
 from processes import run_process
 from whole_process import zerograd_command
 
@@ -112,7 +112,7 @@ def run(rounds: int = 5) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=positive_int, default=5)
     args = parser.parse_args(argv)
     return 1 if run(args.rounds).missed else 0
 

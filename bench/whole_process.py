@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import BENCH_DIR, Report, print_header, use_shared_data
+from common import BENCH_DIR, Report, positive_int, print_header, use_shared_data
 from processes import Finished, run_process
 
 RECIPES = ("mnist-mlp", "fashion-cnn", "fashion-mlp")
@@ -106,9 +106,10 @@ def run(rounds: int = 3, recipes: list[str] | None = None, epochs: int | None = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--recipes", nargs="*", choices=RECIPES)
-    parser.add_argument("--epochs", type=int, help="train this many epochs on both sides (a smoke run; default: the recipe's)")
+    parser.add_argument("--epochs", type=positive_int,
+                        help="train this many epochs on both sides (a smoke run; default: the recipe's)")
     args = parser.parse_args(argv)
     report = run(args.rounds, args.recipes, args.epochs)
     return 1 if report.missed else 0
