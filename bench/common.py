@@ -124,17 +124,35 @@ def timed(function: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (0 rounds or epochs would leave nothing to report)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
 @dataclass
 class Target:
-    """One pass/fail check of the issue's targets."""
+    """One pass/fail check of the issues' targets (skipped: not measured here, and said why)."""
 
     name: str
     passed: bool
     detail: str
+    skipped: bool = False
+
+    @property
+    def mark(self) -> str:
+        return "SKIP" if self.skipped else ("PASS" if self.passed else "MISS")
 
 
 @dataclass
@@ -153,6 +171,15 @@ class Report:
     def check(self, name: str, passed: bool, detail: str) -> None:
         self.targets.append(Target(name, bool(passed), detail))
         print(f"  target {'PASS' if passed else 'MISS'}: {name}: {detail}", flush=True)
+
+    def skip(self, name: str, why: str) -> None:
+        """A target this run could not measure (e.g. a peer not installed): printed, never a pass."""
+        self.targets.append(Target(name, False, why, skipped=True))
+        print(f"  target SKIP: {name}: {why}", flush=True)
+
+    @property
+    def missed(self) -> list[Target]:
+        return [t for t in self.targets if not t.passed and not t.skipped]
 
     def extend(self, other: "Report") -> None:
         self.rows += other.rows

@@ -4,7 +4,8 @@ Both iterate over the same MNIST training tensors (60000 x 1 x 28 x 28 float32),
 epoch per repeat, interleaved; nothing is done with the batches. The DataLoader is the default
 one over a TensorDataset (per-sample `__getitem__` + collate), as the tutorials use it. Both run
 with one intra-op thread, as `fit` runs steps this small: a batch gather split over two threads
-is no faster, and next to a busy process it is many times slower.
+is no faster, and next to a busy process it is many times slower. Each epoch runs in a fresh
+process (its peak resident memory is reported beside it).
 
     python bench/loader_throughput.py [--repeats 3] [--batch-sizes 64 512]
 """
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from common import Report, interleaved, median, print_header, use_shared_data
+from processes import run_isolated
 
 
 def samples_per_second(loader, n: int) -> float:
@@ -29,39 +31,45 @@ def samples_per_second(loader, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def bench_batch(x: torch.Tensor, y: torch.Tensor, batch_size: int, repeats: int, report: Report) -> None:
+def one_epoch(kind: str, batch_size: int, epoch: int) -> tuple[float, int]:
+    """Samples per second of one shuffled epoch and its samples, in its own process (processes.run_isolated), so
+    that the process's peak memory is that loader's alone."""
+    from zerograd.data import load_dataset
     from zerograd.data.loader import TensorLoader
 
+    use_shared_data()
+    x, y = load_dataset("mnist", train=True).tensors
+    torch.set_num_threads(1)
+    if kind == "torch":
+        return samples_per_second(DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True), len(x)), len(x)
     ours = TensorLoader((x, y), batch_size, shuffle=True, seed=0)
-    torch_loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+    ours.set_epoch(epoch)
+    return samples_per_second(ours, len(x)), len(x)
+
+
+def bench_batch(batch_size: int, repeats: int, report: Report) -> None:
     epochs = iter(range(10**6))
-
-    def zerograd_epoch() -> float:
-        ours.set_epoch(next(epochs))
-        return samples_per_second(ours, len(x))
-
-    results = interleaved({"torch": lambda: samples_per_second(torch_loader, len(x)), "zerograd": zerograd_epoch}, repeats)
-    base, fast = median(results["torch"]), median(results["zerograd"])
+    results = interleaved({
+        "torch": lambda: run_isolated("loader_throughput", "one_epoch", kind="torch", batch_size=batch_size, epoch=0),
+        "zerograd": lambda: run_isolated("loader_throughput", "one_epoch", kind="zerograd", batch_size=batch_size,
+                                         epoch=next(epochs)),
+    }, repeats)
+    base, fast = (median([run.result[0] for run in results[kind]]) for kind in ("torch", "zerograd"))
+    peaks = {kind: max(run.peak_rss_mib for run in results[kind]) for kind in results}
+    n = results["torch"][0].result[1]
     report.emit("loader", f"batch {batch_size}", baseline_samples_per_s=base, zerograd_samples_per_s=fast,
-                ratio=fast / base, baseline_s=len(x) / base, zerograd_s=len(x) / fast, repeats=repeats)
+                ratio=fast / base, baseline_s=n / base, zerograd_s=n / fast, baseline_peak_rss_mib=peaks["torch"],
+                zerograd_peak_rss_mib=peaks["zerograd"], repeats=repeats)
     report.check(f"loader batch {batch_size} faster than DataLoader", fast > base,
                  f"{fast:,.0f} vs {base:,.0f} samples/s = {fast / base:.1f}x")
 
 
 def run(repeats: int = 3, batch_sizes: tuple[int, ...] = (64, 512)) -> Report:
-    from zerograd.data import load_dataset
-
     use_shared_data()
     report = Report()
     print_header("4. loader throughput: TensorLoader vs torch DataLoader(TensorDataset), samples/s, 1 thread")
-    x, y = load_dataset("mnist", train=True).tensors
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for batch_size in batch_sizes:
-            bench_batch(x, y, batch_size, repeats, report)
-    finally:
-        torch.set_num_threads(before)
+    for batch_size in batch_sizes:
+        bench_batch(batch_size, repeats, report)
     return report
 
 

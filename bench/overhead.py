@@ -10,6 +10,7 @@ target compares these two. A third loop, the hand-written one with zerograd's ru
 isolates the loop's own overhead (`loop_overhead` in the JSON line). All run with one intra-op thread (what `fit`
 chooses for these step sizes; it also keeps a neighbour's load from deciding the result) and
 the same seed; the time per epoch is the training pass only, median over interleaved repeats.
+Each side runs in a fresh process of its own (its peak resident memory is reported beside it).
 
     python bench/overhead.py [--repeats 5] [--batch-size 128]
 """
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import CpuClock, Report, interleaved, median, print_header, use_shared_data
+from processes import run_isolated
 
 TARGET_OVERHEAD = 0.05  # zerograd at most 5% slower
 
@@ -93,31 +95,43 @@ def _cnn() -> nn.Module:
     return tutorial_cnn()
 
 
-def bench_case(name: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, repeats: int,
-               report: Report) -> None:
-    build, loss_name, loss_fn = CASES[name]
-    threads = 1
-    before = torch.get_num_threads()
+SIDES = {"hand": "the fastest hand-written loop", "zerograd": "zerograd.fit",
+         "hand_lean": "the hand-written loop with zerograd's run settings"}
+
+
+def side(kind: str, case: str, batch_size: int, epochs: int, seed: int, threads: int) -> Epochs:
+    """One side, in its own process (processes.run_isolated), so that its peak memory is its own."""
+    use_shared_data()
+    build, loss_name, loss_fn = CASES[case]
+    x, y = mnist_tensors()
     torch.set_num_threads(threads)
-    try:
-        results = interleaved({
-            "hand": lambda: hand_loop(_seeded(build), x, y, batch_size, epochs, 0, loss_fn),
-            "zerograd": lambda: zerograd_loop(_seeded(build), x, y, batch_size, epochs, 0, loss_name, threads),
-            "hand_lean": lambda: hand_loop_with_zerograds_settings(_seeded(build), x, y, batch_size, epochs, 0, loss_fn),
-        }, repeats)
-    finally:
-        torch.set_num_threads(before)
-    hand = median([wall for run in results["hand"] for wall, _ in run])
-    ours = median([wall for run in results["zerograd"] for wall, _ in run])
-    lean = median([wall for run in results["hand_lean"] for wall, _ in run])
-    hand_cpu = median([cpu for run in results["hand"] for _, cpu in run])
-    ours_cpu = median([cpu for run in results["zerograd"] for _, cpu in run])
-    lean_cpu = median([cpu for run in results["hand_lean"] for _, cpu in run])
+    model = _seeded(build)
+    if kind == "hand":
+        return hand_loop(model, x, y, batch_size, epochs, seed, loss_fn)
+    if kind == "hand_lean":
+        return hand_loop_with_zerograds_settings(model, x, y, batch_size, epochs, seed, loss_fn)
+    return zerograd_loop(model, x, y, batch_size, epochs, seed, loss_name, threads)
+
+
+def bench_case(name: str, batch_size: int, epochs: int, repeats: int, report: Report) -> None:
+    threads = 1
+    results = interleaved({
+        kind: (lambda kind=kind: run_isolated("overhead", "side", kind=kind, case=name, batch_size=batch_size,
+                                              epochs=epochs, seed=0, threads=threads))
+        for kind in SIDES
+    }, repeats)
+    wall = {kind: median([w for run in results[kind] for w, _ in run.result]) for kind in SIDES}
+    cpu = {kind: median([c for run in results[kind] for _, c in run.result]) for kind in SIDES}
+    peak = {kind: max(run.peak_rss_mib for run in results[kind]) for kind in SIDES}
+    hand, ours, lean = wall["hand"], wall["zerograd"], wall["hand_lean"]
     overhead = ours / hand - 1.0
     report.emit("overhead", f"{name} batch {batch_size}", baseline_s=hand, zerograd_s=ours, ratio=hand / ours,
-                overhead=overhead, baseline_cpu_s=hand_cpu, zerograd_cpu_s=ours_cpu, cpu_overhead=ours_cpu / hand_cpu - 1.0,
-                hand_with_zerograd_settings_s=lean, loop_overhead=ours / lean - 1.0, loop_cpu_overhead=ours_cpu / lean_cpu - 1.0,
-                threads=threads, repeats=repeats, epochs=epochs)
+                overhead=overhead, baseline_cpu_s=cpu["hand"], zerograd_cpu_s=cpu["zerograd"],
+                cpu_overhead=cpu["zerograd"] / cpu["hand"] - 1.0, hand_with_zerograd_settings_s=lean,
+                loop_overhead=ours / lean - 1.0, loop_cpu_overhead=cpu["zerograd"] / cpu["hand_lean"] - 1.0,
+                baseline_peak_rss_mib=peak["hand"], zerograd_peak_rss_mib=peak["zerograd"],
+                hand_with_zerograd_settings_peak_rss_mib=peak["hand_lean"], threads=threads, repeats=repeats,
+                epochs=epochs)
     report.check(f"overhead {name} batch {batch_size} <= {TARGET_OVERHEAD:.0%}", overhead <= TARGET_OVERHEAD,
                  f"hand {hand:.3f} s vs zerograd {ours:.3f} s per epoch: {overhead:+.1%}")
 
@@ -131,9 +145,8 @@ def run(repeats: int = 5, batch_size: int = 128, epochs: int = 2, cases: list[st
     use_shared_data()
     report = Report()
     print_header(f"2. overhead: zerograd's loop vs the fastest hand-written loop, batch {batch_size}")
-    x, y = mnist_tensors()
     for name in cases or list(CASES):
-        bench_case(name, x, y, batch_size, epochs, repeats, report)
+        bench_case(name, batch_size, epochs, repeats, report)
     return report
 
 

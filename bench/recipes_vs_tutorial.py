@@ -1,9 +1,11 @@
 """Benchmark 1: each tutorial recipe, zerograd vs the tutorial's own loop, same hyper-parameters.
 
 Both sides train the whole recipe (all its epochs) from the same seed, interleaved (tutorial,
-zerograd, zerograd, tutorial, ...). Time per epoch is the training pass only (the evaluation
-after it is left out on both sides), the median over all epochs of all repeats; accuracy is the
-final test accuracy, averaged over the repeats. Timing every epoch of full runs (rather than one
+zerograd, zerograd, tutorial, ...), each run in a fresh process of its own, so that its peak
+resident memory (ru_maxrss, the highest over the repeats) is that side's alone: zerograd's must
+be no higher than the tutorial loop's (issue 18). Time per epoch is the training pass only (the
+evaluation after it is left out on both sides), the median over all epochs of all repeats;
+accuracy is the final test accuracy, averaged over the repeats. Timing every epoch of full runs (rather than one
 timing epoch plus separate accuracy runs) costs a little more but measures exactly the run whose
 accuracy is reported.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 from common import CpuClock, Report, interleaved, median, print_header, use_shared_data
+from processes import run_isolated
 from tutorial import TUTORIALS
 
 # Issue 9's targets (speed-up of time per epoch) and the recipes' accuracy bars (tests/test_recipes.py).
@@ -43,31 +46,27 @@ ACCURACY_TOLERANCE = {"mnist-mlp": 0.005, "fashion-cnn": 0.008, "fashion-mlp": 0
 MIN_REPEATS = {"fashion-cnn": 5}  # for full-length runs, whose accuracy is checked
 
 
-Run = tuple[list[float], list[float], float]  # wall seconds per epoch, CPU seconds per epoch, test accuracy
-
-
-def zerograd_run(recipe: str, epochs: int | None, seed: int, out: Path) -> Run:
+def zerograd_run(recipe: str, epochs: int | None, seed: int, out: str) -> dict:
+    """One side, in its own process (processes.run_isolated): the recipe through `zerograd.train`."""
     import zerograd
 
     overrides: dict = {"seed": seed}
     if epochs is not None:
         overrides["epochs"] = epochs
     clock = CpuClock()
-    run = zerograd.train(recipe, overrides=overrides, out=out / f"{recipe}-{seed}", quiet=True, callbacks=[clock])
-    return run.history["seconds"], clock.epochs, run.summary["final"]["test_accuracy"]
+    run = zerograd.train(recipe, overrides=overrides, out=Path(out) / f"{recipe}-{seed}", quiet=True, callbacks=[clock])
+    return {"seconds": run.history["seconds"], "cpu": clock.epochs, "accuracy": run.summary["final"]["test_accuracy"]}
 
 
-def tutorial_run(recipe: str, epochs: int | None, seed: int, threads: int | None) -> Run:
+def tutorial_run(recipe: str, epochs: int | None, seed: int, threads: int | None) -> dict:
+    """One side, in its own process: the tutorial's loop (torch's default threads unless given)."""
     import zerograd
 
     full_epochs = zerograd.config.resolve(recipe)["epochs"]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        result = TUTORIALS[recipe](epochs or full_epochs, seed)
-    finally:
-        torch.set_num_threads(before)
-    return result.epoch_seconds, result.epoch_cpu_seconds, result.test_accuracy
+    if threads:
+        torch.set_num_threads(threads)
+    result = TUTORIALS[recipe](epochs or full_epochs, seed)
+    return {"seconds": result.epoch_seconds, "cpu": result.epoch_cpu_seconds, "accuracy": result.test_accuracy}
 
 
 def bench_case(recipe: str, repeats: int, epochs: int | None, baseline_threads: int | None, report: Report,
@@ -75,25 +74,31 @@ def bench_case(recipe: str, repeats: int, epochs: int | None, baseline_threads: 
     seeds = iter(range(repeats))
     tutorial_seeds = iter(range(repeats))
     results = interleaved({
-        "tutorial": lambda: tutorial_run(recipe, epochs, next(tutorial_seeds), baseline_threads),
-        "zerograd": lambda: zerograd_run(recipe, epochs, next(seeds), out),
+        "tutorial": lambda: run_isolated("recipes_vs_tutorial", "tutorial_run", recipe=recipe, epochs=epochs,
+                                         seed=next(tutorial_seeds), threads=baseline_threads),
+        "zerograd": lambda: run_isolated("recipes_vs_tutorial", "zerograd_run", recipe=recipe, epochs=epochs,
+                                         seed=next(seeds), out=str(out)),
     }, repeats)
-    base_epochs = [s for seconds, _, _ in results["tutorial"] for s in seconds]
-    zg_epochs = [s for seconds, _, _ in results["zerograd"] for s in seconds]
-    base_cpu = median([s for _, cpu, _ in results["tutorial"] for s in cpu])
-    zg_cpu = median([s for _, cpu, _ in results["zerograd"] for s in cpu])
-    base_acc = statistics.mean(acc for _, _, acc in results["tutorial"])
-    zg_acc = statistics.mean(acc for _, _, acc in results["zerograd"])
-    baseline, ours = median(base_epochs), median(zg_epochs)
-    ratio = baseline / ours
-    report.emit("recipes", recipe, baseline_s=baseline, zerograd_s=ours, ratio=ratio,
+    tutorial, ours = ([run.result for run in results[side]] for side in ("tutorial", "zerograd"))
+    base_epochs = [s for run in tutorial for s in run["seconds"]]
+    zg_epochs = [s for run in ours for s in run["seconds"]]
+    base_cpu = median([s for run in tutorial for s in run["cpu"]])
+    zg_cpu = median([s for run in ours for s in run["cpu"]])
+    base_acc = statistics.mean(run["accuracy"] for run in tutorial)
+    zg_acc = statistics.mean(run["accuracy"] for run in ours)
+    base_peak = max(run.peak_rss_mib for run in results["tutorial"])
+    zg_peak = max(run.peak_rss_mib for run in results["zerograd"])
+    baseline, zg_time = median(base_epochs), median(zg_epochs)
+    ratio = baseline / zg_time
+    report.emit("recipes", recipe, baseline_s=baseline, zerograd_s=zg_time, ratio=ratio,
                 baseline_accuracy=base_acc, zerograd_accuracy=zg_acc, baseline_cpu_s=base_cpu, zerograd_cpu_s=zg_cpu,
                 cpu_ratio=base_cpu / zg_cpu, baseline_threads=baseline_threads or torch.get_num_threads(),
+                baseline_peak_rss_mib=base_peak, zerograd_peak_rss_mib=zg_peak,
                 baseline_epochs_s=base_epochs, zerograd_epochs_s=zg_epochs, repeats=repeats,
                 epochs=len(zg_epochs) // repeats)
     target = TARGET_SPEEDUP[recipe]
     report.check(f"{recipe} >= {target:g}x faster per epoch", ratio >= target,
-                 f"{baseline:.2f} s vs {ours:.2f} s per epoch = {ratio:.2f}x (goal {GOAL_SPEEDUP:g}x)")
+                 f"{baseline:.2f} s vs {zg_time:.2f} s per epoch = {ratio:.2f}x (goal {GOAL_SPEEDUP:g}x)")
     full_run = epochs is None
     if full_run:
         report.check(f"{recipe} accuracy >= bar {ACCURACY_BAR[recipe]}", zg_acc >= ACCURACY_BAR[recipe],
@@ -101,6 +106,8 @@ def bench_case(recipe: str, repeats: int, epochs: int | None, baseline_threads: 
     tolerance = ACCURACY_TOLERANCE[recipe]
     report.check(f"{recipe} accuracy equal or better", zg_acc >= base_acc - tolerance,
                  f"zerograd {zg_acc:.4f} vs tutorial {base_acc:.4f} (mean of {repeats}, tolerance {tolerance})")
+    report.check(f"{recipe} peak memory <= the tutorial loop's", zg_peak <= base_peak,
+                 f"peak RSS {zg_peak:.0f} MiB vs tutorial {base_peak:.0f} MiB (highest of {repeats} fresh processes each)")
 
 
 def run(repeats: int = 3, epochs: int | None = None, cases: list[str] | None = None,

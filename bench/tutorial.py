@@ -13,9 +13,18 @@ the way torchvision's `ToTensor` does (written out here: torchvision is not used
 
 The hyper-parameters come from the zerograd recipe of the same name, so both sides train the same
 model with the same settings; only the machinery differs.
+
+Run as a script, it is the tutorial's script as a whole process (bench/whole_process.py times it
+against `zerograd train RECIPE`): it imports torch, numpy and PIL only (not zerograd), reads the
+IDX files itself as torchvision's MNIST class does, trains the recipe's epochs, tests, prints:
+
+    python bench/tutorial.py mnist-mlp --data DIR_WITH_THE_IDX_FILES --epochs 3 [--seed 0]
 """
 from __future__ import annotations
 
+import argparse
+import gzip
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +36,40 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from zerograd.data.datasets import SPLIT_FILES, find_dataset_dir, find_idx_file
-from zerograd.data.idx import read_idx
+IDX_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def raw_arrays(name: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 images [N, 28, 28] and labels [N] of MNIST / Fashion-MNIST, as stored."""
+def read_idx_file(path: Path) -> np.ndarray:
+    """An uint8 IDX file (raw or .gz), the way torchvision's `read_sn3_pascalvincent_tensor` reads it."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape).copy()  # writable, as torch wants
+
+
+def dataset_dir(name: str) -> Path:
+    """Where zerograd finds data set `name` (ZEROGRAD_DATA, Debian's package, the cache)."""
+    from zerograd.data.datasets import find_dataset_dir
+
     directory = find_dataset_dir(name)
     if directory is None:
         raise SystemExit(f"{name} not found: set ZEROGRAD_DATA (make bench does) or run `make data`")
-    images, labels = (read_idx(find_idx_file(Path(directory), stem)) for stem in SPLIT_FILES[train])
-    return images, labels
+    return Path(directory)
+
+
+def raw_arrays(name: str, train: bool, directory: Path | None = None,
+               samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images [N, 28, 28] and labels [N] of MNIST / Fashion-MNIST, as stored (the first
+    `samples` of them when given)."""
+    directory = directory or dataset_dir(name)
+    arrays = []
+    for stem in IDX_FILES[train]:
+        path = directory / f"{stem}.gz" if (directory / f"{stem}.gz").is_file() else directory / stem
+        arrays.append(read_idx_file(path)[:samples])
+    return arrays[0], arrays[1]
 
 
 def to_tensor(picture: Image.Image) -> torch.Tensor:
@@ -150,13 +182,14 @@ def _test_accuracy(model: nn.Module, loader: DataLoader, flatten: bool = False) 
     return correct / total
 
 
-def _datasets(name: str) -> tuple[TutorialImages, TutorialImages]:
-    return TutorialImages(*raw_arrays(name, True)), TutorialImages(*raw_arrays(name, False))
+def _datasets(name: str, directory: Path | None, samples: int | None) -> tuple[TutorialImages, TutorialImages]:
+    return (TutorialImages(*raw_arrays(name, True, directory, samples)),
+            TutorialImages(*raw_arrays(name, False, directory)))
 
 
-def run_mnist_mlp(epochs: int, seed: int) -> TutorialResult:
+def run_mnist_mlp(epochs: int, seed: int, directory: Path | None = None, samples: int | None = None) -> TutorialResult:
     torch.manual_seed(seed)
-    train, test = _datasets("mnist")
+    train, test = _datasets("mnist", directory, samples)
     trainset = DataLoader(train, batch_size=10, shuffle=True)
     testset = DataLoader(test, batch_size=10, shuffle=False)
     net = SentdexNet()
@@ -179,9 +212,9 @@ def get_num_correct(preds: torch.Tensor, labels: torch.Tensor) -> int:
     return preds.argmax(dim=1).eq(labels).sum().item()
 
 
-def run_fashion_cnn(epochs: int, seed: int) -> TutorialResult:
+def run_fashion_cnn(epochs: int, seed: int, directory: Path | None = None, samples: int | None = None) -> TutorialResult:
     torch.manual_seed(seed)
-    train_set, test_set = _datasets("fashion-mnist")
+    train_set, test_set = _datasets("fashion-mnist", directory, samples)
     network = DeeplizardNetwork()
     train_loader = DataLoader(train_set, batch_size=100, shuffle=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
@@ -203,9 +236,9 @@ def run_fashion_cnn(epochs: int, seed: int) -> TutorialResult:
     return result
 
 
-def run_fashion_mlp(epochs: int, seed: int) -> TutorialResult:
+def run_fashion_mlp(epochs: int, seed: int, directory: Path | None = None, samples: int | None = None) -> TutorialResult:
     torch.manual_seed(seed)
-    training_data, test_data = _datasets("fashion-mnist")
+    training_data, test_data = _datasets("fashion-mnist", directory, samples)
     train_dataloader = DataLoader(training_data, batch_size=64, shuffle=True)
     test_dataloader = DataLoader(test_data, batch_size=64)
     model = QuickstartNetwork()
@@ -228,3 +261,21 @@ def run_fashion_mlp(epochs: int, seed: int) -> TutorialResult:
 
 
 TUTORIALS = {"mnist-mlp": run_mnist_mlp, "fashion-cnn": run_fashion_cnn, "fashion-mlp": run_fashion_mlp}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The tutorial's script for one recipe, as a whole process.")
+    parser.add_argument("recipe", choices=list(TUTORIALS))
+    parser.add_argument("--data", type=Path, required=True, help="the folder with the data set's four IDX files")
+    parser.add_argument("--epochs", type=int, required=True, help="the recipe's epochs (the tutorials hard-code theirs)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    result = TUTORIALS[args.recipe](args.epochs, args.seed, args.data)
+    for epoch, seconds in enumerate(result.epoch_seconds, 1):
+        print(f"epoch {epoch}: {seconds:.2f} s")
+    print(f"test accuracy: {result.test_accuracy:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
