@@ -27,7 +27,7 @@ from torch import nn
 
 from zerograd import runs
 from zerograd.data.images import ImageSpec, to_8bit, upright
-from zerograd.data.tabular import RawTable, TableEncoder, load_numpy, read_csv
+from zerograd.data.tabular import TABLE_FILE_SUFFIXES, RawTable, TableEncoder, load_numpy, read_table_file
 from zerograd.digits import WORK_SIDE, light_on_dark, mnist_style, shrink
 from zerograd.errors import DataError, RunDirError
 from zerograd.losses import loss_name, task_of
@@ -128,7 +128,8 @@ class Predictor:
 
     def _predictions(self, outputs: torch.Tensor, top: int) -> list[Prediction]:
         if self.task != "classification":
-            values = outputs.reshape(len(outputs), -1).tolist()
+            values = outputs.reshape(len(outputs), -1)
+            values = (self._table.decode_outputs(values) if self._table is not None else values).tolist()  # own units
             return [Prediction(v[0] if len(v) == 1 else v, output=v) for v in values]
         probabilities = self._probabilities(outputs.reshape(len(outputs), -1))
         names = self.class_names or [str(i) for i in range(probabilities.shape[1])]
@@ -156,12 +157,12 @@ class Predictor:
                 raise DataError(f"{path} holds {_dtype_words(array.dtype)}; this run takes numbers"
                                 + (" (and texts for its category columns)" if texts else ""))
             return self.prepare(array)
-        if suffix in (".csv", ".tsv", ".txt") and self._table is not None:
-            return self._table_rows(read_csv(path)), False
+        if suffix in TABLE_FILE_SUFFIXES and self._table is not None:
+            return self._table_rows(read_table_file(path)), False
         if self._image is None and suffix in IMAGE_FILE_SUFFIXES:
             raise DataError(f"{path} is an image, but this run was trained on {self.kind} data of shape {self.input_shape}")
         if self._image is None:
-            raise DataError(f"{path}: give this run .npy arrays" + (" or .csv rows" if self._table is not None else ""))
+            raise DataError(f"{path}: give this run .npy arrays" + (" or table files (.csv, .parquet, .feather)" if self._table is not None else ""))
         return self._prepare_image_input(self.read_image(path))
 
     def read_image(self, source: str | Path | bytes, *, max_pixels: int | None = None) -> Image.Image:
