@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from zerograd import config as configs
-from zerograd.engine import seed_everything
+from zerograd.rng import seed_everything
 from zerograd.errors import ConfigError
 from zerograd.models import TutorialCNN, build_model, count_parameters, mlp
 

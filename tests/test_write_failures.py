@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerograd import api, checkpoint, runs
+from zerograd import api, checkpoint, files, runs
 from zerograd.cli import main as cli
 from zerograd.errors import WriteError
 
@@ -299,7 +299,7 @@ def test_a_metrics_file_cut_short_by_a_full_disk_still_plots(tmp_path: Path, fin
 def test_write_errors_are_os_errors_with_the_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fail_atomic_writes(monkeypatch, "a.txt")
     with pytest.raises(WriteError) as caught:
-        runs.write_atomic(tmp_path / "a.txt", "x")
+        files.write_atomic(tmp_path / "a.txt", "x")
     assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
     assert str(caught.value) == f"could not write {tmp_path / 'a.txt'}: No space left on device"
     assert os.listdir(tmp_path) == []

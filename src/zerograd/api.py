@@ -15,8 +15,10 @@ from torch import nn
 from zerograd import checkpoint, distributed, ownership, runs, signals
 from zerograd import config as configs
 from zerograd.accelerator import Accelerator
+from zerograd.cadence import Every
 from zerograd.callbacks import Callback
-from zerograd.engine import History, LoopState, evaluate, fit, seed_everything
+from zerograd.engine import History, LoopState, evaluate, fit
+from zerograd.rng import seed_everything
 from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, WriteError
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import imported_class
@@ -89,7 +91,7 @@ def train(
                          callbacks=callbacks, progress=progress)
 
 
-def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, every: checkpoint.Every, keep: int, *,
+def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, every: Every, keep: int, *,
               resumed: bool, quiet: bool, callbacks: Sequence[Callback], progress: str | None) -> Run:
     """`train` once it owns `run_dir`: the run's first files, `fit`, the final files."""
     go_on = f"then continue with `zerograd resume {run_dir}`{distributed.relaunch_flags()}"
@@ -150,7 +152,7 @@ def _trust_flag(config: dict[str, Any]) -> str:
     """` --trust-code` when the run's model is a class of the user's own: resuming imports it again."""
     return " --trust-code" if imported_class(config["model"]) else ""
 def _write_final_files(run_dir: Path, state: LoopState, summary: dict[str, Any], reporters: RunReporters,
-                       every: checkpoint.Every, go_on: str) -> None:
+                       every: Every, go_on: str) -> None:
     """The weights first (the one file that cannot be made again without training), then the summary;
     then metrics.csv and the plots, whose failure only warns: they are drawn again from the run."""
     try:

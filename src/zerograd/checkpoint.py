@@ -22,13 +22,11 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import shutil
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,11 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from zerograd.cadence import Every
 from zerograd.callbacks import Callback, EarlyStopping
 from zerograd.divergence import check_finite_weights
 from zerograd.errors import CheckpointError, ConfigError, RunDirError, TrainingError, ZerogradError, ZerogradWarning
+from zerograd.files import load_safetensors, to_plain, write_atomic
+from zerograd.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from zerograd.engine import LoopState
@@ -51,49 +52,12 @@ MODEL_FILE, STATE_FILE, STATE_JSON, MANIFEST = "model.safetensors", "state.safet
 FORMAT, VERSION = "zerograd-checkpoint", 1
 DEFAULT_EVERY, DEFAULT_KEEP = "5m", 3
 _NAME = re.compile(r"^step-(\d+)$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)\s*$")
-_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 # Options that may differ on resume without changing what is computed.
 NEUTRAL_OPTIONS = frozenset({"device", "threads", "compile", "preflight"})
 
 
 # ----------------------------------------------------------------------------------------------
 # When to write one
-
-@dataclass(frozen=True)
-class Every:
-    """When to checkpoint: every `steps` optimizer steps, every epoch, or every `seconds`."""
-
-    steps: int | None = None
-    epoch: bool = False
-    seconds: float | None = None
-
-    @classmethod
-    def parse(cls, value: Any) -> "Every":
-        """500 (steps), "epoch", "10m"/"90s"/"1h", or null/false/0/"off" (only on a stop signal)."""
-        if value is None or value is False or value == 0 or value in ("off", "never", "none"):
-            return cls()
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return cls(steps=value)
-        if value == "epoch":
-            return cls(epoch=True)
-        match = _DURATION.match(value) if isinstance(value, str) else None
-        if match and float(match.group(1)) > 0:
-            return cls(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
-        raise ConfigError(
-            f'checkpoint_every must be a number of optimizer steps (e.g. 500), "epoch", a time such as '
-            f'"10m" or "90s", or null for none (only on Ctrl-C); got {value!r}'
-        )
-
-    def __str__(self) -> str:
-        if self.steps:
-            return f"every {self.steps} steps"
-        if self.epoch:
-            return "every epoch"
-        if self.seconds:
-            return f"every {self.seconds:g} s"
-        return "only when stopped by a signal"
-
 
 def settings_from(config: dict[str, Any]) -> tuple[Every, int]:
     """The run's `checkpoint_every` and `keep_checkpoints`, checked (a ConfigError names the key)."""
@@ -164,31 +128,6 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
             found.append(generator)
     return found
-
-
-def capture_rng(generators: Iterable[torch.Generator] = ()) -> dict[str, Any]:
-    """Every RNG state: Python, NumPy, torch CPU, CUDA (when in use) and the given generators."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "generators": [g.get_state() for g in generators],
-    }
-
-
-def restore_rng(states: dict[str, Any], generators: Iterable[torch.Generator] = ()) -> None:
-    random.setstate(_as_tuples(states["python"]))
-    np.random.set_state(tuple(states["numpy"]))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    for generator, state in zip(generators, states["generators"]):
-        generator.set_state(state)
-
-
-def _as_tuples(value: Any) -> Any:
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def replay_to_batch(loader: Any, state: "LoopState") -> Iterator[Any]:
@@ -496,22 +435,6 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     return load_safetensors(path / MODEL_FILE), load_safetensors(path / STATE_FILE), tree
 
 
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; anything else (a pickle above all) is refused unread."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)  # safetensors: an 8-byte header length, then the JSON header's "{"
-    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
-        raise CheckpointError(
-            f"{path} is a Python pickle (torch.save) file, not safetensors: zerograd refuses to load it, because "
-            "unpickling a file can run any code in it; use checkpoints written by zerograd (or convert trusted "
-            "weights with safetensors.torch.save_file)"
-        )
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({error})") from None
-
-
 def prune(directory: Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints and the best epoch-end one."""
     paths = checkpoint_dirs(directory)
@@ -558,8 +481,6 @@ def rewrite_metrics(path: Path, history: list[dict[str, Any]], global_step: int)
     """Make metrics.jsonl match a checkpoint: its epoch records from the checkpoint's history, and
     other records (e.g. every-N-steps lines) only up to the checkpoint's step, so the resumed run
     adds no duplicates. A line cut short by the crash is dropped."""
-    from zerograd.runs import _plain, write_atomic  # runs imports the engine, which imports this module
-
     kept = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -577,7 +498,7 @@ def rewrite_metrics(path: Path, history: list[dict[str, Any]], global_step: int)
         epoch = record.get("epoch")
         return (float(epoch) if isinstance(epoch, (int, float)) else 0.0, int(record.get("kind", "epoch") == "epoch"))
 
-    records = sorted(kept + [_plain(r) for r in history], key=position)
+    records = sorted(kept + [to_plain(r) for r in history], key=position)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from zerograd.accelerator import unwrap
 from zerograd.data.loader import TensorLoader
 from zerograd.errors import DataError, ZerogradError, ZerogradWarning
+from zerograd.rng import capture_rng, restore_rng
 from zerograd.losses import BinaryCrossEntropyWithLogits, loss_name
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ def preflight(model: nn.Module, loader: Any, loss_fn: nn.Module, *, task: str, a
     inputs, targets = acc.to_device(batch)
     if whole is None:
         check_finite_data((inputs, targets), first_batch_only=True)
-    from zerograd.checkpoint import capture_rng, restore_rng
-
     raw = unwrap(model)
     was_training, rng = raw.training, capture_rng()
     try:

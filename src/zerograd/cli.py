@@ -18,7 +18,7 @@ from zerograd import config as configs
 from zerograd import checkpoint, distributed, predictor, runs, shortcut
 from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
 from zerograd.models import check_trusted
-from zerograd.reporting.console import make_console, plain
+from zerograd.console import make_console, plain
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
 from zerograd.sweep import sweep as run_sweep

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 
 from zerograd.engine import FitOptions
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.files import yaml_load, yaml_problem
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
 META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress", "plots", "log_every")
@@ -31,31 +31,6 @@ def recipe_names() -> list[str]:
 
 def _recipe_dir() -> Any:
     return resources.files("zerograd") / "recipes"
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """The safe loader (no code runs), but reading `1e-3` as a number as YAML 1.2 and Python do;
-    plain YAML 1.1 makes it the string "1e-3", and `lr: 1e-3` would then be rejected."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def yaml_problem(what: str, error: yaml.YAMLError) -> str:
-    """One line saying what is wrong with the YAML of `what` and where; a Python tag (which the
-    safe loader refuses, so no code runs) is named as such."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    if "tag:yaml.org,2002:python/" in str(error):
-        return f"{what} is not a plain config: it holds a Python tag (!!python/...){where}, which zerograd never loads because it could run code"
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"{what} is not valid YAML: {problem}{where}"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 import time
 import typing
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from zerograd.divergence import NonFiniteGuard, check_on_nan
 from zerograd.data.loader import TensorLoader, as_tensors, global_batch_size, in_memory_tensors, make_loader
 from zerograd.distributed import check_global_batch
 from zerograd.errors import ConfigError, DataError, did_you_mean
+from zerograd.rng import rank_seed, seed_everything
 from zerograd.losses import build_loss, task_of
 from zerograd.metrics import Metric, build_metrics
 from zerograd.mlp_step import ManualMLP
@@ -447,19 +447,6 @@ def split_validation(train_data: Any, val_data: Any, val_split: float, seed: int
     if tensors is not None:
         return TensorDataset(*(t[train_index] for t in tensors)), TensorDataset(*(t[val_index] for t in tensors))
     return Subset(train_data, train_index.tolist()), Subset(train_data, val_index.tolist())
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The seed of DDP rank `rank` > 0 for everything random in training (dropout, augmentation);
-    rank 0 keeps `seed`, so its draws are those of a one-process run."""
-    return (seed + 1_000_003 * rank) % 2**63
-
-
-def seed_everything(seed: int) -> None:
-    """One seed for Python, NumPy and torch (the loader's order derives from it too)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from torch import nn
 
 from zerograd.errors import ZerogradError, did_you_mean
 from zerograd.predictor import Predictor, load
-from zerograd.runs import write_atomic, writing
+from zerograd.files import write_atomic, writing
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 CHECK_BATCHES = (1, 5)  # two batch sizes: the exported batch dimension must really be free

@@ -32,6 +32,7 @@ from torch import nn
 from zerograd.accelerator import Accelerator
 from zerograd.data.loader import TensorLoader, make_loader
 from zerograd.errors import ConfigError
+from zerograd.files import write_atomic
 from zerograd.losses import build_loss
 from zerograd.optim import build_optimizer
 
@@ -110,8 +111,6 @@ def lr_find(
     result.extras = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "batch_size": batch_size,
                      "rule": "steepest descent of the smoothed loss (against log lr) before its minimum"}
     if out is not None:
-        from zerograd.runs import write_atomic  # runs imports the engine; keep this module light to import
-
         out = Path(out)
         result.plot = plot_lr_find(result, out / PLOT, title=title)
         write_atomic(out / CURVE, json.dumps(result.to_dict(), indent=1) + "\n")  # a WriteError names the file
@@ -208,8 +207,6 @@ def plot_lr_find(result: LRFindResult, path: Path, *, title: str = "") -> Path:
     _clip_y_to_smoothed(axes, result)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=10)
-    from zerograd.runs import write_atomic
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     write_atomic(Path(path), buffer.getvalue())
@@ -243,7 +240,8 @@ def lr_find_config(
     batch size, device, precision and seed. Returns the result and the output folder."""
     from zerograd import config as configs
     from zerograd import runs
-    from zerograd.engine import seed_everything, split_validation
+    from zerograd.engine import split_validation
+    from zerograd.rng import seed_everything
     from zerograd.experiment import build_experiment
 
     config = configs.resolve(source, overrides)

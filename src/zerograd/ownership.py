@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from zerograd.errors import RunInUseError, WriteError, ZerogradError
+from zerograd.files import writing
 
 try:
     import fcntl
@@ -66,8 +67,6 @@ class DirectoryLock:
         return self
 
     def _take(self) -> None:
-        from zerograd.runs import writing  # runs imports the engine; this module stays light
-
         with writing(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             while True:  # the file may be removed by its releasing owner between open and flock

@@ -15,11 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +26,10 @@ from safetensors.torch import save
 from torch import nn
 
 from zerograd.callbacks import Callback
-from zerograd.config import dump, yaml_load, yaml_problem
+from zerograd.config import dump
 from zerograd.engine import FitOptions, History, LoopState
 from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
+from zerograd.files import load_safetensors, to_plain, write_atomic, writing, yaml_load, yaml_problem
 from zerograd.models import build_model
 
 if TYPE_CHECKING:
@@ -62,57 +59,12 @@ def new_run_dir(name: str, base: str | Path = "runs", *, create: bool = False) -
             suffix += 1
 
 
-@contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn an OSError while writing `path` (full disk, read-only folder, no permission) into a
-    `WriteError` that names the file and the reason, instead of a traceback."""
-    try:
-        yield
-    except WriteError:
-        raise
-    except OSError as error:
-        raise write_error(error, path) from None
-
-
-def write_error(error: OSError, path: str | Path) -> WriteError:
-    """'could not write PATH: No space left on device' as a `WriteError` (errno kept)."""
-    reason = error.strerror or str(error) or type(error).__name__
-    failure = WriteError(f"could not write {path}: {reason}")
-    failure.errno = error.errno  # (not .filename: OSError would then print itself as "[Errno N] None: path")
-    return failure
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file; an OSError
-    becomes a `WriteError` naming `path`, and the file as it was stays untouched."""
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.chmod(fd, _new_file_mode())  # mkstemp's 0o600 would hide run files from other users
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text.encode() if isinstance(text, str) else text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _new_file_mode() -> int:
-    """The mode `open()` gives a new file: 0o666 less the umask (read back by setting it)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_atomic(run_dir / CONFIG, dump(config))
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    write_atomic(run_dir / SUMMARY, json.dumps(_plain(summary), indent=2) + "\n")
+    write_atomic(run_dir / SUMMARY, json.dumps(to_plain(summary), indent=2) + "\n")
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -123,8 +75,6 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
     """`model` with the weights of `path` (a run's model.safetensors); weights of another shape or
     with other layer names raise a `WeightsMismatchError` that says which and why."""
-    from zerograd.checkpoint import load_safetensors  # refuses a pickle in its place, unread
-
     path = Path(path)
     tensors = load_safetensors(path)
     try:
@@ -226,7 +176,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:
     if preprocessing is not None:
-        write_atomic(run_dir / PREPROCESSING, json.dumps(_plain(preprocessing), indent=2) + "\n")
+        write_atomic(run_dir / PREPROCESSING, json.dumps(to_plain(preprocessing), indent=2) + "\n")
 
 
 def read_preprocessing(run_dir: Path) -> dict[str, Any]:
@@ -388,7 +338,7 @@ class MetricsWriter(Callback):
         if self.failure is None:
             try:
                 with writing(self.path), self.path.open("a") as handle:
-                    handle.write(json.dumps(_plain(record)) + "\n")
+                    handle.write(json.dumps(to_plain(record)) + "\n")
                 return
             except WriteError as error:
                 if self.stop is None:
@@ -396,7 +346,7 @@ class MetricsWriter(Callback):
                 self.failure = error
                 self.stop.request(f"a failed write to {self.path.name}")
         if record.get("kind") == "step":  # epoch records are in the checkpoint's history already
-            self._unwritten.append(_plain(record))
+            self._unwritten.append(to_plain(record))
 
     def state_dict(self) -> dict[str, Any]:
         """The step records a failed write kept out of metrics.jsonl: a checkpoint holds them, and
@@ -405,18 +355,3 @@ class MetricsWriter(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._unwritten = list(state.get("unwritten", []))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe plain data: tensors and numpy scalars to numbers, NaN/Inf to null."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -22,7 +22,7 @@ from zerograd import runs
 from zerograd.engine import History
 from zerograd.errors import ConfigError, RunDirError, did_you_mean
 from zerograd.losses import task_of
-from zerograd.reporting.console import plain
+from zerograd.console import plain
 
 HIGHER_IS_BETTER = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1", "r2")
 # Keys that change how a run is shown, not what it learns.

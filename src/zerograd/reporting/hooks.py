@@ -19,6 +19,7 @@ from zerograd import runs
 from zerograd.callbacks import Callback
 from zerograd.engine import LoopState
 from zerograd.errors import ConfigError, WriteError, ZerogradWarning
+from zerograd.files import write_atomic
 from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
 from zerograd.reporting.summary import ModelSummary, sample_batch, split_sizes, summarize_model
 
@@ -76,7 +77,7 @@ class RunReporters(Callback):
 
     def on_fit_start(self, state: LoopState) -> None:
         if state.accelerator.is_main:
-            runs.write_atomic(self.run_dir / MODEL_SUMMARY, self.summary.to_text())
+            write_atomic(self.run_dir / MODEL_SUMMARY, self.summary.to_text())
 
     def finish(self, model: Any, *, device: str = "auto") -> list[Path]:
         """After training (main process): metrics.csv, steps.csv and the plots; returns the plots.

@@ -33,6 +33,7 @@ from zerograd import runs
 from zerograd.data.loader import in_memory_tensors
 from zerograd.engine import History, predict
 from zerograd.errors import RunDirError, WriteError, ZerogradWarning
+from zerograd.files import write_atomic, writing
 from zerograd.losses import loss_name, task_of
 from zerograd.models import check_trusted
 
@@ -76,7 +77,7 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write `figure` as PNG via a temp file, so a crash never leaves half an image."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
-    runs.write_atomic(Path(path), buffer.getvalue())
+    write_atomic(Path(path), buffer.getvalue())
     return Path(path)
 
 
@@ -342,7 +343,7 @@ def write_plots(run_dir: str | Path, *, model: Any = None, data: Any = None, dev
     if model is None and (inputs.run_dir / runs.WEIGHTS).is_file():
         check_trusted(inputs.config["model"], trust_code=trust_code, origin=inputs.run_dir / runs.CONFIG)
     out = Path(out_dir) if out_dir is not None else inputs.run_dir / PLOTS_DIR
-    with runs.writing(out):
+    with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with plot_style():

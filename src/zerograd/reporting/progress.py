@@ -31,7 +31,7 @@ from zerograd.errors import ConfigError, did_you_mean
 from zerograd.models import count_parameters
 from zerograd.optim import current_lr
 from zerograd.performance import busy_cores
-from zerograd.reporting.console import make_console, plain
+from zerograd.console import make_console, plain
 from zerograd.reporting.summary import ModelSummary, describe_sizes, layer_table_rows
 
 PROGRESS_MODES = ("bar", "plain", "none")

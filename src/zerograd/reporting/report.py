@@ -18,6 +18,7 @@ from typing import Any
 
 from zerograd import runs
 from zerograd.errors import RunDirError
+from zerograd.files import write_atomic
 from zerograd.reporting.compare import (
     ComparedRun, compare_runs, find_runs, format_cell, format_metric, format_seconds, is_run_dir, metric_columns,
     plot_comparison,
@@ -94,7 +95,7 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None, *, repl
     if replot or not any(plots_dir.glob("*.png")):
         write_plots(run_dir, trust_code=trust_code)
     target = Path(out) if out else run_dir / REPORT
-    runs.write_atomic(target, render_run_report(run_dir))
+    write_atomic(target, render_run_report(run_dir))
     return target
 
 
@@ -259,7 +260,7 @@ def write_sweep_report(directory: str | Path, run_dirs: Iterable[str | Path] | N
     best_plots = ordered_plots(rows[0].run_dir / PLOTS_DIR)
     if best_plots:
         body.append(f"<h2>Best run: {html.escape(rows[0].run_dir.name)}</h2>" + "".join(_figure(p) for p in best_plots))
-    runs.write_atomic(target, _page(f"{name} · zerograd report", "".join(body)))
+    write_atomic(target, _page(f"{name} · zerograd report", "".join(body)))
     return target
 
 

@@ -31,8 +31,9 @@ from rich.console import Console
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
+from zerograd.files import write_atomic, writing
 from zerograd.ownership import LOCK_FILE, DirectoryLock
-from zerograd.reporting.console import make_console, plain
+from zerograd.console import make_console, plain
 
 from zerograd.sweep.jobs import (
     DEFAULT_MIN_RUNS,
@@ -324,7 +325,7 @@ def _claim_sweep_dir(sweep_dir: Path, spec: dict[str, Any]) -> None:
                                   f"{json.dumps(spec.get(key))}); give another --out, or delete that directory")
     elif sweep_dir.exists() and any(p.name != LOCK_FILE for p in sweep_dir.iterdir()):
         raise RunDirError(f"{sweep_dir} exists and is not a sweep directory (no {SWEEP_FILE}); give another --out")
-    runs.write_atomic(spec_path, json.dumps(spec | {"status": "running"}, indent=2) + "\n")
+    write_atomic(spec_path, json.dumps(spec | {"status": "running"}, indent=2) + "\n")
 
 
 def _normal(value: Any) -> Any:
@@ -417,20 +418,20 @@ def _summarise(sweep_dir: Path, spec: dict[str, Any], results: list[tuple[Job, O
     files = {name: sweep_dir / name for name in (RESULTS_CSV, RESULTS_JSON, RESULTS_MD, BEST_YAML)}
     result.files = {name: str(path) for name, path in files.items()}
     write_results_csv(files[RESULTS_CSV], result)
-    runs.write_atomic(files[RESULTS_MD], results_markdown(result))
+    write_atomic(files[RESULTS_MD], results_markdown(result))
     if result.best is not None:
         overrides = spec["overrides"] | result.best.params
         best = {k: v for k, v in configs.resolve(source, overrides).items() if k not in MACHINE_KEYS}
         result.best_config = best
-        runs.write_atomic(files[BEST_YAML], best_config_yaml(result, best, spec["command"]))
+        write_atomic(files[BEST_YAML], best_config_yaml(result, best, spec["command"]))
     plots = sweep_dir / PLOTS
-    with runs.writing(plots):
+    with writing(plots):
         plots.mkdir(exist_ok=True)
     plot_paths = plot_metric_vs_params(result, dimensions, plots)
     curves = plot_overlay(result, plots)
     result.files["plots"] = [str(p) for p in [*plot_paths, *([curves] if curves else [])]]
-    runs.write_atomic(files[RESULTS_JSON], json.dumps(_results_json(result), indent=2) + "\n")
-    runs.write_atomic(sweep_dir / SWEEP_FILE, json.dumps(
+    write_atomic(files[RESULTS_JSON], json.dumps(_results_json(result), indent=2) + "\n")
+    write_atomic(sweep_dir / SWEEP_FILE, json.dumps(
         spec | {"status": "complete", "metric": key, "mode": result.mode, "runs": len(rows),
                 "files": {k: _relative(v, sweep_dir) for k, v in result.files.items()}}, indent=2) + "\n")
     return result

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zerograd import runs
+from zerograd.files import write_atomic
 from zerograd.sweep.results import SweepResult
 from zerograd.sweep.space import Dimension, _plain_text
 
@@ -48,7 +48,7 @@ def plot_metric_vs_params(result: SweepResult, space: Mapping[str, Dimension], o
         path = out_dir / f"metric_vs_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
-        runs.write_atomic(path, buffer.getvalue())  # via a temp file; a full disk: a WriteError naming it
+        write_atomic(path, buffer.getvalue())  # via a temp file; a full disk: a WriteError naming it
         paths.append(path)
     return paths
 

@@ -17,7 +17,8 @@ from rich.table import Table
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.errors import RunDirError
-from zerograd.reporting.console import make_console, plain
+from zerograd.files import write_atomic
+from zerograd.console import make_console, plain
 from zerograd.sweep.jobs import Job, Outcome, _finite
 from zerograd.sweep.space import _plain_text
 
@@ -173,7 +174,7 @@ def write_results_csv(path: Path, result: SweepResult) -> None:
     for r in sorted(result.runs, key=lambda r: r.name):
         writer.writerow([r.name, r.index, *(_csv_cell(r.params.get(k)) for k in result.keys), r.seed, r.status,
                          _csv_cell(r.value), r.epochs, r.seconds, *(_csv_cell(r.final.get(k)) for k in finals), r.error or ""])
-    runs.write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def _csv_cell(value: Any) -> Any:
