@@ -13,8 +13,8 @@ from torch.utils.data import Dataset
 
 from zerograd import checkpoint, fit
 from zerograd.api import resume, train
-from zerograd.callbacks import Callback
 from zerograd.cadence import Every
+from zerograd.callbacks import Callback
 from zerograd.checkpoint import Checkpointer, ResumeFrom, checkpoint_dirs, problem_with
 from zerograd.cli import main as cli
 from zerograd.errors import CheckpointError, ConfigError, ZerogradWarning

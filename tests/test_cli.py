@@ -20,8 +20,9 @@ from PIL import Image
 
 from zerograd import config as configs
 from zerograd.cli import main
-from helpers import band_image, write_band_idx
 from zerograd.runs import read_summary
+
+from helpers import band_image, write_band_idx
 
 RECIPES = ["fashion-cnn", "fashion-mlp", "linear-regression", "mnist-mlp", "sinc-surface"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,6 +15,7 @@ import zerograd
 from zerograd.data.loader import epoch_permutation
 from zerograd.engine import FitOptions, History
 from zerograd.errors import ConfigError, DataError
+
 from helpers import PairDataset
 
 EPOCHS, BATCH, N = 3, 10, 103  # 103 samples: every epoch ends in a partial batch of 3

@@ -21,10 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import proc_watchdog
-from helpers import write_band_idx
 from zerograd import cli, distributed, performance
 from zerograd.errors import ConfigError
+
+import proc_watchdog
+from helpers import write_band_idx
 
 TESTS = Path(__file__).resolve().parent
 WATCHDOG = TESTS / "proc_watchdog.py"

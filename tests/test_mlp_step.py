@@ -1,4 +1,4 @@
-"""Hand-derived MLP gradients (mlp_step.py): bitwise autograd's, and autograd wherever not covered."""
+"""Hand-derived MLP gradients (fast/mlp_gradients.py): bitwise autograd's, and autograd wherever not covered."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import zerograd
-from zerograd.mlp_step import ManualMLP
+from zerograd.fast.mlp_gradients import ManualMLP
 from zerograd.models import mlp
 
 

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from zerograd import config as configs
-from zerograd.rng import seed_everything
 from zerograd.errors import ConfigError
 from zerograd.models import TutorialCNN, build_model, count_parameters, mlp
+from zerograd.rng import seed_everything
 
 
 def linear_params(*sizes: int) -> int:

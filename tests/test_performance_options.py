@@ -13,9 +13,16 @@ from torch.utils.data import DataLoader, TensorDataset
 import zerograd
 from zerograd import performance
 from zerograd.callbacks import Callback
-from zerograd.data.loader import TensorLoader, epoch_permutation, fits_on_device, make_loader
+from zerograd.data.loader import (
+    TensorLoader,
+    epoch_permutation,
+    fits_on_device,
+    make_loader,
+)
 from zerograd.engine import EpochTotals
 from zerograd.errors import ConfigError
+from zerograd.fast import heap
+from zerograd.fast import optimizers as fused
 from zerograd.metrics import Accuracy
 from zerograd.models import TutorialCNN, build_model, compact_cnn, mlp
 
@@ -157,38 +164,38 @@ class FakeLibc:
 
 def test_retained_heap_raises_the_trim_threshold_and_puts_the_defaults_back(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLibc()
-    monkeypatch.setattr(performance, "_glibc", lambda: fake)
-    with performance.retained_heap():
-        assert ("mallopt", performance._M_TRIM_THRESHOLD, performance._KEEP_FREED_UP_TO) in fake.calls
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    with heap.retained_heap():
+        assert ("mallopt", heap._M_TRIM_THRESHOLD, heap._KEEP_FREED_UP_TO) in fake.calls
         during = len(fake.calls)
     after = fake.calls[during:]
-    assert ("mallopt", performance._M_TRIM_THRESHOLD, performance._GLIBC_DEFAULT_THRESHOLD) in after
-    assert ("mallopt", performance._M_MMAP_THRESHOLD, performance._GLIBC_DEFAULT_THRESHOLD) in after
+    assert ("mallopt", heap._M_TRIM_THRESHOLD, heap._GLIBC_DEFAULT_THRESHOLD) in after
+    assert ("mallopt", heap._M_MMAP_THRESHOLD, heap._GLIBC_DEFAULT_THRESHOLD) in after
     assert after[-1] == ("malloc_trim", 0)
 
 
 def test_retained_heap_restores_even_when_training_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLibc()
-    monkeypatch.setattr(performance, "_glibc", lambda: fake)
-    with pytest.raises(RuntimeError), performance.retained_heap():
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    with pytest.raises(RuntimeError), heap.retained_heap():
         raise RuntimeError("boom")
     assert fake.calls[-1] == ("malloc_trim", 0)
 
 
 def test_nested_retained_heaps_leave_the_settings_to_the_outermost(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLibc()
-    monkeypatch.setattr(performance, "_glibc", lambda: fake)
-    with performance.retained_heap():
-        with performance.retained_heap():  # e.g. a fit inside a fit
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    with heap.retained_heap():
+        with heap.retained_heap():  # e.g. a fit inside a fit
             pass
         assert ("malloc_trim", 0) not in fake.calls  # the outer run keeps its setting
     assert fake.calls.count(("malloc_trim", 0)) == 1
-    assert fake.calls.count(("mallopt", performance._M_TRIM_THRESHOLD, performance._KEEP_FREED_UP_TO)) == 1
+    assert fake.calls.count(("mallopt", heap._M_TRIM_THRESHOLD, heap._KEEP_FREED_UP_TO)) == 1
 
 
 def test_retained_heap_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(performance, "_glibc", lambda: None)
-    with performance.retained_heap():
+    monkeypatch.setattr(heap, "_glibc", lambda: None)
+    with heap.retained_heap():
         pass
 
 
@@ -365,8 +372,6 @@ def test_fast_recipe_reaches_its_accuracy_bar(recipe: str, tmp_path: Path) -> No
 
 
 # ---- the lean fused optimizers --------------------------------------------------------------
-
-from zerograd import fused  # noqa: E402
 
 OPTIMIZER_PAIRS = {
     "adam": (lambda p: torch.optim.Adam(p, lr=0.01, fused=True), lambda p: fused.Adam(p, lr=0.01, fused=True)),

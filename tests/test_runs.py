@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 import zerograd
-from zerograd.files import write_atomic
 from zerograd import runs
 from zerograd.data import sinc_data
 from zerograd.errors import RunDirError
+from zerograd.files import write_atomic
 
 TIMING_KEYS = {"train_seconds"}
 

@@ -18,8 +18,8 @@ from zerograd import fit
 from zerograd.api import resume, train
 from zerograd.callbacks import Callback
 from zerograd.checkpoint import Checkpointer, checkpoint_dirs, problem_with
-from zerograd.divergence import NonFiniteGuard
 from zerograd.cli import main as cli
+from zerograd.divergence import NonFiniteGuard
 from zerograd.errors import CheckpointError, ConfigError, TrainingError, ZerogradWarning
 
 CONFIG: dict[str, Any] = {

@@ -9,7 +9,10 @@ from zerograd.api import Run, evaluate_run, load_run, train
 from zerograd.callbacks import Callback, EarlyStopping
 from zerograd.engine import FitOptions, History, LoopState, evaluate, fit, predict
 from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError
-from zerograd.lr_find import LRFindResult, lr_find  # the function shadows the module name here
+from zerograd.lr_find import (  # the function shadows the module name here
+    LRFindResult,
+    lr_find,
+)
 from zerograd.predictor import Prediction, Predictor, load
 from zerograd.runs import export_csv, load_history
 from zerograd.sweep import SweepResult, sweep

@@ -18,12 +18,17 @@ from zerograd.accelerator import Accelerator
 from zerograd.cadence import Every
 from zerograd.callbacks import Callback
 from zerograd.engine import History, LoopState, evaluate, fit
-from zerograd.rng import seed_everything
-from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, WriteError
+from zerograd.errors import (
+    CheckpointError,
+    ConfigError,
+    TrainingInterrupted,
+    WriteError,
+)
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import imported_class
 from zerograd.performance import auto_threads
 from zerograd.reporting.hooks import RunReporters
+from zerograd.rng import seed_everything
 
 
 @dataclass

@@ -39,7 +39,14 @@ from safetensors.torch import save_file
 from zerograd.cadence import Every
 from zerograd.callbacks import Callback, EarlyStopping
 from zerograd.divergence import check_finite_weights
-from zerograd.errors import CheckpointError, ConfigError, RunDirError, TrainingError, ZerogradError, ZerogradWarning
+from zerograd.errors import (
+    CheckpointError,
+    ConfigError,
+    RunDirError,
+    TrainingError,
+    ZerogradError,
+    ZerogradWarning,
+)
 from zerograd.files import load_safetensors, to_plain, write_atomic
 from zerograd.rng import capture_rng, restore_rng
 
@@ -240,7 +247,9 @@ def restore(state: "LoopState", model_tensors: dict[str, torch.Tensor], tree: di
     try:
         state.raw_model.load_state_dict(model_tensors)
     except RuntimeError:
-        from zerograd.runs import weights_mismatch  # runs imports the engine, which imports this module
+        from zerograd.runs import (
+            weights_mismatch,  # runs imports the engine, which imports this module
+        )
 
         raise CheckpointError(f"{where} does not fit this model ({weights_mismatch(state.raw_model, model_tensors)}); "
                               "resume with the config the run started with") from None

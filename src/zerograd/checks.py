@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from zerograd.accelerator import unwrap
 from zerograd.data.loader import TensorLoader
 from zerograd.errors import DataError, ZerogradError, ZerogradWarning
-from zerograd.rng import capture_rng, restore_rng
 from zerograd.losses import BinaryCrossEntropyWithLogits, loss_name
+from zerograd.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from zerograd.accelerator import Accelerator

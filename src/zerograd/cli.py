@@ -13,12 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zerograd import api
+from zerograd import api, checkpoint, distributed, predictor, runs, shortcut
 from zerograd import config as configs
-from zerograd import checkpoint, distributed, predictor, runs, shortcut
-from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
-from zerograd.models import check_trusted
 from zerograd.console import make_console, plain
+from zerograd.errors import (
+    ConfigError,
+    DataError,
+    TrainingInterrupted,
+    ZerogradError,
+    ZerogradWarning,
+)
+from zerograd.models import check_trusted
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
 from zerograd.sweep import sweep as run_sweep
@@ -307,7 +312,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
+    from zerograd.reporting.compare import (
+        compare_runs,
+        comparison_table,
+        default_plot_path,
+        plot_comparison,
+    )
 
     rows = compare_runs(args.run_dirs, metric=args.metric)
     plot = plot_comparison(rows, args.out or default_plot_path(rows))

@@ -21,20 +21,34 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from zerograd import fast
 from zerograd.accelerator import PRECISIONS, Accelerator, unwrap
 from zerograd.callbacks import Callback, early_stopping_from
 from zerograd.checkpoint import replay_to_batch
 from zerograd.checks import first_batch, preflight
-from zerograd.divergence import NonFiniteGuard, check_on_nan
-from zerograd.data.loader import TensorLoader, as_tensors, global_batch_size, in_memory_tensors, make_loader
+from zerograd.data.loader import (
+    TensorLoader,
+    as_tensors,
+    global_batch_size,
+    in_memory_tensors,
+    make_loader,
+)
 from zerograd.distributed import check_global_batch
+from zerograd.divergence import NonFiniteGuard, check_on_nan
 from zerograd.errors import ConfigError, DataError, did_you_mean
-from zerograd.rng import rank_seed, seed_everything
+from zerograd.fast.heap import retained_heap
+from zerograd.fast.mlp_gradients import ManualMLP
 from zerograd.losses import build_loss, task_of
 from zerograd.metrics import Metric, build_metrics
-from zerograd.mlp_step import ManualMLP
-from zerograd.optim import Schedule, build_optimizer, build_schedule, check_schedule, current_lr
-from zerograd.performance import auto_threads, retained_heap
+from zerograd.optim import (
+    Schedule,
+    build_optimizer,
+    build_schedule,
+    check_schedule,
+    current_lr,
+)
+from zerograd.performance import auto_threads
+from zerograd.rng import rank_seed, seed_everything
 
 
 @dataclass
@@ -299,7 +313,7 @@ def _train_epoch(state: LoopState, loader: Any, loss_fn: nn.Module, callbacks: l
     steps, k = state.batches_per_epoch, opts.accumulate
     window_ok = True  # on_nan: skip leaves out a whole accumulation window that holds a NaN/Inf loss
     # A plain MLP in fp32 trains without autograd's per-node cost, with the same gradients (mlp_step.py).
-    mlp = ManualMLP.for_model(model, loss_fn, acc.precision) if opts.fused_mlp else None
+    mlp = ManualMLP.for_model(model, loss_fn, acc.precision) if opts.fused_mlp and fast.enabled() else None
 
     for index, (inputs, targets) in enumerate(_epoch_batches(loader, state), start=state.batch):
         inputs, targets = acc.to_device((inputs, targets))

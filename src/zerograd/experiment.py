@@ -178,7 +178,9 @@ def check_model_fits(model: nn.Module, data: DataBundle, task: str) -> None:
         with torch.no_grad():
             output = model(sample)
     except (RuntimeError, ValueError, TypeError) as error:
-        from zerograd.checks import explain_forward_error  # names the fix, e.g. flatten images for a Linear layer
+        from zerograd.checks import (
+            explain_forward_error,  # names the fix, e.g. flatten images for a Linear layer
+        )
 
         raise ConfigError(explain_forward_error(model, sample, None, error)) from None
     finally:

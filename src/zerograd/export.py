@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from zerograd.errors import ZerogradError, did_you_mean
-from zerograd.predictor import Predictor, load
 from zerograd.files import write_atomic, writing
+from zerograd.predictor import Predictor, load
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 CHECK_BATCHES = (1, 5)  # two batch sizes: the exported batch dimension must really be free

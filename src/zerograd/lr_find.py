@@ -241,8 +241,8 @@ def lr_find_config(
     from zerograd import config as configs
     from zerograd import runs
     from zerograd.engine import split_validation
-    from zerograd.rng import seed_everything
     from zerograd.experiment import build_experiment
+    from zerograd.rng import seed_everything
 
     config = configs.resolve(source, overrides)
     seed_everything(config["seed"])  # the same initial weights `zerograd train` would start from

@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from zerograd.errors import ConfigError, did_you_mean
-from zerograd.layers import build_layer_list, import_model, is_import_path, require_trust
+from zerograd.layers import (
+    build_layer_list,
+    import_model,
+    is_import_path,
+    require_trust,
+)
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

@@ -13,18 +13,20 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from zerograd import fused
+from zerograd import fast
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.fast import optimizers as lean
 from zerograd.metrics import resolve_mode
 
-# zerograd's Adam/AdamW/SGD are torch's with a shorter path to the same fused kernel (bitwise the
-# same updates, ~70 us less Python per step: zerograd/fused.py).
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": fused.SGD,
-    "adam": fused.Adam,
-    "adamw": fused.AdamW,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
     "radam": torch.optim.RAdam,
 }
+# Where the fast paths run (zerograd.fast), Adam/AdamW/SGD are torch's with a shorter path to the
+# same fused kernel: bitwise the same updates, ~70 us less Python per step.
+LEAN_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"sgd": lean.SGD, "adam": lean.Adam, "adamw": lean.AdamW}
 _FUSED = {"sgd", "adam", "adamw"}  # have fused kernels on CPU and CUDA in torch >= 2.4
 
 
@@ -54,8 +56,9 @@ def build_optimizer(
         kwargs.setdefault("fused", True)
     else:
         kwargs.setdefault("foreach", True)
+    optimizer_class = LEAN_OPTIMIZERS.get(name, OPTIMIZERS[name]) if fast.enabled() else OPTIMIZERS[name]
     try:
-        return OPTIMIZERS[name](params, **kwargs)
+        return optimizer_class(params, **kwargs)
     except TypeError as error:
         raise ConfigError(f"bad options for optimizer {name}: {error}") from None
 

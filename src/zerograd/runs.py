@@ -28,8 +28,21 @@ from torch import nn
 from zerograd.callbacks import Callback
 from zerograd.config import dump
 from zerograd.engine import FitOptions, History, LoopState
-from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
-from zerograd.files import load_safetensors, to_plain, write_atomic, writing, yaml_load, yaml_problem
+from zerograd.errors import (
+    ConfigError,
+    RunDirError,
+    UntrustedCodeError,
+    WeightsMismatchError,
+    WriteError,
+)
+from zerograd.files import (
+    load_safetensors,
+    to_plain,
+    write_atomic,
+    writing,
+    yaml_load,
+    yaml_problem,
+)
 from zerograd.models import build_model
 
 if TYPE_CHECKING:

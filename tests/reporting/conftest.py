@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import zerograd
+
 from helpers import write_band_idx
 
 

@@ -14,7 +14,11 @@ from zerograd.accelerator import Accelerator
 from zerograd.engine import EpochTotals, FitOptions, LoopState
 from zerograd.errors import ConfigError
 from zerograd.reporting.progress import (
-    ProgressPrinter, check_progress_mode, epochs_to_show, format_plain_split, plain_batch_interval,
+    ProgressPrinter,
+    check_progress_mode,
+    epochs_to_show,
+    format_plain_split,
+    plain_batch_interval,
 )
 
 

@@ -17,7 +17,6 @@ from zerograd.errors import RunDirError
 from zerograd.reporting.report import write_report, write_sweep_report
 
 
-
 def render(browser, page: Path, screenshot: Path) -> list[dict]:
     """Open the page from disk; the state of each image; a full-page screenshot."""
     browser.get(page.resolve().as_uri())

@@ -21,7 +21,12 @@ from zerograd.engine import LoopState
 from zerograd.errors import ConfigError, WriteError, ZerogradWarning
 from zerograd.files import write_atomic
 from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
-from zerograd.reporting.summary import ModelSummary, sample_batch, split_sizes, summarize_model
+from zerograd.reporting.summary import (
+    ModelSummary,
+    sample_batch,
+    split_sizes,
+    summarize_model,
+)
 
 DEFAULT_LOG_EVERY = 50
 MODEL_SUMMARY = "model_summary.txt"
@@ -62,7 +67,10 @@ class RunReporters(Callback):
                                            summary=self.summary, samples_per_epoch=sizes.get("train"))
         self.tensorboard: Callback | None = None
         if self.options["tensorboard"]:
-            from zerograd.reporting.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
+            from zerograd.reporting.tensorboard import (
+                TENSORBOARD_DIR,
+                TensorBoardLogger,
+            )
 
             self.tensorboard = TensorBoardLogger(self.run_dir / TENSORBOARD_DIR, every_steps=self.options["log_every"])
 
@@ -93,7 +101,9 @@ class RunReporters(Callback):
             return []  # the plots would fail alike
         if not self.options["plots"]:
             return []
-        from zerograd.reporting.plots import write_plots_safely  # matplotlib loads only when plotting
+        from zerograd.reporting.plots import (
+            write_plots_safely,  # matplotlib loads only when plotting
+        )
 
         return write_plots_safely(self.run_dir, model=model, data=self.experiment.data, device=device)
 

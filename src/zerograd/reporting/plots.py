@@ -381,7 +381,9 @@ def _load_model_and_data(run: RunInputs) -> bool:
     if run.model is None:
         if not (run.run_dir / runs.WEIGHTS).is_file():
             return False
-        from zerograd.api import load_run  # api imports this module; import at call time
+        from zerograd.api import (
+            load_run,  # api imports this module; import at call time
+        )
 
         run.model, _ = load_run(run.run_dir, trust_code=run.trust_code)
     if run.data is None:

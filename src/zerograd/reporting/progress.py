@@ -26,12 +26,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from zerograd.callbacks import Callback
+from zerograd.console import make_console, plain
 from zerograd.engine import LoopState
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.models import count_parameters
 from zerograd.optim import current_lr
 from zerograd.performance import busy_cores
-from zerograd.console import make_console, plain
 from zerograd.reporting.summary import ModelSummary, describe_sizes, layer_table_rows
 
 PROGRESS_MODES = ("bar", "plain", "none")

@@ -20,7 +20,14 @@ from zerograd import runs
 from zerograd.errors import RunDirError
 from zerograd.files import write_atomic
 from zerograd.reporting.compare import (
-    ComparedRun, compare_runs, find_runs, format_cell, format_metric, format_seconds, is_run_dir, metric_columns,
+    ComparedRun,
+    compare_runs,
+    find_runs,
+    format_cell,
+    format_metric,
+    format_seconds,
+    is_run_dir,
+    metric_columns,
     plot_comparison,
 )
 from zerograd.reporting.plots import PLOTS_DIR, write_plots

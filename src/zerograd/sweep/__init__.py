@@ -30,11 +30,10 @@ from rich.console import Console
 
 from zerograd import config as configs
 from zerograd import runs
+from zerograd.console import make_console, plain
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
 from zerograd.files import write_atomic, writing
 from zerograd.ownership import LOCK_FILE, DirectoryLock
-from zerograd.console import make_console, plain
-
 from zerograd.sweep.jobs import (
     DEFAULT_MIN_RUNS,
     IGNORED_IN_COMPARISON,
@@ -89,7 +88,13 @@ from zerograd.sweep.results import (
     sweep_section_html,
     write_results_csv,
 )
-from zerograd.sweep.space import Dimension, grid_points, parse_grid, parse_space, random_points
+from zerograd.sweep.space import (
+    Dimension,
+    grid_points,
+    parse_grid,
+    parse_space,
+    random_points,
+)
 
 # The sweep's parts live in space, jobs, results and plots; every public name of theirs is also
 # a name of this package (as when the sweep was one module), so `from zerograd.sweep import X` works.

@@ -12,7 +12,6 @@ from zerograd.files import write_atomic
 from zerograd.sweep.results import SweepResult
 from zerograd.sweep.space import Dimension, _plain_text
 
-
 # --------------------------------------------------------------------------- plots
 
 def plot_metric_vs_params(result: SweepResult, space: Mapping[str, Dimension], out_dir: Path) -> list[Path]:

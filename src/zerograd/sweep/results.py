@@ -16,9 +16,9 @@ from rich.table import Table
 
 from zerograd import config as configs
 from zerograd import runs
+from zerograd.console import make_console, plain
 from zerograd.errors import RunDirError
 from zerograd.files import write_atomic
-from zerograd.console import make_console, plain
 from zerograd.sweep.jobs import Job, Outcome, _finite
 from zerograd.sweep.space import _plain_text
 

@@ -15,7 +15,6 @@ import yaml
 
 from zerograd.errors import ConfigError, did_you_mean
 
-
 # --------------------------------------------------------------------------- search spaces
 
 @dataclass(frozen=True)
