@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from zerograd.data.images import to_8bit, upright
+from zerograd.data.image_decode import to_8bit, upright
 from zerograd.errors import DataError
 
 SIZE = 28

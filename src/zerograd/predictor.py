@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from zerograd import runs
-from zerograd.data.images import ImageSpec, to_8bit, upright
+from zerograd.data.image_decode import ImageSpec, to_8bit, upright
 from zerograd.data.tabular import RawTable, TableEncoder, load_numpy, read_csv
 from zerograd.digits import WORK_SIDE, light_on_dark, mnist_style, shrink
 from zerograd.errors import DataError, RunDirError

@@ -18,13 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from zerograd.data.images import (
-    choose_mode,
-    choose_size,
-    scan_folder,
-    split_folders,
-    stratified_split,
-)
+from zerograd.data.image_decode import choose_mode, choose_size
+from zerograd.data.images import scan_folder, split_folders, stratified_split
 from zerograd.data.tabular import TABLE_SUFFIXES, TASK_ALIASES, load_table_data
 from zerograd.errors import ConfigError, DataError, ZerogradWarning, did_you_mean
 from zerograd.layers import is_import_path, resolve_import

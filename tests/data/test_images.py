@@ -13,12 +13,12 @@ from zerograd.data.images import (
     Augment,
     BatchTransform,
     CachedImages,
-    ImageSpec,
     StreamedImages,
     load_image_folder,
     random_crop,
     stratified_split,
 )
+from zerograd.data.image_decode import ImageSpec
 from zerograd.data.loader import make_loader
 from zerograd.errors import ConfigError, DataError
 
