@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from zerograd import checkpoint, fit
+from zerograd import checkpoint_format, fit, runs
 from zerograd.api import resume, train
 from zerograd.cadence import Every
-from zerograd.callbacks import Callback
-from zerograd.checkpoint import Checkpointer, ResumeFrom, checkpoint_dirs, problem_with
+from zerograd.callbacks import Callback, Checkpointer, ResumeFrom
+from zerograd.checkpoint_format import checkpoint_dirs, problem_with
 from zerograd.cli import main as cli
 from zerograd.errors import CheckpointError, ConfigError, ZerogradWarning
 
@@ -165,7 +165,7 @@ def test_a_half_written_checkpoint_without_manifest_is_not_used(tmp_path: Path) 
     (newest / "manifest.json").unlink()
     assert "manifest.json is missing" in problem_with(newest)
     with pytest.warns(ZerogradWarning, match="step-00000010 is damaged"):
-        assert checkpoint.find_resumable(run_dir / "checkpoints").name == "step-00000005"
+        assert checkpoint_format.find_resumable(run_dir / "checkpoints").name == "step-00000005"
 
 
 def test_no_intact_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_keeps_the_newest_k_and_the_best_epoch_end_checkpoint(tmp_path: Path) ->
 
 def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(tmp_path: Path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
-    real_write, writes = checkpoint._write_file, []
+    real_write, writes = checkpoint_format.write_file, []
 
     def write_until_full(path: Path, content: Any) -> None:
         writes.append(path)
@@ -202,7 +202,7 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(t
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, content)
 
-    monkeypatch.setattr(checkpoint, "_write_file", write_until_full)
+    monkeypatch.setattr(checkpoint_format, "write_file", write_until_full)
     with pytest.raises(CheckpointError) as caught:
         train(CONFIG, out=run_dir, quiet=True)
     message = str(caught.value)
@@ -212,7 +212,7 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(t
     assert problem_with(run_dir / "checkpoints" / "step-00000005") is None
     assert not list((run_dir / "checkpoints").glob(".*"))  # the half-written one was removed
 
-    monkeypatch.setattr(checkpoint, "_write_file", real_write)  # space freed: the run goes on
+    monkeypatch.setattr(checkpoint_format, "write_file", real_write)  # space freed: the run goes on
     resume(run_dir, quiet=True)
     assert (run_dir / "summary.json").is_file()
 
@@ -221,7 +221,7 @@ def test_the_cli_reports_a_failed_checkpoint_write_in_one_line(tmp_path: Path, m
     def full(path: Path, content: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_file", full)
+    monkeypatch.setattr(checkpoint_format, "write_file", full)
     (tmp_path / "c.yaml").write_text(json.dumps(CONFIG))
     assert cli(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -301,22 +301,22 @@ def test_metrics_lines_after_the_checkpoint_are_dropped_on_resume(tmp_path: Path
     lines = [{"kind": "step", "step": 5, "epoch": 0.4}, {"epoch": 1, "train_loss": 0.5},
              {"kind": "step", "step": 15, "epoch": 1.2}, {"kind": "step", "step": 25, "epoch": 1.9}, {"epoch": 2, "train_loss": 9}]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"epoch": 3, "trai')  # cut short by the kill
-    checkpoint.rewrite_metrics(path, [{"epoch": 1, "train_loss": 0.5}], global_step=20)
+    runs.rewrite_metrics(path, [{"epoch": 1, "train_loss": 0.5}], global_step=20)
     assert [json.loads(line) for line in path.read_text().splitlines()] == lines[:3]
 
 
 def test_tied_weights_and_plain_values_round_trip_without_pickle(tmp_path: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     value = {"a": (1, 2.5, float("inf")), 3: [None, True, "x"], "t": torch.arange(3), "__odd": {"n": float("nan")}}
-    packed = checkpoint._pack(value, "", tensors)
-    restored = checkpoint._unpack(json.loads(json.dumps(packed)), tensors)
+    packed = checkpoint_format.pack(value, "", tensors)
+    restored = checkpoint_format.unpack(json.loads(json.dumps(packed)), tensors)
     assert restored["a"][:2] == (1, 2.5) and restored["a"][2] == float("inf") and restored[3] == [None, True, "x"]
     assert torch.equal(restored["t"], torch.arange(3)) and restored["__odd"]["n"] != restored["__odd"]["n"]
     with pytest.raises(CheckpointError, match="without pickle"):
-        checkpoint._pack({"f": print}, "", {})
+        checkpoint_format.pack({"f": print}, "", {})
     layer = torch.nn.Linear(3, 3)
     tied = torch.nn.ModuleDict({"a": layer, "b": layer})
-    state = checkpoint._unshared(tied.state_dict())
+    state = checkpoint_format.unshared(tied.state_dict())
     assert state["a.weight"].data_ptr() != state["b.weight"].data_ptr() and torch.equal(state["a.weight"], state["b.weight"])
 
 

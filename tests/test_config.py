@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from zerograd import config as configs
-from zerograd.engine import FitOptions
 from zerograd.errors import ConfigError
+from zerograd.options import FitOptions
 
 RECIPES = ["fashion-cnn", "fashion-mlp", "linear-regression", "mnist-mlp", "sinc-surface"]
 

@@ -3,7 +3,6 @@ torch.compile, seeds, device choice, and the config / --set names of all of them
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from zerograd import accelerator
 from zerograd import config as configs
 from zerograd.callbacks import Callback
 from zerograd.cli import main
-from zerograd.data.loader import TensorLoader
-from zerograd.engine import fit, split_validation
+from zerograd.data.loader import TensorLoader, split_validation
+from zerograd.engine import fit
 from zerograd.errors import ConfigError
 
 CONTROL_KEYS = {

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import zerograd
 from zerograd.data.loader import epoch_permutation
-from zerograd.engine import FitOptions, History
 from zerograd.errors import ConfigError, DataError
+from zerograd.options import FitOptions
+from zerograd.state import History
 
 from helpers import PairDataset
 

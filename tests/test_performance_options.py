@@ -13,18 +13,13 @@ from torch.utils.data import DataLoader, TensorDataset
 import zerograd
 from zerograd import performance
 from zerograd.callbacks import Callback
-from zerograd.data.loader import (
-    TensorLoader,
-    epoch_permutation,
-    fits_on_device,
-    make_loader,
-)
-from zerograd.engine import EpochTotals
+from zerograd.data.loader import TensorLoader, epoch_permutation, fits_on_device, make_loader
 from zerograd.errors import ConfigError
 from zerograd.fast import heap
 from zerograd.fast import optimizers as fused
 from zerograd.metrics import Accuracy
 from zerograd.models import TutorialCNN, build_model, compact_cnn, mlp
+from zerograd.state import EpochTotals
 
 
 def images(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,13 +315,13 @@ def test_generic_datasets_get_pinned_batches_only_when_asked() -> None:
 
 
 def test_epoch_totals_add_in_place_and_match_a_plain_sum() -> None:
-    totals = EpochTotals(torch.zeros(()), 0, [Accuracy()])
+    totals = EpochTotals("cpu", [Accuracy()])
     running = totals.loss_sum
     losses, sizes, correct = [0.5, 1.25, 2.0], [4, 4, 2], 0
     for loss, n in zip(losses, sizes):
         outputs, targets = torch.randn(n, 3), torch.randint(0, 3, (n,))
         correct += int((outputs.argmax(1) == targets).sum())
-        totals.record(torch.tensor(loss), outputs, targets, "mean")
+        totals.record(torch.tensor(loss), outputs, targets)
     assert totals.loss_sum is running  # no new tensor per batch
     assert float(totals.loss_sum) == pytest.approx(sum(l * n for l, n in zip(losses, sizes)))
     assert totals.count == 10

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerograd.checkpoint import checkpoint_dirs
+from zerograd.checkpoint_format import checkpoint_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"seconds", "train_seconds"}

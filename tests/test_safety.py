@@ -1,6 +1,7 @@
 """Safe files (loading never runs code) and numerical failures (NaN/Inf) during training."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -14,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from zerograd import fit
+from zerograd import engine, fit
 from zerograd.api import resume, train
-from zerograd.callbacks import Callback
-from zerograd.checkpoint import Checkpointer, checkpoint_dirs, problem_with
+from zerograd.callbacks import Callback, Checkpointer
+from zerograd.checkpoint_format import checkpoint_dirs, problem_with
 from zerograd.cli import main as cli
-from zerograd.divergence import NonFiniteGuard
 from zerograd.errors import CheckpointError, ConfigError, TrainingError, ZerogradWarning
+from zerograd.nan_guard import NonFiniteGuard
 
 CONFIG: dict[str, Any] = {
     "name": "sinc-small",
@@ -208,20 +209,19 @@ def test_on_nan_error_catches_nan_gradients_before_they_reach_a_checkpoint(tmp_p
     assert all(torch.isfinite(t).all() for t in load_file(newest / "model.safetensors").values())
 
 
-class DeferredChecks(Callback):
+@pytest.fixture
+def deferred_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """What an accelerator run does: NaN checks recorded on the device, looked at every 4 batches."""
-
-    def on_fit_start(self, state: Any) -> None:
-        state.nonfinite = NonFiniteGuard("error", state.accelerator, check_every=4, every_batch=False)
+    monkeypatch.setattr(engine, "NonFiniteGuard", functools.partial(NonFiniteGuard, check_every=4, every_batch=False))
 
 
 @pytest.mark.parametrize(("bad_call", "every", "newest"), [(3, 100, None), (6, 1, "step-00000005")])
 def test_deferred_nan_checks_still_name_the_exact_batch_and_never_checkpoint_nan(
-        tmp_path: Path, bad_call: int, every: int, newest: str | None) -> None:
+        tmp_path: Path, bad_call: int, every: int, newest: str | None, deferred_checks: None) -> None:
     model = BadAt(bad_call=bad_call, what="loss")
     with pytest.raises(TrainingError, match=f"epoch 1, batch {bad_call} "):
         fit(model, regression_data(), loss="mse", epochs=1, batch_size=16, preflight=False, threads=1,
-            callbacks=[DeferredChecks(), Checkpointer(tmp_path, every=every)])
+            callbacks=[Checkpointer(tmp_path, every=every)])
     found = checkpoint_dirs(tmp_path)
     assert (found[0].name if found else None) == newest
     for path in found:

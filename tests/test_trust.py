@@ -19,7 +19,7 @@ import yaml
 
 import zerograd
 from zerograd.callbacks import Callback
-from zerograd.checkpoint import checkpoint_dirs
+from zerograd.checkpoint_format import checkpoint_dirs
 from zerograd.cli import main
 from zerograd.errors import ConfigError, RunDirError, TrainingInterrupted, UntrustedCodeError
 from zerograd.export import export_run

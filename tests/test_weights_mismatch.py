@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from zerograd import api, fit, runs
-from zerograd.checkpoint import Checkpointer, ResumeFrom
+from zerograd.callbacks import Checkpointer, ResumeFrom
 from zerograd.cli import main as cli
 from zerograd.errors import CheckpointError, WeightsMismatchError
 

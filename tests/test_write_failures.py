@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerograd import api, checkpoint, files, runs
+from zerograd import api, checkpoint_format, files, runs
 from zerograd.cli import main as cli
 from zerograd.errors import WriteError
 
@@ -115,7 +115,7 @@ def test_a_metrics_append_that_fails_saves_a_checkpoint_and_the_run_resumes_exac
         f"could not write {run_dir / 'metrics.jsonl'}: {error[1]}; training stopped at step 4 (the end of epoch 4) "
         f"and saved checkpoint {saved}. Free some disk space (or make the folder writable), then continue with "
         f"`zerograd resume {run_dir}`")
-    assert checkpoint.problem_with(saved) is None
+    assert checkpoint_format.problem_with(saved) is None
 
     assert cli(["resume", str(run_dir), "--quiet"]) == 0  # space freed
     assert [r["epoch"] for r in runs.load_history(run_dir).records] == [1, 2, 3, 4, 5, 6]
@@ -126,7 +126,7 @@ def test_when_the_rescue_checkpoint_fails_too_both_failures_are_told(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     fail_appends(monkeypatch, "metrics.jsonl", after=3)
-    real_write, writes = checkpoint._write_file, []
+    real_write, writes = checkpoint_format.write_file, []
 
     def write(path: Path, content: Any) -> None:
         writes.append(path)
@@ -134,7 +134,7 @@ def test_when_the_rescue_checkpoint_fails_too_both_failures_are_told(tmp_path: P
             raise OSError(*FULL)
         real_write(path, content)
 
-    monkeypatch.setattr(checkpoint, "_write_file", write)
+    monkeypatch.setattr(checkpoint_format, "write_file", write)
     assert cli(["train", str(config_file(tmp_path)), "--out", str(run_dir), "--quiet"]) == 2
     err = one_line_error(capsys)
     assert err.startswith(f"could not write {run_dir / 'metrics.jsonl'}: No space left on device; "

@@ -17,6 +17,7 @@ from zerograd.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_NOTHING = contextlib.nullcontext()  # reusable: entered every step where there is nothing to do
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -85,7 +86,7 @@ class Accelerator:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
-            return contextlib.nullcontext()
+            return _NOTHING
         return torch.autocast(self.device.type, dtype=_AMP_DTYPES[self.precision])
 
     def prepare_model(self, model: nn.Module, *, compile: bool = False, channels_last: bool = False) -> nn.Module:
@@ -140,7 +141,7 @@ class Accelerator:
         (A plain context manager, not a generator: this is entered every step.)"""
         if skip and self.distributed and hasattr(model, "no_sync"):
             return model.no_sync()
-        return contextlib.nullcontext()
+        return _NOTHING
 
     def prepare_loss(self, loss_fn: nn.Module) -> nn.Module:
         """In DDP, a loss that is 0 (not NaN) on an empty batch: a tail batch smaller than the
@@ -162,6 +163,13 @@ class Accelerator:
             return outputs.sum() * 0.0
         weight = self.world_size if reduction == "sum" else self.world_size * local_count / global_count
         return loss if weight == 1 else loss * weight
+
+    def any_rank(self, flag: bool) -> bool:
+        """True when `flag` is True on any rank (one small all-reduce; in one process: `flag`).
+        Every rank must call it at the same point, so all of them decide alike."""
+        if not self.distributed:
+            return flag
+        return bool(self.all_reduce_sum(torch.tensor(float(flag), device=self.device)) > 0)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all ranks (a no-op in one process)."""

@@ -13,16 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zerograd import api, checkpoint, distributed, predictor, runs, shortcut
+from zerograd import api, distributed, predictor, runs, shortcut
 from zerograd import config as configs
 from zerograd.console import make_console, plain
-from zerograd.errors import (
-    ConfigError,
-    DataError,
-    TrainingInterrupted,
-    ZerogradError,
-    ZerogradWarning,
-)
+from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
 from zerograd.models import check_trusted
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
@@ -219,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.recipe = train_source(args)
     with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
         run = api.train(args.recipe, overrides=training_overrides(args), out=args.out, quiet=args.quiet,
-                        resume=args.resume or distributed.resume_after_restart(args.out))
+                        resume=args.resume or runs.resume_after_restart(args.out))
         if distributed.is_main():
             print_summary(run.summary, run.dir)
     return 0
@@ -240,7 +234,7 @@ def launch_workers(launch: distributed.LaunchOptions, args: argparse.Namespace) 
     """Check the config once here (a typo fails before any worker starts), then run torchrun."""
     resuming = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     if resuming and getattr(args, "recipe", None) is None and getattr(args, "data", None) is None:
-        config = checkpoint.resume_config(resuming)
+        config = runs.resume_config(resuming)
         check_trusted(config["model"], trust_code=args.trust_code, origin=Path(resuming) / runs.CONFIG)
     else:
         config = configs.resolve(train_source(argparse.Namespace(**{**vars(args), "quiet": True})),
@@ -312,12 +306,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from zerograd.reporting.compare import (
-        compare_runs,
-        comparison_table,
-        default_plot_path,
-        plot_comparison,
-    )
+    from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
 
     rows = compare_runs(args.run_dirs, metric=args.metric)
     plot = plot_comparison(rows, args.out or default_plot_path(rows))

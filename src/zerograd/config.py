@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from zerograd.engine import FitOptions
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.files import yaml_load, yaml_problem
+from zerograd.options import FitOptions
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
 META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress", "plots", "log_every")

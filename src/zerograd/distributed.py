@@ -29,7 +29,6 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -232,17 +231,6 @@ def relaunch_flags() -> str:
     if env.world_size != env.local_world_size:
         flags += f" --nnodes {env.world_size // env.local_world_size} --rdzv-endpoint HOST:PORT (on every node)"
     return flags
-
-
-def resume_after_restart(out: str | os.PathLike[str] | None) -> Path | None:
-    """The run to continue when torchrun restarted the workers after a failure (--max-restarts):
-    the `--out` directory, once the first attempt wrote its config there. None on a first start."""
-    from zerograd import runs  # runs -> engine -> this module: import when called
-
-    if out is None or WorkerEnv.from_environ().restart_count == 0:
-        return None
-    path = Path(out)
-    return path if (path / runs.CONFIG).is_file() else None
 
 
 def rank_prefix() -> str:

@@ -65,6 +65,13 @@ def build_loss(spec: str | dict[str, Any] | nn.Module) -> nn.Module:
         raise ConfigError(f"bad options for loss {name}: {error}") from None
 
 
+def is_summed(loss: str | dict[str, Any] | nn.Module) -> bool:
+    """Whether the loss is reduced by "sum" (the epoch's loss is then a total, not a mean per sample)."""
+    if isinstance(loss, nn.Module):
+        return getattr(loss, "reduction", "mean") == "sum"
+    return isinstance(loss, dict) and loss.get("reduction") == "sum"
+
+
 def task_of(loss: str | dict[str, Any] | nn.Module) -> str:
     """'classification' (class targets), 'binary' (one logit, 0/1 targets) or 'regression'."""
     if isinstance(loss, nn.Module):

@@ -14,12 +14,7 @@ import torch
 from torch import nn
 
 from zerograd.errors import ConfigError, did_you_mean
-from zerograd.layers import (
-    build_layer_list,
-    import_model,
-    is_import_path,
-    require_trust,
-)
+from zerograd.layers import build_layer_list, import_model, is_import_path, require_trust
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -203,3 +198,18 @@ def check_kwargs(what: str, function: Callable[..., Any], kwargs: dict[str, Any]
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def weights_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+    """How saved `tensors` differ from `model`'s parameters and buffers, in a few words
+    (torch's own message lists every tensor on lines of their own)."""
+    expected = model.state_dict()
+    resized = [f"{key}: {list(tensors[key].shape)} in the file, {list(value.shape)} in the model"
+               for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
+    missing = [key for key in expected if key not in tensors]
+    unknown = [key for key in tensors if key not in expected]
+    parts = []
+    for label, items in (("", resized), ("missing from the file: ", missing), ("not in the model: ", unknown)):
+        if items:
+            parts.append(label + (", " if label else "; ").join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
+    return "; ".join(parts) or "the tensors do not load into it"

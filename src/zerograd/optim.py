@@ -81,6 +81,12 @@ class Schedule:
         if self.interval == "step":
             self.scheduler.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
     def after_epoch(self, logs: dict[str, float]) -> None:
         if self.interval == "epoch":
             self.scheduler.step()

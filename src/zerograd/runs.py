@@ -15,38 +15,31 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 import yaml
 from safetensors.torch import save
 from torch import nn
 
-from zerograd.callbacks import Callback
+from zerograd import config as configs
+from zerograd.cadence import StepGrid
+from zerograd.callbacks.base import Callback
+from zerograd.callbacks.checkpointing import NEUTRAL_OPTIONS
+from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
 from zerograd.config import dump
-from zerograd.engine import FitOptions, History, LoopState
-from zerograd.errors import (
-    ConfigError,
-    RunDirError,
-    UntrustedCodeError,
-    WeightsMismatchError,
-    WriteError,
-)
-from zerograd.files import (
-    load_safetensors,
-    to_plain,
-    write_atomic,
-    writing,
-    yaml_load,
-    yaml_problem,
-)
-from zerograd.models import build_model
-
-if TYPE_CHECKING:
-    from zerograd.signals import StopSignal
+from zerograd.distributed import WorkerEnv
+from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
+from zerograd.files import load_safetensors, to_plain, write_atomic, writing, yaml_load, yaml_problem
+from zerograd.models import build_model, weights_mismatch
+from zerograd.optim import current_lr
+from zerograd.options import FitOptions
+from zerograd.signals import StopSignal
+from zerograd.state import History, LoopState, LossWindow
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
@@ -116,19 +109,14 @@ def load_model(run_dir: Path, config: dict[str, Any], input_shape: Sequence[int]
     return load_weights(model, run_dir / WEIGHTS)  # weights that do not fit: a WeightsMismatchError saying why
 
 
-def weights_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
-    """How saved `tensors` differ from `model`'s parameters and buffers, in a few words
-    (torch's own message lists every tensor on lines of their own)."""
-    expected = model.state_dict()
-    resized = [f"{key}: {list(tensors[key].shape)} in the file, {list(value.shape)} in the model"
-               for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
-    missing = [key for key in expected if key not in tensors]
-    unknown = [key for key in tensors if key not in expected]
-    parts = []
-    for label, items in (("", resized), ("missing from the file: ", missing), ("not in the model: ", unknown)):
-        if items:
-            parts.append(label + (", " if label else "; ").join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
-    return "; ".join(parts) or "the tensors do not load into it"
+def load_run(run_dir: str | Path, *, trust_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a run directory (architecture from config.yaml, weights from
+    model.safetensors) and its config. A model class of the user's own (`module:Class`) that the
+    config names is code: it is imported only with `trust_code=True`."""
+    path = require_run_dir(run_dir)
+    config = read_config(path)
+    input_shape = (read_preprocessing(path) or read_summary(path)).get("input_shape")  # sizes layer lists
+    return load_model(path, config, input_shape, trust_code=trust_code).eval(), config
 
 
 def require_run_dir(run_dir: str | Path) -> Path:
@@ -285,66 +273,62 @@ class MetricsWriter(Callback):
     has fewer steps). A step record reads the loss from the device, so it is a host sync once per
     `every_steps` steps, not per step.
 
+    With `resumed`, metrics.jsonl is first cut back to the checkpoint the run resumed from (its
+    epoch records from the restored history, its step records up to the restored step), so the
+    resumed run adds no duplicates.
+
     A record that cannot be appended (full disk, read-only folder) raises a `WriteError`; with
     `stop` (the run's `StopSignal`) it is kept in `failure` instead and training is asked to stop,
     so that the checkpoint callback saves the run first, as on Ctrl-C."""
 
-    def __init__(self, run_dir: Path, *, every_steps: int = 0, stop: "StopSignal | None" = None) -> None:
+    def __init__(self, run_dir: Path, *, every_steps: int = 0, stop: StopSignal | None = None,
+                 resumed: bool = False) -> None:
         self.path = Path(run_dir) / METRICS
         self.every_steps = every_steps
         self.stop = stop
+        self.resumed = resumed
         self.failure: WriteError | None = None
         self._unwritten: list[dict[str, Any]] = []  # step records a failed write lost, kept in the checkpoint
-        self._next_step: float = float("inf")
-        self._window: tuple[Any, float, int, int] = (None, 0.0, 0, 0)  # (epoch totals, loss sum, count, batch) at the last record
+        self._steps = StepGrid(every_steps)
+        self._window = LossWindow()
 
     def on_fit_start(self, state: LoopState) -> None:
-        if state.accelerator.is_main:
-            with writing(self.path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.touch()
-            unwritten, self._unwritten = self._unwritten, []  # restored from the checkpoint by a resume
-            for record in unwritten:
-                self._append(record)
-            steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
-            if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
-                self._next_step = state.global_step + self.every_steps
+        self._steps.stop()
+        if not state.is_main:
+            return
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+        if self.resumed:  # what the stopped run logged after its checkpoint is logged again
+            rewrite_metrics(self.path, state.history.records, state.global_step)
+        unwritten, self._unwritten = self._unwritten, []  # restored from the checkpoint by a resume
+        for record in unwritten:
+            self._append(record)
+        steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
+        if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
+            self._steps.start(state.global_step)
 
     def on_epoch_start(self, state: LoopState) -> None:
-        if self._next_step == float("inf"):
+        if self._steps.next == math.inf:
             return
-        # a resumed run (restored after on_fit_start) keeps to the same grid of steps and
-        # measures its first window from where it restarted
-        self._next_step = (state.global_step // self.every_steps + 1) * self.every_steps
-        if state.batch and state.totals is not None:
-            self._window = (state.totals, float(state.totals.loss_sum), state.totals.count, state.batch)
+        # a resumed run keeps to the same grid of steps and measures its first window from where it restarted
+        self._steps.start(state.global_step)
+        if state.batch:
+            self._window.start(state)
 
     def on_batch_end(self, state: LoopState) -> None:
-        if state.global_step < self._next_step:  # the common case: one comparison
+        if not self._steps.due(state.global_step):  # the common case: one comparison
             return
-        self._next_step = (state.global_step // self.every_steps + 1) * self.every_steps
-        totals = state.totals
-        if totals is None:
-            return
-        previous, loss_before, count_before, batch_before = self._window
-        if previous is not totals:  # a new epoch's running sums
-            loss_before, count_before, batch_before = 0.0, 0, 0
-        loss_sum, count = float(totals.loss_sum), totals.count
-        # as the epoch's train_loss: per sample for reduction "mean", per batch for "sum"
-        summed = isinstance(state.options.loss, dict) and state.options.loss.get("reduction") == "sum"
-        window = (state.batch - batch_before) if summed else (count - count_before)
-        record = {
+        self._append({
             "kind": "step",
             "step": state.global_step,
             "epoch": state.epoch + state.batch / max(1, state.batches_per_epoch),
-            "train_loss": (loss_sum - loss_before) / max(1, window),
-            "lr": float(state.optimizer.param_groups[0]["lr"]),
-        }
-        self._window = (totals, loss_sum, count, state.batch)
-        self._append(record)
+            "train_loss": self._window.read(state),  # as the epoch's train_loss: per sample ("mean"), per batch ("sum")
+            "lr": current_lr(state.optimizer),
+        })
 
     def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
-        if state.accelerator.is_main:
+        if state.is_main:
             self._append(logs)
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -368,3 +352,80 @@ class MetricsWriter(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._unwritten = list(state.get("unwritten", []))
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming a run
+
+def resume_config(run_dir: str | Path, asked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config a run started with (its config.yaml). `asked` (a config resolved from the command
+    line) may change only what does not alter the computation (device, threads, progress, ...)."""
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        raise RunDirError(f"{path} is not a run directory (no {CONFIG}); give the folder `zerograd train` wrote")
+    if (path / SUMMARY).is_file() and (path / WEIGHTS).is_file():
+        raise ConfigError(f"{path} is a finished run (it has {SUMMARY} and {WEIGHTS}): there is nothing to "
+                          "resume; to train longer, start a new run")
+    try:
+        config = configs.resolve(read_config(path))
+    except ConfigError as error:  # a hand-edited or foreign config: say which file
+        raise RunDirError(f"{path / CONFIG}: {error}") from None
+    if asked is None:
+        return config
+    neutral = NEUTRAL_OPTIONS | {"name", "description", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints"}
+    changed = [k for k in dict.fromkeys([*config, *asked]) if k not in neutral and config.get(k) != asked.get(k)]
+    if changed:
+        shown = ", ".join(f"{k}: {config.get(k)!r} -> {asked.get(k)!r}" for k in changed[:4])
+        raise ConfigError(
+            f"--resume continues {path} with the config it started with, but this command changes it ({shown}); "
+            f"drop the changes (`zerograd resume {path}`), or start a new run without --resume"
+        )
+    # `threads: null` asks for nothing: the run goes on with the count it recorded when it started
+    return config | {k: asked[k] for k in neutral if k in asked and k not in ("name", "description")
+                     and not (k == "threads" and asked[k] is None)}
+
+
+def resume_after_restart(out: str | os.PathLike[str] | None) -> Path | None:
+    """The run to continue when torchrun restarted the workers after a failure (--max-restarts):
+    the `--out` directory, once the first attempt wrote its config there. None on a first start."""
+    if out is None or WorkerEnv.from_environ().restart_count == 0:
+        return None
+    path = Path(out)
+    return path if (path / CONFIG).is_file() else None
+
+
+def refuse_existing_run(run_dir: str | Path) -> None:
+    """A new run must not write over an earlier one's files (its metrics would mix, its
+    checkpoints be pruned)."""
+    path = Path(run_dir)
+    metrics = path / METRICS
+    if checkpoint_dirs(path / CHECKPOINTS) or (metrics.is_file() and metrics.stat().st_size) or (path / WEIGHTS).is_file():
+        raise ConfigError(
+            f"{path} already holds a training run; continue it with `zerograd resume {path}` "
+            "(or --resume), or choose another --out so its files are not overwritten"
+        )
+
+
+def rewrite_metrics(path: Path, history: list[dict[str, Any]], global_step: int) -> None:
+    """Make metrics.jsonl match a checkpoint: its epoch records from the checkpoint's history, and
+    other records (e.g. every-N-steps lines) only up to the checkpoint's step, so the resumed run
+    adds no duplicates. A line cut short by the crash is dropped."""
+    kept = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or record.get("kind", "epoch") == "epoch":
+                continue
+            if isinstance(record.get("step"), (int, float)) and record["step"] > global_step:
+                continue
+            kept.append(record)
+
+    def position(record: dict[str, Any]) -> tuple[float, int]:
+        epoch = record.get("epoch")
+        return (float(epoch) if isinstance(epoch, (int, float)) else 0.0, int(record.get("kind", "epoch") == "epoch"))
+
+    records = sorted(kept + [to_plain(r) for r in history], key=position)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -46,12 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from zerograd.errors import DataError, ZerogradError
-from zerograd.http_guard import (
-    MAX_CONNECTIONS,
-    READ_TIMEOUT,
-    guarded_protocol,
-    raise_open_file_limit,
-)
+from zerograd.http_guard import MAX_CONNECTIONS, READ_TIMEOUT, guarded_protocol, raise_open_file_limit
 from zerograd.predictor import Predictor, load
 from zerograd.serve_schema import openapi_schema
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from zerograd.data.image_decode import ImageSpec
 from zerograd.data.images import (
     Augment,
     BatchTransform,
@@ -18,7 +19,6 @@ from zerograd.data.images import (
     random_crop,
     stratified_split,
 )
-from zerograd.data.image_decode import ImageSpec
 from zerograd.data.loader import make_loader
 from zerograd.errors import ConfigError, DataError
 

@@ -11,8 +11,8 @@ from rich.console import Console
 
 import zerograd
 from zerograd.accelerator import Accelerator
-from zerograd.engine import EpochTotals, FitOptions, LoopState
 from zerograd.errors import ConfigError
+from zerograd.options import FitOptions
 from zerograd.reporting.progress import (
     ProgressPrinter,
     check_progress_mode,
@@ -20,6 +20,7 @@ from zerograd.reporting.progress import (
     format_plain_split,
     plain_batch_interval,
 )
+from zerograd.state import EpochTotals, LoopState
 
 
 def console(*, terminal: bool) -> Console:
@@ -93,9 +94,11 @@ def test_the_bar_refreshes_on_a_few_batches_only_not_every_batch(tiny_classifica
 def test_only_the_main_process_prints() -> None:
     out = console(terminal=True)
     model = tiny_model()
+    totals = EpochTotals("cpu", [])
+    totals.record(torch.tensor(1.0), torch.zeros(1), torch.zeros(1))  # a loss of 1.0 so far
     state = LoopState(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                      Accelerator(torch.device("cpu"), rank=1, world_size=2), FitOptions(epochs=1), batches_per_epoch=4)
-    state.totals = EpochTotals(torch.tensor(1.0), 1, [])
+                      Accelerator(torch.device("cpu"), rank=1, world_size=2), FitOptions(epochs=1), batches_per_epoch=4,
+                      totals=totals)
     printer = ProgressPrinter(out, mode="bar")
     printer.on_fit_start(state)
     printer.on_epoch_start(state)

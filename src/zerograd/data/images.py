@@ -25,14 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from zerograd.data.image_decode import (
-    ImageSpec,
-    channel_stats,
-    check_readable,
-    choose_mode,
-    choose_size,
-    decode_all,
-)
+from zerograd.data.image_decode import ImageSpec, channel_stats, check_readable, choose_mode, choose_size, decode_all
 from zerograd.data.loader import TensorLoader, TorchLoader
 from zerograd.errors import ConfigError, DataError, did_you_mean
 

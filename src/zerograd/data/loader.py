@@ -222,9 +222,10 @@ class TorchLoader:
     resuming mid-epoch replays them, skips the batches already done (they are loaded again, not
     trained on) and then puts back the states the checkpoint had."""
 
-    def __init__(self, loader: DataLoader, *, world_size: int = 1) -> None:
+    def __init__(self, loader: DataLoader, *, world_size: int = 1, peek_size: int | None = None) -> None:
         self.loader = loader
         self.world_size = world_size
+        self.peek_size = peek_size  # how many samples `first_batch` reads when the loader has no batch_size
         self.epoch_start_rng: dict[str, Any] | None = None
 
     @property
@@ -272,7 +273,7 @@ class TorchLoader:
         dataset = self.loader.dataset
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
             return None
-        size = min(self.loader.batch_size or 1, len(dataset))
+        size = min(self.loader.batch_size or self.peek_size or 1, len(dataset))
         samples = [_read_sample(dataset, i) for i in range(size)]
         try:
             return self.loader.collate_fn(samples)
@@ -425,12 +426,13 @@ def _float32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return converted
 
 
-def as_batch_source(loader: TensorLoader | TorchLoader | DataLoader, world_size: int = 1) -> BatchSource:
+def as_batch_source(loader: TensorLoader | TorchLoader | DataLoader, world_size: int = 1,
+                    batch_size: int | None = None) -> BatchSource:
     """`loader` as the loop's `BatchSource`: a DataLoader is wrapped in a `TorchLoader`."""
     if isinstance(loader, (TensorLoader, TorchLoader)):
         return loader
     if isinstance(loader, DataLoader):
-        return TorchLoader(loader, world_size=world_size)
+        return TorchLoader(loader, world_size=world_size, peek_size=batch_size)
     raise DataError(f"cannot take batches from a {type(loader).__name__}: give a DataLoader or a Dataset")
 
 
@@ -442,7 +444,7 @@ def batch_source(data: Any, batch_size: int, *, shuffle: bool = False, seed: int
     loader = make_loader(data, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                          training=training, pin_memory=device is not None and device.type == "cuda",
                          float_dtype=float_dtype)
-    source = as_batch_source(loader, world_size)
+    source = as_batch_source(loader, world_size, batch_size)
     return source.to(device) if device is not None else source
 
 
@@ -457,6 +459,16 @@ def global_batch_size(loader: Any, index: int, local_count: int, world_size: int
 def num_samples(loader: TensorLoader | TorchLoader | DataLoader) -> int | None:
     """How many samples one pass over `loader` yields on this process."""
     return as_batch_source(loader).num_samples
+
+
+def input_batches(inputs: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """The inputs of `inputs` (a tensor, an array, an (X, y) pair or a Dataset) in batches, for
+    prediction. A Dataset's items may be (input, target) pairs or bare inputs."""
+    if isinstance(inputs, Dataset) and in_memory_tensors(inputs) is None:
+        return (b[0] if isinstance(b, (tuple, list)) else b for b in DataLoader(inputs, batch_size=batch_size))
+    tensors = in_memory_tensors(inputs)
+    x = tensors[0] if tensors is not None else as_tensors(inputs, np.zeros(len(inputs)))[0]
+    return (x[i:i + batch_size] for i in range(0, len(x), batch_size))
 
 
 def split_validation(train_data: Any, val_data: Any, val_split: float, seed: int) -> tuple[Any, Any]:

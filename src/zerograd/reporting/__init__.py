@@ -26,7 +26,7 @@ _LAZY = {
     "find_runs": "zerograd.reporting.compare",
     "ProgressPrinter": "zerograd.reporting.progress",
     "TensorBoardLogger": "zerograd.reporting.tensorboard",
-    "summarize_model": "zerograd.reporting.summary",
+    "summarize_model": "zerograd.reporting.model_summary",
 }
 
 __all__ = ["export_csv", "load_history", "load_steps", *_LAZY]

@@ -20,9 +20,9 @@ from rich.table import Table
 
 from zerograd import runs
 from zerograd.console import plain
-from zerograd.engine import History
 from zerograd.errors import ConfigError, RunDirError, did_you_mean
 from zerograd.losses import task_of
+from zerograd.state import History
 
 HIGHER_IS_BETTER = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1", "r2")
 # Keys that change how a run is shown, not what it learns.
@@ -249,13 +249,7 @@ def plot_comparison(rows: Sequence[ComparedRun], out: str | Path) -> Path:
     """The runs' validation (else test, else train) loss and main-metric curves, overlaid."""
     from matplotlib import colormaps
 
-    from zerograd.reporting.plots import (
-        _finish_curve_axes,
-        new_figure,
-        plot_style,
-        save_figure,
-        title_case,
-    )
+    from zerograd.reporting.plots import _finish_curve_axes, new_figure, plot_style, save_figure, title_case
 
     quantities = ["loss"] + (["accuracy"] if rows and rows[0].task == "classification" else [])
     with plot_style():

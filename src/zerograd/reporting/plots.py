@@ -31,11 +31,13 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from zerograd import runs
 from zerograd.data.loader import in_memory_tensors
-from zerograd.engine import History, predict
+from zerograd.engine import predict
 from zerograd.errors import RunDirError, WriteError, ZerogradWarning
+from zerograd.experiment import build_data, data_spec
 from zerograd.files import write_atomic, writing
 from zerograd.losses import loss_name, task_of
 from zerograd.models import check_trusted
+from zerograd.state import History
 
 PLOTS_DIR = "plots"
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
@@ -381,14 +383,8 @@ def _load_model_and_data(run: RunInputs) -> bool:
     if run.model is None:
         if not (run.run_dir / runs.WEIGHTS).is_file():
             return False
-        from zerograd.api import (
-            load_run,  # api imports this module; import at call time
-        )
-
-        run.model, _ = load_run(run.run_dir, trust_code=run.trust_code)
+        run.model, _ = runs.load_run(run.run_dir, trust_code=run.trust_code)
     if run.data is None:
-        from zerograd.experiment import build_data, data_spec
-
         run.data = build_data(data_spec(run.config))
     return True
 

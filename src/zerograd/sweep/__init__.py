@@ -88,13 +88,7 @@ from zerograd.sweep.results import (
     sweep_section_html,
     write_results_csv,
 )
-from zerograd.sweep.space import (
-    Dimension,
-    grid_points,
-    parse_grid,
-    parse_space,
-    random_points,
-)
+from zerograd.sweep.space import Dimension, grid_points, parse_grid, parse_space, random_points
 
 # The sweep's parts live in space, jobs, results and plots; every public name of theirs is also
 # a name of this package (as when the sweep was one module), so `from zerograd.sweep import X` works.

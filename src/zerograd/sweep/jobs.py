@@ -11,13 +11,7 @@ import shutil
 import statistics
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Executor,
-    Future,
-    ProcessPoolExecutor,
-    wait,
-)
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +22,10 @@ import yaml
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.callbacks import Callback
-from zerograd.engine import LoopState
 from zerograd.errors import ConfigError, TrainingError, ZerogradError, did_you_mean
 from zerograd.losses import task_of
 from zerograd.metrics import DEFAULT_METRICS
+from zerograd.state import LoopState
 from zerograd.sweep.space import Dimension, _plain_text
 
 PREFIXES = ("val_", "test_", "train_")  # the order in which a metric is looked for
