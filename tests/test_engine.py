@@ -137,7 +137,8 @@ def test_generic_dataset_in_order_matches_the_hand_written_loop() -> None:
     reference = copy.deepcopy(model)
     zerograd.fit(model, PairDataset(x, y), optimizer="sgd", lr=0.05, momentum=0.9, batch_size=BATCH,
                  epochs=EPOCHS, shuffle=False, device="cpu")
-    reference_fit(reference, x, y, torch_loss, torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, fused=True),
+    reference_fit(reference, x, y, torch_loss,
+                  torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, fused=True),
                   shuffle=False, seed=0)
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

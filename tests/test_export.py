@@ -44,18 +44,21 @@ def test_torchscript_export_matches_pytorch(shapes_run: Path, tmp_path: Path) ->
         assert torch.allclose(loaded(x), zerograd.load(shapes_run).model(x), rtol=1e-4, atol=1e-5)
 
 
-def test_the_cli_writes_into_the_run_directory_by_default(shapes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_writes_into_the_run_directory_by_default(shapes_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(shapes_run, run)
     assert main(["export", str(run), "--format", "torchscript"]) == 0
     out = capsys.readouterr().out
-    assert (run / "model.pt").is_file() and f"exported {run / 'model.pt'} (torchscript)" in out and "largest difference" in out
+    assert (run / "model.pt").is_file() and f"exported {run / 'model.pt'} (torchscript)" in out
+    assert "largest difference" in out
 
 
 def test_unknown_formats_and_missing_toolchains_are_clear_errors(shapes_run: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(shapes_run), "--format", "onx", "--out", str(tmp_path / "x")]) == 2
     assert 'unknown export format "onx" (did you mean "onnx"?)' in capsys.readouterr().err
     real_import = builtins.__import__
@@ -66,11 +69,13 @@ def test_unknown_formats_and_missing_toolchains_are_clear_errors(shapes_run: Pat
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    with pytest.raises(ExportError, match=r"ONNX export needs onnx, onnxscript and onnxruntime .*pip install 'zerograd\[export\]'"):
+    with pytest.raises(ExportError, match=r"ONNX export needs onnx, onnxscript and onnxruntime .*pip install "
+                                          r"'zerograd\[export\]'"):
         export_run(shapes_run, "onnx", tmp_path / "x.onnx")
 
 
-def test_an_export_that_disagrees_with_pytorch_is_refused(shapes_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_export_that_disagrees_with_pytorch_is_refused(shapes_run: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from zerograd import export
 
     real = export._export_torchscript

@@ -46,7 +46,8 @@ def test_on_a_verified_torch_the_fast_paths_run(monkeypatch: pytest.MonkeyPatch)
     calls: list[int] = []
     trained(monkeypatch, calls)
     assert calls  # the hand-derived MLP step ran
-    assert type(build_optimizer([nn.Parameter(torch.zeros(2))], "adam", lr=0.1, device=torch.device("cpu"))) is lean.Adam
+    assert type(build_optimizer([nn.Parameter(torch.zeros(2))], "adam", lr=0.1,
+                                device=torch.device("cpu"))) is lean.Adam
 
 
 def test_an_unverified_torch_falls_back_to_the_public_api_bitwise_and_says_so_once(
@@ -82,6 +83,7 @@ def test_switched_off_nothing_fast_runs_and_nothing_is_said(monkeypatch: pytest.
 
 @pytest.mark.parametrize(("version", "verified"), [("2.13.0", True), ("2.13.1+cu124", True), ("2.14.0", False),
                                                   ("2.1.3", False)])
-def test_the_version_guard_compares_major_and_minor(version: str, verified: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_version_guard_compares_major_and_minor(version: str, verified: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast, "VERIFIED_TORCH", ("2.13",))
     assert fast.torch_verified(version) is verified

@@ -323,7 +323,7 @@ def test_epoch_totals_add_in_place_and_match_a_plain_sum() -> None:
         correct += int((outputs.argmax(1) == targets).sum())
         totals.record(torch.tensor(loss), outputs, targets)
     assert totals.loss_sum is running  # no new tensor per batch
-    assert float(totals.loss_sum) == pytest.approx(sum(l * n for l, n in zip(losses, sizes)))
+    assert float(totals.loss_sum) == pytest.approx(sum(loss * n for loss, n in zip(losses, sizes)))
     assert totals.count == 10
     assert totals.metrics[0].compute() == pytest.approx(correct / 10)
 
@@ -342,7 +342,8 @@ def test_accuracy_keeps_its_sums_in_place_on_the_outputs_device() -> None:
 def test_compact_cnn_shapes_and_options() -> None:
     model = build_model({"name": "compact_cnn", "channels": [4, 8], "hidden": 16})
     assert model(images(3)[0]).shape == (3, 10)
-    assert build_model({"name": "compact_cnn", "in_channels": 3, "image_size": 32})(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    model = build_model({"name": "compact_cnn", "in_channels": 3, "image_size": 32})
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ConfigError, match="two channel counts"):
         build_model({"name": "compact_cnn", "channels": [4, 8, 16]})
 
@@ -375,7 +376,8 @@ OPTIMIZER_PAIRS = {
     "adamw": (lambda p: torch.optim.AdamW(p, lr=0.01, fused=True), lambda p: fused.AdamW(p, lr=0.01, fused=True)),
     "sgd-momentum": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, fused=True),
                      lambda p: fused.SGD(p, lr=0.05, momentum=0.9, fused=True)),
-    "sgd-nesterov-l2": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True),
+    "sgd-nesterov-l2": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3,
+                                                  fused=True),
                         lambda p: fused.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True)),
     "sgd-plain": (lambda p: torch.optim.SGD(p, lr=0.05, fused=True), lambda p: fused.SGD(p, lr=0.05, fused=True)),
     "adam-amsgrad (torch's path)": (lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True, fused=True),
@@ -390,8 +392,10 @@ def train_pair(make_reference, make_lean, steps: int = 12, one_cycle: bool = Tru
     reference_model = mlp([20, 16, 16, 4], flatten=False)
     lean_model = mlp([20, 16, 16, 4], flatten=False)
     lean_model.load_state_dict(reference_model.state_dict())
-    pairs = [(reference_model, make_reference(reference_model.parameters())), (lean_model, make_lean(lean_model.parameters()))]
-    schedules = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps) for _, opt in pairs] if one_cycle else []
+    pairs = [(reference_model, make_reference(reference_model.parameters())),
+             (lean_model, make_lean(lean_model.parameters()))]
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps) for _,
+                 opt in pairs] if one_cycle else []
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x, y = torch.randn(8, 20, generator=generator), torch.randint(0, 4, (8,), generator=generator)

@@ -47,7 +47,8 @@ def plant_pickle(path: Path, marker: Path, *, fix_manifest: bool) -> None:
     if fix_manifest:  # an attacker who also rewrote the hashes
         manifest_path = path.parent / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
-        manifest["files"][path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+        manifest["files"][path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                        "bytes": path.stat().st_size}
         manifest_path.write_text(json.dumps(manifest))
 
 
@@ -106,7 +107,8 @@ def test_a_finished_runs_weights_replaced_by_a_pickle_are_refused_on_the_cli(
 
 def test_yaml_configs_cannot_run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
-    (tmp_path / "evil.yaml").write_text(f'extends: linear-regression\nname: !!python/object/apply:os.system ["touch {marker}"]\n')
+    (tmp_path / "evil.yaml").write_text('extends: linear-regression\nname: !!python/object/apply:os.system ["touch '
+                                        f'{marker}"]\n')
     assert cli(["train", str(tmp_path / "evil.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "is not a plain config: it holds a Python tag" in err and err.count("\n") == 1
@@ -188,7 +190,8 @@ class BadAt(nn.Module):
 
 def test_on_nan_skip_also_skips_a_step_with_nan_gradients() -> None:
     model = BadAt(bad_call=4, what="gradients")
-    history = fit(model, regression_data(), loss="mse", epochs=1, batch_size=16, on_nan="skip", preflight=False, threads=1)
+    history = fit(model, regression_data(), loss="mse", epochs=1, batch_size=16, on_nan="skip", preflight=False,
+                  threads=1)
     assert history["skipped_batches"] == [1]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

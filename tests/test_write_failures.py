@@ -272,7 +272,8 @@ def test_a_sweep_whose_results_cannot_be_written_keeps_its_runs(tmp_path: Path, 
         assert cli(args) == 2
     assert one_line_error(capsys) == (
         f"could not write {sweep_dir / 'results.csv'}: No space left on device; the finished runs are kept: free some "
-        "disk space (or make the folder writable), then run the same command again (finished runs are not trained again)")
+        "disk space (or make the folder writable), then run the same command again (finished runs are not trained "
+        "again)")
     trained = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/model.safetensors")}
     assert len(trained) == 2
     assert cli(args) == 0
@@ -313,7 +314,8 @@ def test_a_step_record_that_fails_mid_epoch_stops_at_a_step_and_resumes_exactly(
     with monkeypatch.context() as patch:
         fail_appends(patch, "metrics.jsonl", after=4)  # steps 1-3, epoch 1's record; step 4's fails
         assert cli(["train", str(config), "--out", str(run_dir), "--quiet"]) == 2
-    assert f"training stopped at step 4 (epoch 2) and saved checkpoint {run_dir}/checkpoints/step-00000004" in one_line_error(capsys)
+    saved = f"training stopped at step 4 (epoch 2) and saved checkpoint {run_dir}/checkpoints/step-00000004"
+    assert saved in one_line_error(capsys)
     assert cli(["resume", str(run_dir), "--quiet"]) == 0
     assert [r["step"] for r in runs.load_steps(run_dir)] == list(range(1, 19))
     assert torch.equal(load_file(str(run_dir / "model.safetensors"))["weight"], reference.model.weight.detach())

@@ -35,7 +35,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if kind not in ("cpu", "cuda", "mps"):
         raise ConfigError(f'unknown device "{device}": use auto, cpu, cuda, cuda:N or mps')
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f'device "{device}" was asked for but this machine has no usable CUDA GPU; use --device cpu or auto')
+        raise ConfigError(f'device "{device}" was asked for but this machine has no usable CUDA GPU; use --device cpu '
+                          'or auto')
     if kind == "mps" and not _mps_available():
         raise ConfigError(f'device "{device}" was asked for but MPS is not available here; use --device cpu or auto')
     return torch.device(name)
@@ -56,7 +57,7 @@ class Accelerator:
     scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, device: str | torch.device = "auto", precision: str = "fp32") -> "Accelerator":
+    def create(cls, device: str | torch.device = "auto", precision: str = "fp32") -> Accelerator:
         resolved = resolve_device(device)
         if precision not in PRECISIONS:
             raise ConfigError(f'unknown precision "{precision}": use one of {", ".join(PRECISIONS)}')
@@ -67,8 +68,8 @@ class Accelerator:
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
             if local_rank >= torch.cuda.device_count():
                 raise ConfigError(
-                    f"worker with LOCAL_RANK {local_rank} has no GPU of its own ({torch.cuda.device_count()} on this machine): "
-                    "start at most one process per GPU (--nproc), or train on --device cpu"
+                    f"worker with LOCAL_RANK {local_rank} has no GPU of its own ({torch.cuda.device_count()} on this "
+                    "machine): start at most one process per GPU (--nproc), or train on --device cpu"
                 )
             resolved = torch.device("cuda", local_rank)
         if resolved.type == "cuda":
@@ -164,12 +165,17 @@ class Accelerator:
         weight = self.world_size if reduction == "sum" else self.world_size * local_count / global_count
         return loss if weight == 1 else loss * weight
 
-    def any_rank(self, flag: bool) -> bool:
-        """True when `flag` is True on any rank (one small all-reduce; in one process: `flag`).
-        Every rank must call it at the same point, so all of them decide alike."""
+    def any_rank(self, flag: bool | torch.Tensor) -> bool:
+        """True when `flag` (a bool, or a one-element tensor) is true on any rank: one small
+        all-reduce and one host sync; in one process just `flag`. Every rank must call it at the
+        same point, so that all of them decide alike."""
         if not self.distributed:
-            return flag
-        return bool(self.all_reduce_sum(torch.tensor(float(flag), device=self.device)) > 0)
+            return bool(flag)
+        if isinstance(flag, torch.Tensor):
+            tensor = flag.float().reshape(())
+        else:
+            tensor = torch.tensor(float(flag), device=self.device)
+        return bool(self.all_reduce_sum(tensor) > 0)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all ranks (a no-op in one process)."""
@@ -223,7 +229,7 @@ class _CompiledOrEager(nn.Module):
         self._compiled = torch.compile(module)
         self._failed = False
 
-    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+    def forward(self, *args, **kwargs):
         if not self._failed:
             try:
                 return self._compiled(*args, **kwargs)

@@ -160,7 +160,8 @@ def _write_final_files(run_dir: Path, result: FitResult, summary: dict[str, Any]
             safe = (f"the trained weights are in checkpoint {newest}. Free some disk space (or make the folder "
                     f"writable), {go_on} to write the run's files from it")
         else:
-            safe = (f"the newest checkpoint, {newest}, is from step {_checkpoint_step(newest)} of {result.global_step}. "
+            safe = (f"the newest checkpoint, {newest}, is from step {_checkpoint_step(newest)} of "
+                    f"{result.global_step}. "
                     f"Free some disk space (or make the folder writable), {go_on} to train the rest again from it")
         raise WriteError(f"{error}; {safe}") from None
     try:

@@ -1,10 +1,9 @@
 """How often something happens while training: every N optimizer steps, every epoch, every so
 many seconds.
 
-`Every` is the value of `checkpoint_every` (500, "epoch", "10m"); `StepGrid` is the one
-every-N-steps counter the callbacks share (the metrics file's step records, TensorBoard's lr, the
-checkpoints): it fires at each multiple of N, also after a resume, and costs one integer
-comparison per batch.
+`Every` is the value of `checkpoint_every` (500, "epoch", "10m"); `StepGrid` is the every-N-steps
+counter of the callbacks that log (the metrics file's step records, TensorBoard's lr): it fires at
+each multiple of N, also after a resume, and costs one integer comparison per batch.
 """
 from __future__ import annotations
 

@@ -205,7 +205,8 @@ def problem_with(path: Path) -> str | None:
         if not file.is_file():
             return f"{filename} is missing"
         if file.stat().st_size != expected.get("bytes"):
-            return f"{filename} has {file.stat().st_size} bytes, the manifest says {expected.get('bytes')} (cut short or replaced)"
+            return (f"{filename} has {file.stat().st_size} bytes, the manifest says {expected.get('bytes')} "
+                    "(cut short or replaced)")
         if sha256(file) != expected.get("sha256"):
             return f"{filename} does not match its SHA-256 in {MANIFEST} (changed or corrupted)"
     return None
@@ -219,13 +220,15 @@ def find_resumable(directory: str | Path) -> Path | None:
         problem = problem_with(path)
         if problem is None:
             for bad, reason in damaged:
-                warnings.warn(f"checkpoint {bad} is damaged ({reason}); resuming from the previous good one, {path.name}",
+                warnings.warn(f"checkpoint {bad} is damaged ({reason}); resuming from the previous good one, "
+                              f"{path.name}",
                               ZerogradWarning, stacklevel=2)
             return path
         damaged.append((path, problem))
     if damaged:
         listing = "; ".join(f"{p.name}: {reason}" for p, reason in damaged)
-        raise CheckpointError(f"no intact checkpoint in {directory} ({listing}); the run cannot be continued, train it again")
+        raise CheckpointError(f"no intact checkpoint in {directory} ({listing}); the run cannot be continued, train it "
+                              "again")
     return None
 
 
@@ -238,7 +241,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path / STATE_JSON} is not valid JSON ({error})") from None
     if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{path} was written by a newer zerograd (checkpoint format {version}, this one reads up to "
+        raise CheckpointError(f"{path} was written by a newer zerograd (checkpoint format {version}, this one reads up "
+                              "to "
                               f"{VERSION}); resume it with that version")
     return load_safetensors(path / MODEL_FILE), load_safetensors(path / STATE_FILE), tree, version
 
@@ -266,9 +270,10 @@ def _best_checkpoint(paths: list[Path]) -> Path | None:
             monitor = json.loads((path / MANIFEST).read_text()).get("monitor")
         except (OSError, ValueError):
             continue
-        if isinstance(monitor, dict) and isinstance(monitor.get("value"), (int, float)) and math.isfinite(monitor["value"]):
+        value = monitor.get("value") if isinstance(monitor, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
             sign = 1.0 if monitor.get("mode", "min") == "min" else -1.0
-            scored.append((sign * monitor["value"], -_step_of(path), path))
+            scored.append((sign * value, -_step_of(path), path))
     return min(scored)[2] if scored else None
 
 

@@ -20,7 +20,8 @@ from zerograd.files import yaml_load, yaml_problem
 from zerograd.options import FitOptions
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
-META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress", "plots", "log_every")
+META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard",
+             "progress", "plots", "log_every")
 TOP_KEYS = META_KEYS + TRAIN_KEYS
 NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping")
 
@@ -84,7 +85,8 @@ def _load_named(source: str) -> dict[str, Any]:
         return config
     names = recipe_names()
     if source not in names:
-        raise ConfigError(f'unknown recipe "{source}"{did_you_mean(source, names)}; run "zerograd recipes" to list them, or give a .yaml file')
+        raise ConfigError(f'unknown recipe "{source}"{did_you_mean(source, names)}; run "zerograd recipes" to list '
+                          'them, or give a .yaml file')
     config = yaml_load((_recipe_dir() / f"{source}.yaml").read_text())
     config["name"] = source
     return config
@@ -94,9 +96,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     """`override` on top of `base`; nested mappings merge, everything else is replaced."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and "name" not in value:
-            merged[key] = deep_merge(merged[key], value)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict) and value.get("name") == merged[key].get("name"):
+        # a section merges into the one it overrides, unless it names something else (a new optimizer, ...)
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        if both_sections and ("name" not in value or value.get("name") == merged[key].get("name")):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -146,7 +148,8 @@ def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | Non
         check_top_key(key)
     for key in ("data", "model"):
         if key not in config:
-            raise ConfigError(f'the config has no "{key}" section; say which {key} to train (see the recipes in "zerograd recipes")')
+            raise ConfigError(f'the config has no "{key}" section; say which {key} to train (see the recipes in '
+                              '"zerograd recipes")')
     defaults = FitOptions().to_dict()
     options = {key: config.get(key, defaults[key]) for key in TRAIN_KEYS}
     FitOptions.from_kwargs(options)  # type and range checks, with clear messages

@@ -119,7 +119,8 @@ class _Training:
         self.optimizer = build_optimizer(model.parameters(), opts.optimizer, lr=opts.lr, momentum=opts.momentum,
                                          weight_decay=opts.weight_decay, device=acc.device)
         batches = len(self.source)
-        self.schedule = build_schedule(self.optimizer, opts.schedule, steps_per_epoch=math.ceil(batches / opts.accumulate),
+        self.schedule = build_schedule(self.optimizer, opts.schedule,
+                                       steps_per_epoch=math.ceil(batches / opts.accumulate),
                                        epochs=opts.epochs)
         train_loss = acc.prepare_loss(self.loss_fn)  # DDP: 0, not NaN, for a rank's empty share of a tiny tail batch
         self.totals = EpochTotals(acc.device, build_metrics(opts.metrics, self.task), summed=is_summed(train_loss))
@@ -145,7 +146,8 @@ class _Training:
         if data is None:
             return None
         acc = self.acc
-        return batch_source(data, self.opts.eval_batch_size, rank=acc.rank, world_size=acc.world_size, device=acc.device)
+        return batch_source(data, self.opts.eval_batch_size, rank=acc.rank, world_size=acc.world_size,
+                            device=acc.device)
 
     def _checkpoint_parts(self) -> CheckpointParts:
         """What a checkpoint saves, by owner (see `callbacks.checkpointing`); the RNG states last."""

@@ -16,8 +16,9 @@ from zerograd.data import line_data, load_dataset, sinc_data
 from zerograd.data.images import load_image_folder
 from zerograd.data.tabular import load_table_data
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.layers import check_kwargs
 from zerograd.losses import task_of
-from zerograd.models import build_model, check_kwargs, check_trusted
+from zerograd.models import build_model, check_trusted
 from zerograd.preflight import explain_forward_error
 
 
@@ -81,7 +82,8 @@ def line_fit(model: nn.Module) -> dict[str, float]:
 
 def _sinc(n: int = 50, low: float = -10.0, high: float = 10.0) -> DataBundle:
     dataset, info = sinc_data(n, low, high)
-    columns = [{"name": axis, "kind": "number", "mean": m, "std": s} for axis, m, s in zip("xy", info["mean"], info["std"])]
+    columns = [{"name": axis, "kind": "number", "mean": m, "std": s}
+               for axis, m, s in zip("xy", info["mean"], info["std"])]
     preprocessing = {"kind": "table", "task": "regression", "input_shape": [2], "columns": columns}
     return DataBundle(dataset, input_shape=[2], info=info, preprocessing=preprocessing)
 
@@ -128,7 +130,8 @@ def build_data(spec: dict[str, Any]) -> DataBundle:
     options = dict(spec)
     name = options.pop("dataset")
     if name not in DATA_SOURCES:
-        raise ConfigError(f'unknown dataset "{name}"{did_you_mean(str(name), DATA_SOURCES)}; choose from {", ".join(DATA_SOURCES)}')
+        raise ConfigError(f'unknown dataset "{name}"{did_you_mean(str(name), DATA_SOURCES)}; choose from '
+                          f'{", ".join(DATA_SOURCES)}')
     check_kwargs(f"dataset {name}", DATA_SOURCES[name], options)
     return DATA_SOURCES[name](**options)
 
@@ -159,14 +162,17 @@ def data_spec(config: dict[str, Any]) -> dict[str, Any]:
     """The config's data section as the source takes it: a table's targets are classes or values
     as the loss says (cross_entropy: classes, mse: values), unless `data.task` says otherwise."""
     spec = dict(config["data"]) if isinstance(config["data"], dict) else config["data"]
-    if isinstance(spec, dict) and spec.get("dataset", own_data_kind(spec)) == "table" and spec.get("task", "auto") == "auto":
+    is_table = isinstance(spec, dict) and spec.get("dataset", own_data_kind(spec)) == "table"
+    if is_table and spec.get("task", "auto") == "auto":
         spec["task"] = task_of(config["loss"])
     if isinstance(spec, dict) and spec.get("val_split") and config.get("val_split"):
-        raise ConfigError("val_split is set twice (top level and in data:); keep data.val_split, which is held out before the data is standardised")
+        raise ConfigError("val_split is set twice (top level and in data:); keep data.val_split, which is held out "
+                          "before the data is standardised")
     return spec
 
 
-def build_experiment(config: dict[str, Any], *, trust_code: bool = True, origin: str | Path | None = None) -> Experiment:
+def build_experiment(config: dict[str, Any], *, trust_code: bool = True,
+                     origin: str | Path | None = None) -> Experiment:
     """The model and data of `config`; `trust_code=False` (a config from a run directory, `origin`)
     refuses a model class of the user's own before the data is even loaded."""
     check_trusted(config["model"], trust_code=trust_code, origin=origin)
@@ -192,5 +198,7 @@ def check_model_fits(model: nn.Module, data: DataBundle, task: str) -> None:
     finally:
         model.train(was_training)
     classes = len(data.class_names or [])
-    if task == "classification" and classes and isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] < classes:
-        raise ConfigError(f"the model outputs {output.shape[1]} values per sample but the data has {classes} classes; make its last layer {classes} wide")
+    too_narrow = isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] < classes
+    if task == "classification" and classes and too_narrow:
+        raise ConfigError(f"the model outputs {output.shape[1]} values per sample but the data has {classes} classes; "
+                          f"make its last layer {classes} wide")

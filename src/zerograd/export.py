@@ -43,15 +43,17 @@ class ExportResult:
     checked_inputs: int
 
 
-def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, *, seed: int = 0,  # noqa: A002
+def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, *, seed: int = 0,
                trust_code: bool = False) -> ExportResult:
     """Export a run's model to `out` (default RUN_DIR/model.onnx or model.pt) and check it.
     `trust_code`: as for `zerograd.load` (a model class of the user's own is code)."""
     if format not in FORMATS:
-        raise ExportError(f'unknown export format "{format}"{did_you_mean(format, FORMATS)}; choose from {", ".join(FORMATS)}')
+        raise ExportError(f'unknown export format "{format}"{did_you_mean(format, FORMATS)}; choose from '
+                          f'{", ".join(FORMATS)}')
     predictor = load(run_dir, trust_code=trust_code)
     if not predictor.input_shape:
-        raise ExportError(f"{run_dir} does not record its input shape, so no example input can be made to trace the model")
+        raise ExportError(f"{run_dir} does not record its input shape, so no example input can be made to trace the "
+                          "model")
     path = Path(out) if out else Path(predictor.run_dir or run_dir) / FORMATS[format]
     model = predictor.model.cpu().eval()
     generator = torch.Generator().manual_seed(seed)
@@ -67,18 +69,20 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
         got = run(x.numpy())
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
             diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-            raise ExportError(f"the exported {format} model disagrees with PyTorch on a batch of {len(x)} (largest difference {diff:.3g}); {path} is not usable")
+            raise ExportError(f"the exported {format} model disagrees with PyTorch on a batch of {len(x)} (largest "
+                              f"difference {diff:.3g}); {path} is not usable")
         worst = max(worst, float(np.abs(got - expected).max()))
     return ExportResult(path, format, worst, sum(CHECK_BATCHES))
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, predictor: Predictor):  # noqa: ANN202
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, predictor: Predictor):
     try:
         import onnx
         import onnxruntime
         import onnxscript  # noqa: F401  (the exporter needs it; import it here to name it if missing)
     except ImportError as error:
-        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({error}); install them: pip install 'zerograd[export]'") from None
+        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({error}); install them: pip install "
+                          "'zerograd[export]'") from None
     log = io.StringIO()
     # The exporter writes a file: a scratch one beside `path` (so a read-only or full target fails
     # as a WriteError naming it), and the result goes into place whole via write_atomic.
@@ -90,14 +94,16 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, predictor:
         try:
             with _quiet(log):
                 torch.onnx.export(model, (example,), str(draft), input_names=["input"], output_names=["output"],
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False, dynamo=True)
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), external_data=False,
+                                  dynamo=True)
         except OSError as error:
             raise ExportError(f"could not write {path}: {error.strerror or error}") from None
         except Exception as error:  # the exporter raises many types; all mean "this model does not export"
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ExportError(f"ONNX export of the model failed: {detail}") from None
         document = onnx.load(str(draft))
-    metadata = {"zerograd.preprocessing": json.dumps(predictor.preprocessing), "zerograd.run": str(predictor.run_dir or "")}
+    metadata = {"zerograd.preprocessing": json.dumps(predictor.preprocessing),
+                "zerograd.run": str(predictor.run_dir or "")}
     for key, value in metadata.items():
         entry = document.metadata_props.add()
         entry.key, entry.value = key, value
@@ -108,7 +114,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, predictor:
     return lambda x: np.asarray(session.run(None, {name: x.astype(np.float32)})[0])
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path):  # noqa: ANN202
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path):
     try:
         with _quiet(io.StringIO()), torch.no_grad():
             traced = torch.jit.trace(model, example)
@@ -116,7 +122,8 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path):  #
             torch.jit.save(traced, buffer)  # (ScriptModule.save takes a file name only)
     except Exception as error:  # tracing fails in many ways (data-dependent control flow, ...)
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"TorchScript export (torch.jit.trace) of the model failed: {detail}; try --format onnx") from None
+        raise ExportError(f"TorchScript export (torch.jit.trace) of the model failed: {detail}; "
+                          "try --format onnx") from None
     write_atomic(path, buffer.getvalue())  # a full disk or read-only folder: a WriteError naming the file
     with _quiet(io.StringIO()):
         loaded = torch.jit.load(str(path))  # read back what was written: that file is the one checked

@@ -7,6 +7,7 @@ safetensors with a refusal of pickles, JSON as JSON.
 """
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
@@ -89,6 +90,11 @@ def to_plain(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # Reading
+
+
+def image_data_uri(path: Path) -> str:
+    """A PNG file as a `data:` URI, so a page that shows it needs no other file."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:

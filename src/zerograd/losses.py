@@ -22,7 +22,7 @@ class BinaryCrossEntropyWithLogits(nn.BCEWithLogitsLoss):
     """`nn.BCEWithLogitsLoss` that also takes targets as [N] for outputs [N, 1] (or the reverse)
     and integer 0/1 labels, the shapes and dtypes binary data sets usually come in."""
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.shape != input.shape and target.numel() == input.numel():
             target = target.reshape(input.shape)
         if not target.is_floating_point():

@@ -152,10 +152,8 @@ class NonFiniteGuard:
             self.verify(state)
         value = loss.detach()
         if self.policy == "skip":
-            finite = torch.isfinite(value).all()
-            if self.acc.distributed:  # all ranks must skip together, or DDP's all-reduce would hang
-                finite = self.acc.all_reduce_sum((~finite).float()) == 0
-            if bool(finite):
+            # all ranks skip together, or DDP's all-reduce of the gradients would hang
+            if not self.acc.any_rank(~torch.isfinite(value).all()):
                 return True
             self._skip(state, index)
             return False
@@ -219,7 +217,8 @@ class NonFiniteGuard:
         batches, skipped = state.batches_per_epoch, self.skipped
         if self.policy == "skip" and batches and skipped >= max(1.0, SKIPPED_WARN * batches) and self.acc.is_main:
             warnings.warn(f"epoch {state.epoch + 1}: on_nan: skip left out {skipped:,} of {batches:,} batches "
-                          f"({skipped / batches:.0%}) for a NaN/Inf loss or gradients; the epoch trained on the rest only. "
+                          f"({skipped / batches:.0%}) for a NaN/Inf loss or gradients; the epoch trained on the rest "
+                          "only. "
                           f"Check the inputs for NaN/Inf, or lower the lr (lr {state.options.lr:g})",
                           ZerogradWarning, stacklevel=2)
 
@@ -242,7 +241,8 @@ def divergence_error(state: LoopState, what: str, kind: str, *, epoch: int | Non
     """The error for a run whose loss or weights became NaN/Inf: where, what to resume from, why."""
     epoch = state.epoch if epoch is None else epoch
     step = state.global_step if step is None else step
-    where = f"epoch {epoch + 1}" + (f", batch {index + 1}" if index is not None else "") + f" (after {step} optimizer steps)"
+    batch = f", batch {index + 1}" if index is not None else ""
+    where = f"epoch {epoch + 1}{batch} (after {step} optimizer steps)"
     if skipping:
         action = "Skipping batches cannot help when most batches fail."
     elif state.options.on_nan == "skip":

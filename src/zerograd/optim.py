@@ -44,14 +44,16 @@ def build_optimizer(
     kwargs = {} if isinstance(spec, str) else dict(spec)
     name = spec if isinstance(spec, str) else kwargs.pop("name", None)
     if name not in OPTIMIZERS:
-        raise ConfigError(f'unknown optimizer "{name}"{did_you_mean(str(name), OPTIMIZERS)}; choose from {", ".join(OPTIMIZERS)}')
+        raise ConfigError(f'unknown optimizer "{name}"{did_you_mean(str(name), OPTIMIZERS)}; choose from '
+                          f'{", ".join(OPTIMIZERS)}')
     kwargs.setdefault("lr", lr)
     if weight_decay is not None:  # else keep the optimizer's own default (AdamW decays by 0.01)
         kwargs.setdefault("weight_decay", weight_decay)
     if name == "sgd":
         kwargs.setdefault("momentum", momentum)
     elif momentum:
-        raise ConfigError(f'momentum applies to sgd only; {name} has betas instead (e.g. optimizer: {{name: {name}, betas: [0.9, 0.999]}})')
+        raise ConfigError(f'momentum applies to sgd only; {name} has betas instead (e.g. optimizer: '
+                          f'{{name: {name}, betas: [0.9, 0.999]}})')
     if name in _FUSED and device is not None and device.type in ("cpu", "cuda"):
         kwargs.setdefault("fused", True)
     else:
@@ -93,7 +95,8 @@ class Schedule:
         elif self.interval == "plateau":
             if self.monitor not in logs:
                 raise ConfigError(
-                    f'schedule plateau monitors "{self.monitor}", which this run does not log{did_you_mean(str(self.monitor), logs)}; '
+                    f'schedule plateau monitors "{self.monitor}", which this run does not log'
+                    f'{did_you_mean(str(self.monitor), logs)}; '
                     f'logged: {", ".join(sorted(logs))}'
                 )
             self.scheduler.step(logs[self.monitor])
@@ -127,11 +130,13 @@ def build_schedule(
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = options.pop("name", None)
     if name not in SCHEDULES:
-        raise ConfigError(f'unknown schedule "{name}"{did_you_mean(str(name), SCHEDULES)}; choose from {", ".join(SCHEDULES)}')
+        raise ConfigError(f'unknown schedule "{name}"{did_you_mean(str(name), SCHEDULES)}; choose from '
+                          f'{", ".join(SCHEDULES)}')
     for key in options:
         if key not in SCHEDULE_OPTIONS[name]:
             valid = SCHEDULE_OPTIONS[name]
-            raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: {", ".join(valid)}')
+            raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: '
+                              f'{", ".join(valid)}')
     try:
         return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, steps_per_epoch * epochs))
     except (TypeError, ValueError, ZeroDivisionError) as error:
@@ -156,7 +161,8 @@ def _onecycle(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: 
     uses_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
     pct_start = options.get("pct_start", 0.25)
     if isinstance(pct_start, (int, float)) and pct_start * total <= 1:
-        raise ValueError(f"the warm-up part (pct_start {pct_start} of {total} optimizer steps) must span more than one step; "
+        raise ValueError(f"the warm-up part (pct_start {pct_start} of {total} optimizer steps) must span more than one "
+                         "step; "
                          "train more epochs, use a smaller batch or a larger pct_start")
     scheduler = lr_scheduler.OneCycleLR(
         optimizer,
@@ -215,7 +221,7 @@ def check_schedule(spec: dict[str, Any] | str | None, *, lr: float, epochs: int)
     build_schedule(dummy, spec, steps_per_epoch=100, epochs=epochs)  # the run's real size is checked at fit
 
 
-def _warmup_cosine(warmup: int, total: int, min_factor: float):  # noqa: ANN202
+def _warmup_cosine(warmup: int, total: int, min_factor: float):
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)

@@ -106,7 +106,8 @@ def check_type(key: str, value: Any, annotation: Any) -> None:
 
 def check_on_nan(value: str) -> None:
     if value not in ON_NAN:
-        raise ConfigError(f'on_nan must be "error" (stop with a message) or "skip" (leave the batch out), got {value!r}')
+        raise ConfigError('on_nan must be "error" (stop with a message) or "skip" (leave the batch out), got '
+                          f'{value!r}')
 
 
 def early_stopping_options(spec: dict[str, Any] | bool | None) -> dict[str, Any] | None:

@@ -62,7 +62,8 @@ def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
             per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
             flops[0] += 2.0 * output.numel() * per_output
 
-    hooks = [m.register_forward_hook(count) for m in raw.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    counted = (nn.Linear, nn.modules.conv._ConvNd)
+    hooks = [m.register_forward_hook(count) for m in raw.modules() if isinstance(m, counted)]
     was_training = raw.training
     try:
         raw.eval()  # no dropout draws, no BatchNorm statistics updated by this look

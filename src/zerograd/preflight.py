@@ -154,8 +154,8 @@ def explain_forward_error(model: nn.Module, inputs: torch.Tensor, model_dtype: t
         wanted = first.weight.dim()  # conv2d weights are 4-D, and so are its batched inputs
         if inputs.dim() != wanted:
             return (f"the inputs are {per_sample} per sample but the model starts with {type(first).__name__}, which "
-                    f"takes [N, channels, ...] batches of {wanted - 2}-D maps: reshape them (e.g. x.view(-1, 1, 28, 28) "
-                    f"for flat 28x28 images) [{detail}]")
+                    f"takes [N, channels, ...] batches of {wanted - 2}-D maps: reshape them "
+                    f"(e.g. x.view(-1, 1, 28, 28) for flat 28x28 images) [{detail}]")
         if inputs.shape[1] != first.in_channels:
             return (f"the inputs have {inputs.shape[1]} channels but the model's first layer {type(first).__name__} "
                     f"takes {first.in_channels}: set in_channels: {inputs.shape[1]} or convert the images [{detail}]")
@@ -170,7 +170,8 @@ def check_class_targets(model: nn.Module, outputs: torch.Tensor, targets: torch.
                         f"[N, classes]: make the last layer as wide as the number of classes")
     classes = outputs.shape[1]
     if outputs.dim() > 2 and targets.dim() == 1:
-        raise DataError(f"the model outputs {_shape(outputs.shape[1:])} per sample but {name} with one label per sample "
+        raise DataError(f"the model outputs {_shape(outputs.shape[1:])} per sample but {name} with one label per "
+                        "sample "
                         f"needs one row of {classes} class scores: did you forget to flatten (nn.Flatten()) before the "
                         f"last Linear layer?")
     if targets.is_floating_point():
@@ -191,12 +192,14 @@ def _check_float_class_targets(outputs: torch.Tensor, targets: torch.Tensor, nam
     if name == "cross_entropy" and targets.shape == outputs.shape:
         return  # class probabilities (soft labels): cross_entropy takes those
     if name == "nll" and targets.dim() == 2:
-        raise DataError(f"the targets are {_shape(targets.shape)} floats (one-hot or probabilities) but nll takes class "
+        raise DataError(f"the targets are {_shape(targets.shape)} floats (one-hot or probabilities) but nll takes "
+                        "class "
                         f"indices [N]: use y.argmax(dim=1) (or loss: cross_entropy with float probabilities)")
     whole = bool(torch.all(targets == targets.round()))
     hint = ("convert them with y.long()" if whole else
             "they are not whole numbers: for predicting numbers use a regression loss such as loss: mse")
-    raise DataError(f"{name} takes class indices as integers (int64), but the targets are {_dtype(targets.dtype)}; {hint}")
+    raise DataError(f"{name} takes class indices as integers (int64), but the targets are {_dtype(targets.dtype)}; "
+                    f"{hint}")
 
 
 def _check_label_range(labels: torch.Tensor, classes: int, name: str, ignore_index: int, source: Any) -> None:
@@ -210,13 +213,15 @@ def _check_label_range(labels: torch.Tensor, classes: int, name: str, ignore_ind
                         f"map the labels to 0..classes-1 first")
     if high >= classes:
         raise DataError(f"the labels go up to {high} ({high + 1} classes) but the model outputs {classes} score"
-                        f"{'s' * (classes > 1)} per sample: make its last layer {high + 1} wide (e.g. sizes: [..., {high + 1}])")
+                        f"{'s' * (classes > 1)} per sample: make its last layer {high + 1} wide "
+                        f"(e.g. sizes: [..., {high + 1}])")
     declared = getattr(source, "classes", None)
     if declared and len(declared) != classes:
         raise DataError(f"the data set has {len(declared)} classes but the model outputs {classes} scores per sample: "
                         f"make its last layer {len(declared)} wide")
     if not declared and high + 1 < classes:
-        warnings.warn(f"the model outputs {classes} class scores per sample but the labels only use 0..{high}; if there "
+        warnings.warn(f"the model outputs {classes} class scores per sample but the labels only use 0..{high}; if "
+                      "there "
                       f"are {high + 1} classes, make the last layer {high + 1} wide", ZerogradWarning, stacklevel=5)
 
 
@@ -225,17 +230,20 @@ def _check_output_kind(model: nn.Module, outputs: torch.Tensor, name: str) -> No
     applies log_softmax itself), nll wants log-probabilities (a model ending in log_softmax)."""
     rows = outputs.float().reshape(outputs.shape[0], outputs.shape[1], -1)
     sums = rows.exp().sum(dim=1)
+    ones = torch.ones_like(sums)
     log_probs = isinstance(_last_module(model), nn.LogSoftmax) or (
-        outputs.shape[1] > 1 and bool((rows <= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)))
-    probs = outputs.shape[1] > 1 and bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(dim=1), torch.ones_like(sums), atol=1e-3))
+        outputs.shape[1] > 1 and bool((rows <= 0).all()) and bool(torch.allclose(sums, ones, atol=1e-3)))
+    probs = outputs.shape[1] > 1 and bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(dim=1), ones, atol=1e-3))
     if name == "cross_entropy" and log_probs:
         warnings.warn("the model ends in log_softmax and cross_entropy applies log_softmax again (a double softmax: it "
-                      "trains, but worse); use loss: nll with this model, or drop the log_softmax", ZerogradWarning, stacklevel=5)
+                      "trains, but worse); use loss: nll with this model, or drop the log_softmax", ZerogradWarning,
+                      stacklevel=5)
     elif name == "cross_entropy" and (probs or isinstance(_last_module(model), nn.Softmax)):
         warnings.warn("the model ends in softmax but cross_entropy expects raw scores (logits) and applies the softmax "
                       "itself; drop the model's softmax", ZerogradWarning, stacklevel=5)
     elif name == "nll" and not log_probs:
-        warnings.warn("nll expects log-probabilities (a model ending in log_softmax) but the outputs are raw scores; use "
+        warnings.warn("nll expects log-probabilities (a model ending in log_softmax) but the outputs are raw scores; "
+                      "use "
                       "loss: cross_entropy, or end the model in log_softmax", ZerogradWarning, stacklevel=5)
 
 
@@ -265,7 +273,8 @@ def check_regression_targets(outputs: torch.Tensor, targets: torch.Tensor, name:
     except RuntimeError:
         broadcast = None
     if broadcast is not None:
-        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: {name} "
+        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: "
+                        f"{name} "
                         f"would broadcast them to {_shape(broadcast)}, comparing every output with every target, and "
                         f"train on a wrong loss without any error; {fix}")
     raise DataError(f"the model outputs {_shape(outputs.shape)} per batch but the targets are {_shape(targets.shape)}; "
@@ -276,11 +285,13 @@ def check_binary_targets(outputs: torch.Tensor, targets: torch.Tensor, name: str
     """bce_with_logits (zerograd's): one target in [0, 1] per output logit; [N] against [N, 1] and
     integer 0/1 labels are fine, the loss reshapes and converts them (no broadcasting)."""
     if outputs.numel() != targets.numel():
-        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: {name} "
+        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: "
+                        f"{name} "
                         "needs one target (0 or 1) per output logit; for more than two classes use loss: cross_entropy")
     low, high = float(targets.min()), float(targets.max())
     if low < 0 or high > 1:
-        raise DataError(f"{name} targets must lie in [0, 1] (0/1 labels or probabilities) but they range from {low:g} to "
+        raise DataError(f"{name} targets must lie in [0, 1] (0/1 labels or probabilities) but they range from {low:g} "
+                        "to "
                         f"{high:g}: map the labels to 0 and 1 (e.g. y = (y > 0).float()), or for several classes use "
                         "loss: cross_entropy")
 

@@ -122,7 +122,8 @@ def load_run(run_dir: str | Path, *, trust_code: bool = False) -> tuple[nn.Modul
 def require_run_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir)
     if not path.is_dir():
-        raise RunDirError(f"run directory {path} does not exist; give the folder that `zerograd train` wrote (see runs/)")
+        raise RunDirError(f"run directory {path} does not exist; give the folder that `zerograd train` wrote (see "
+                          "runs/)")
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
             hint = f"; continue it with `zerograd resume {path}`" if (path / "checkpoints").is_dir() else ""
@@ -138,7 +139,8 @@ _REWRITE = "restore the file zerograd wrote, or train the run again"
 _NUMBER = (int, float)
 SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "final": (dict,), "epochs_completed": (int,), "best_epoch": (int,), "train_seconds": _NUMBER,
-    "input_shape": (list, type(None)), "class_names": (list, type(None)), "task": (str, type(None)), "stop_reason": (str, type(None)),
+    "input_shape": (list, type(None)), "class_names": (list, type(None)), "task": (str, type(None)),
+    "stop_reason": (str, type(None)),
     "recipe": (str,), "batch_size": (int,),
 }
 PREPROCESSING_TYPES: dict[str, tuple[type, ...]] = {
@@ -197,7 +199,8 @@ def read_json_object(path: Path, types: dict[str, tuple[type, ...]] | None = Non
         raise RunDirError(f"{path} holds a JSON {type(data).__name__}, not an object; {_REWRITE}")
     for key, allowed in (types or {}).items():
         if key in data and (not isinstance(data[key], allowed) or isinstance(data[key], bool)):
-            raise RunDirError(f'{path}: "{key}" is {json.dumps(data[key])[:60]}, not a {_type_names(allowed)}; {_REWRITE}')
+            raise RunDirError(f'{path}: "{key}" is {json.dumps(data[key])[:60]}, not a {_type_names(allowed)}; '
+                              f'{_REWRITE}')
     return data
 
 
@@ -243,10 +246,12 @@ def _read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             raise RunDirError(f"{path}, line {number}, is not valid JSON ({error}); {_REWRITE}") from None
         if not isinstance(record, dict):
             raise RunDirError(f"{path}, line {number}, holds a JSON {type(record).__name__}, not an object; {_REWRITE}")
-        bad = next((k for k, v in record.items() if k != "kind" and (isinstance(v, bool) or not isinstance(v, (*_NUMBER, type(None))))), None)
+        bad = next((k for k, v in record.items()
+                    if k != "kind" and (isinstance(v, bool) or not isinstance(v, (*_NUMBER, type(None))))), None)
         if bad is not None or not isinstance(record.get("kind", ""), str):
             key = bad if bad is not None else "kind"
-            raise RunDirError(f'{path}, line {number}: "{key}" is {json.dumps(record[key])[:60]}, not a number; {_REWRITE}')
+            raise RunDirError(f'{path}, line {number}: "{key}" is {json.dumps(record[key])[:60]}, not a number; '
+                              f'{_REWRITE}')
         records.append(record)
     return records
 
@@ -372,7 +377,8 @@ def resume_config(run_dir: str | Path, asked: dict[str, Any] | None = None) -> d
         raise RunDirError(f"{path / CONFIG}: {error}") from None
     if asked is None:
         return config
-    neutral = NEUTRAL_OPTIONS | {"name", "description", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints"}
+    neutral = NEUTRAL_OPTIONS | {"name", "description", "progress", "tensorboard", "checkpoint_every",
+                                 "keep_checkpoints"}
     changed = [k for k in dict.fromkeys([*config, *asked]) if k not in neutral and config.get(k) != asked.get(k)]
     if changed:
         shown = ", ".join(f"{k}: {config.get(k)!r} -> {asked.get(k)!r}" for k in changed[:4])
@@ -399,7 +405,8 @@ def refuse_existing_run(run_dir: str | Path) -> None:
     checkpoints be pruned)."""
     path = Path(run_dir)
     metrics = path / METRICS
-    if checkpoint_dirs(path / CHECKPOINTS) or (metrics.is_file() and metrics.stat().st_size) or (path / WEIGHTS).is_file():
+    logged = metrics.is_file() and metrics.stat().st_size
+    if checkpoint_dirs(path / CHECKPOINTS) or logged or (path / WEIGHTS).is_file():
         raise ConfigError(
             f"{path} already holds a training run; continue it with `zerograd resume {path}` "
             "(or --resume), or choose another --out so its files are not overwritten"

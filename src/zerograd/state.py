@@ -139,7 +139,7 @@ class LoopState:
     train_seconds: float = 0.0
     stop_reason: str = "completed"
     stop_requested: bool = False
-    epoch_logs: dict[str, Any] | None = None  # the epoch's record as it started (epoch, lr): kept for a mid-epoch resume
+    epoch_logs: dict[str, Any] | None = None  # the epoch's record as it started (epoch, lr), for a mid-epoch resume
     last_checkpoint: str | None = None  # set by the checkpoint callbacks; named in error messages
     checkpoint: CheckpointParts | None = field(default=None, repr=False)  # what a checkpoint saves (the engine's)
     totals: InitVar[EpochTotals | None] = None

@@ -51,7 +51,8 @@ def test_plain_mode_prints_the_tutorials_text(tiny_classification) -> None:
 
 
 def test_format_plain_split_matches_the_tutorial_wording() -> None:
-    assert format_plain_split("test", {"loss": 0.41, "accuracy": 0.853}) == "Test Error: Accuracy: 85.3%, Avg loss: 0.410000"
+    assert format_plain_split("test",
+                              {"loss": 0.41, "accuracy": 0.853}) == "Test Error: Accuracy: 85.3%, Avg loss: 0.410000"
     assert format_plain_split("val", {"loss": 0.5}) == "Validation Error: Avg loss: 0.500000"
 
 
@@ -134,7 +135,8 @@ def test_quiet_training_prints_nothing_and_progress_none_prints_only_the_header(
 
 
 def test_progress_from_the_config_file_and_the_argument(capsys, tmp_path) -> None:
-    zerograd.train("linear-regression", out=tmp_path / "a", overrides={"epochs": 2, "progress": "plain", "plots": False})
+    zerograd.train("linear-regression", out=tmp_path / "a",
+                   overrides={"epochs": 2, "progress": "plain", "plots": False})
     assert "Train: Avg loss:" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="progress must be one of"):
         zerograd.train("linear-regression", out=tmp_path / "b", overrides={"epochs": 2, "progress": "fancy"})

@@ -86,7 +86,8 @@ def test_report_of_something_that_is_not_a_run_is_a_clear_error(tmp_path: Path, 
     assert "does not exist" in capsys.readouterr().err
 
 
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle "
+                                                                                                             "boot"]
 
 
 @pytest.mark.slow

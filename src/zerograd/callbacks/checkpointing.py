@@ -110,7 +110,7 @@ class Checkpointer(Callback):
             state.request_stop("interrupted")
 
     def _due(self, state: LoopState) -> bool:
-        if self.every.steps:
+        if self.every.steps:  # at each multiple of N steps not saved yet (a skipped window leaves the step as it was)
             return state.global_step % self.every.steps == 0 and state.global_step != self._saved_step
         if self.every.seconds:
             # the ranks' clocks differ: all must save at the same step, or the next collective hangs

@@ -78,7 +78,7 @@ class ImageSpec:
         return {"size": list(self.size), "mode": self.mode, "fit": self.fit, "mean": self.mean, "std": self.std}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ImageSpec:
         channels = 1 if data.get("mode") == "grayscale" else 3
         return cls(tuple(data["size"]), data.get("mode", "rgb"), data.get("fit", "crop"),  # type: ignore[arg-type]
                    list(data.get("mean") or [0.0] * channels), list(data.get("std") or [1.0] * channels))
@@ -125,7 +125,8 @@ def to_8bit(image: Image.Image, mode: str = "RGB") -> Image.Image:
     try:
         return image if image.mode == mode else image.convert(mode)
     except ValueError as error:  # a mode Pillow cannot turn into RGB/L (rare colour spaces)
-        raise DataError(f"cannot read an image in mode {image.mode} ({error}); save it as an 8-bit RGB or grayscale PNG/JPEG") from None
+        raise DataError(f"cannot read an image in mode {image.mode} ({error}); save it as an 8-bit RGB or grayscale "
+                        "PNG/JPEG") from None
 
 
 def _rounded_uint8(array: np.ndarray) -> np.ndarray:
@@ -148,7 +149,8 @@ def decode_all(files: Sequence[Path], spec: ImageSpec, *, progress: bool = True)
     with ThreadPoolExecutor(threads) as pool:
         jobs = pool.map(decode, range(len(files)))
         if progress and len(files) >= 100:
-            jobs = track(jobs, total=len(files), description="decoding images", console=Console(stderr=True), transient=True)
+            jobs = track(jobs, total=len(files), description="decoding images", console=Console(stderr=True),
+                         transient=True)
         for _ in jobs:
             pass
     raise_unreadable(failures)

@@ -48,7 +48,7 @@ class Augment:
     flip: bool = False
 
     @classmethod
-    def parse(cls, spec: bool | dict[str, Any] | None, size: tuple[int, int]) -> "Augment | None":
+    def parse(cls, spec: bool | dict[str, Any] | None, size: tuple[int, int]) -> Augment | None:
         if spec is None or spec is False:
             return None
         if spec is True:
@@ -57,7 +57,8 @@ class Augment:
             raise ConfigError(f"augment must be true/false or a mapping like {{crop: 4, flip: true}}, got {spec!r}")
         for key in spec:
             if key not in ("crop", "flip"):
-                raise ConfigError(f'augment has no option "{key}"{did_you_mean(str(key), ("crop", "flip"))}; valid: crop, flip')
+                raise ConfigError(f'augment has no option "{key}"{did_you_mean(str(key), ("crop", "flip"))}; valid: '
+                                  'crop, flip')
         crop, flip = spec.get("crop", 0), spec.get("flip", False)
         if not isinstance(crop, int) or isinstance(crop, bool) or crop < 0:
             raise ConfigError(f"augment crop is the padding in pixels (an integer >= 0), got {crop!r}")
@@ -72,7 +73,8 @@ class BatchTransform:
     (seed, e, b): the same run gives the same batches, also after resuming.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: Augment | None = None, seed: int = 0) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: Augment | None = None,
+                 seed: int = 0) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.augment = augment
@@ -123,9 +125,10 @@ class CachedImages(Dataset):
         return self.transform(self.images[index:index + 1])[0], self.labels[index]
 
     def make_loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    training: bool = True) -> "ImageBatches":
+                    training: bool = True) -> ImageBatches:
         """The loader `fit` uses (see `data.loader.make_loader`); only training batches are augmented."""
-        return ImageBatches(self.images, self.labels, batch_size, transform=self.transform, train=self.train and training,
+        return ImageBatches(self.images, self.labels, batch_size, transform=self.transform,
+                            train=self.train and training,
                             shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
 
 
@@ -166,7 +169,7 @@ class StreamedImages(Dataset):
         return self.transform(images[None])[0], label
 
     def make_loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    training: bool = True) -> "StreamedBatches":
+                    training: bool = True) -> StreamedBatches:
         """The loader `fit` uses, sharded like `data.loader.make_loader` shards any Dataset."""
         sampler: Any = None
         if world_size > 1:
@@ -246,7 +249,8 @@ class ImageSplits:
 
     def preprocessing(self) -> dict[str, Any]:
         return {"kind": "image", "task": "classification", "class_names": self.class_names,
-                "input_shape": self.input_shape, **self.spec.to_dict(), "style": None if self.style == "none" else self.style}
+                "input_shape": self.input_shape, **self.spec.to_dict(),
+                "style": None if self.style == "none" else self.style}
 
 
 def load_image_folder(
@@ -289,9 +293,11 @@ def load_image_folder(
     train_files, train_labels = [files[i] for i in parts["train"]], [labels[i] for i in parts["train"]]
     all_files = train_files + val_files + test_files
     in_memory = cache is True or (cache == "auto" and _fits_in_memory(len(all_files), spec))
-    notes = [f"data: {len(train_files)} training images" + (f", {len(val_files)} validation" if val_files else "")
-             + (f", {len(test_files)} test" if test_files else "") + f" in {len(class_names)} classes ({_preview(class_names)}), "
-             f"{spec.size[0]}x{spec.size[1]} {spec.mode}, " + ("decoded into memory" if in_memory else f"streamed by {workers} workers")]
+    counts = (f"{len(train_files)} training images" + (f", {len(val_files)} validation" if val_files else "")
+              + (f", {len(test_files)} test" if test_files else ""))
+    storage = "decoded into memory" if in_memory else f"streamed by {workers} workers"
+    notes = [f"data: {counts} in {len(class_names)} classes ({_preview(class_names)}), "
+             f"{spec.size[0]}x{spec.size[1]} {spec.mode}, {storage}"]
     augmentation = Augment.parse(augment, spec.size)
     if in_memory:
         pixels = decode_all(all_files, spec, progress=progress)
@@ -302,9 +308,11 @@ def load_image_folder(
         transform = BatchTransform(spec.mean, spec.std, augmentation, seed)
 
         def cached(pixels: torch.Tensor, labels: list[int], train: bool = False) -> CachedImages | None:
-            return CachedImages(pixels, torch.tensor(labels, dtype=torch.long), transform, train=train, classes=class_names) if labels else None
+            return CachedImages(pixels, torch.tensor(labels, dtype=torch.long), transform, train=train,
+                                classes=class_names) if labels else None
 
-        train_set, val_set, test_set = cached(train_pixels, train_labels, True), cached(val_pixels, val_labels), cached(test_pixels, test_labels)
+        train_set = cached(train_pixels, train_labels, True)
+        val_set, test_set = cached(val_pixels, val_labels), cached(test_pixels, test_labels)
     else:
         check_readable(all_files)
         sample = [train_files[i] for i in np.random.default_rng(seed).permutation(len(train_files))[:STATS_SAMPLE]]
@@ -313,9 +321,11 @@ def load_image_folder(
         transform = BatchTransform(spec.mean, spec.std, augmentation, seed)
 
         def streamed(files: list[Path], labels: list[int], train: bool = False) -> StreamedImages | None:
-            return StreamedImages(files, labels, spec, transform, train=train, workers=workers, classes=class_names) if files else None
+            return StreamedImages(files, labels, spec, transform, train=train, workers=workers,
+                                  classes=class_names) if files else None
 
-        train_set, val_set, test_set = streamed(train_files, train_labels, True), streamed(val_files, val_labels), streamed(test_files, test_labels)
+        train_set = streamed(train_files, train_labels, True)
+        val_set, test_set = streamed(val_files, val_labels), streamed(test_files, test_labels)
     assert train_set is not None
     if style == "auto":
         style = "digit" if looks_like_mnist(spec, stats[0][0]) else "none"
@@ -348,9 +358,11 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     if not class_dirs:
         loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         hint = f" (it holds {len(loose)} images directly)" if loose else ""
-        raise DataError(f"{root} has no class folders{hint}; put the images of each class in a folder named after it: {root}/<class>/*.png|jpg")
+        raise DataError(f"{root} has no class folders{hint}; put the images of each class in a folder named after it: "
+                        f"{root}/<class>/*.png|jpg")
     if len(class_dirs) < 2:
-        raise DataError(f"{root} has only one class folder ({class_dirs[0].name}); a classifier needs at least two classes")
+        raise DataError(f"{root} has only one class folder ({class_dirs[0].name}); a classifier needs at least two "
+                        "classes")
     files: list[Path] = []
     labels: list[int] = []
     for label, directory in enumerate(class_dirs):
@@ -361,18 +373,21 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _image_files(d)), key=lambda d: d.name)
+    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _image_files(d)),
+                  key=lambda d: d.name)
 
 
 def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in directory.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
 
 
 def _test_files(test_root: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
     files, labels, names = scan_folder(test_root)
     unknown = [n for n in names if n not in class_names]
     if unknown:
-        raise DataError(f"{test_root} has class folders {unknown} that the training folder does not have (its classes: {', '.join(class_names)})")
+        raise DataError(f"{test_root} has class folders {unknown} that the training folder does not have (its classes: "
+                        f"{', '.join(class_names)})")
     index = {name: i for i, name in enumerate(class_names)}
     return files, [index[names[label]] for label in labels]
 
@@ -409,7 +424,8 @@ def _fits_in_memory(count: int, spec: ImageSpec) -> bool:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ConfigError(f'{name} must be one of {", ".join(choices)}, got "{value}"{did_you_mean(str(value), choices)}')
+        raise ConfigError(f'{name} must be one of {", ".join(choices)}, got '
+                          f'"{value}"{did_you_mean(str(value), choices)}')
 
 
 def _preview(names: Sequence[str], limit: int = 6) -> str:

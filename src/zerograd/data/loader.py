@@ -105,7 +105,8 @@ class TensorLoader:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             sizes = ", ".join(str(len(t)) for t in tensors)
-            raise DataError(f"the data tensors have different lengths ({sizes}); inputs and targets must have one row per sample")
+            raise DataError(f"the data tensors have different lengths ({sizes}); inputs and targets must have one row "
+                            "per sample")
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -258,7 +259,8 @@ class TorchLoader:
             self.epoch_start_rng = capture_rng(generators)
             return iter(self.loader)
         if self.epoch_start_rng is None:
-            raise TrainingError("cannot resume this DataLoader mid-epoch: the checkpoint lacks the epoch's starting RNG state")
+            raise TrainingError("cannot resume this DataLoader mid-epoch: the checkpoint lacks the epoch's starting "
+                                "RNG state")
         now = capture_rng(generators)
         restore_rng(self.epoch_start_rng, generators)
         batches = iter(self.loader)
@@ -312,7 +314,8 @@ def _read_sample(dataset: Any, index: int) -> Any:
     except ZerogradError:
         raise
     except Exception as error:  # a user's Dataset can fail in any way; say where
-        raise DataError(f"reading training sample {index} failed: {type(error).__name__}: {_first_line(error)}") from None
+        what = f"{type(error).__name__}: {_first_line(error)}"
+        raise DataError(f"reading training sample {index} failed: {what}") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -387,7 +390,8 @@ def make_loader(
     if isinstance(data, (TensorLoader, TorchLoader, DataLoader)):
         return data
     if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (image folders)
-        return data.make_loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, training=training)
+        return data.make_loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                                training=training)
     tensors = in_memory_tensors(data)
     if tensors is not None:
         if len(tensors[0]) == 0:

@@ -50,7 +50,7 @@ class RawTable:
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
-    def take(self, index: np.ndarray) -> "RawTable":
+    def take(self, index: np.ndarray) -> RawTable:
         return RawTable(self.names, {k: v[index] for k, v in self.columns.items()}, self.source)
 
 
@@ -243,12 +243,12 @@ class TableEncoder:
     input_shape: list[int] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, table: RawTable, features: Sequence[str], *, standardize: bool = True) -> "TableEncoder":
+    def fit(cls, table: RawTable, features: Sequence[str], *, standardize: bool = True) -> TableEncoder:
         columns = [_fit_column(name, table.columns[name], table.source, standardize) for name in features]
         return cls(columns=columns, input_shape=[sum(c.width for c in columns)])
 
     @classmethod
-    def fit_array(cls, inputs: np.ndarray, *, standardize: bool = True) -> "TableEncoder":
+    def fit_array(cls, inputs: np.ndarray, *, standardize: bool = True) -> TableEncoder:
         values = np.asarray(inputs, dtype=np.float64)
         if values.ndim == 2:
             table = RawTable([f"x{i}" for i in range(values.shape[1])], {f"x{i}": values[:, i] for i in range(values.shape[1])}, "array")
@@ -287,7 +287,7 @@ class TableEncoder:
         return {"mean": self.mean, "std": self.std, "input_shape": self.input_shape}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TableEncoder":
+    def from_dict(cls, data: dict[str, Any]) -> TableEncoder:
         columns = [Column(**c) for c in data.get("columns", [])]
         return cls(columns, float(data.get("mean", 0.0)), float(data.get("std", 1.0)), list(data.get("input_shape", [])))
 

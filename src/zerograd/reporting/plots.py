@@ -84,7 +84,8 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
 
 
 def title_case(name: str) -> str:
-    return {"loss": "Loss", "f1": "F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²"}.get(name, name.replace("_", " ").capitalize())
+    special = {"loss": "Loss", "f1": "F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
+    return special.get(name, name.replace("_", " ").capitalize())
 
 
 # -- training curves ---------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def plot_curves(history: History, steps: Sequence[dict[str, Any]] = (), *, best_
                     markersize=5)
         if best_epoch is not None and len(epochs) > 1 and best_epoch != epochs[-1]:
             ax.axvline(best_epoch, color="#777777", linestyle=":", linewidth=1.5, label=f"best epoch ({best_epoch})")
-        _finish_curve_axes(ax, name)
+        finish_curve_axes(ax, name)
         if epochs:  # every panel on the same axis, from the start of training
             ax.set_xlim(0, max(epochs) * 1.03)
     if title:
@@ -132,7 +133,7 @@ def plot_curves(history: History, steps: Sequence[dict[str, Any]] = (), *, best_
     return figure
 
 
-def _finish_curve_axes(ax: Any, name: str) -> None:
+def finish_curve_axes(ax: Any, name: str) -> None:
     ax.set_title(title_case(name))
     ax.set_xlabel("epoch")
     ax.set_ylabel(title_case(name))
@@ -289,7 +290,8 @@ def plot_surface(inputs: np.ndarray, targets: np.ndarray, predictions: np.ndarra
     return figure
 
 
-def plot_line_fit(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, *, label: str = "network") -> Figure:
+def plot_line_fit(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, *,
+                  label: str = "network") -> Figure:
     figure = new_figure(6.4, 4.6)
     ax = figure.subplots()
     ax.plot(x_line, y_line, color=SPLIT_COLORS["train"], label=label, zorder=1)
@@ -304,7 +306,8 @@ def plot_line_fit(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.n
 def plot_predicted_vs_true(targets: np.ndarray, predictions: np.ndarray, *, split: str = "test") -> Figure:
     figure = new_figure(5.6, 5.2)
     ax = figure.subplots()
-    ax.scatter(targets, predictions, s=10, alpha=0.5, color=SPLIT_COLORS.get({"validation": "val", "training": "train"}.get(split, split), "#4C72B0"))
+    ax.scatter(targets, predictions, s=10, alpha=0.5,
+               color=SPLIT_COLORS.get({"validation": "val", "training": "train"}.get(split, split), "#4C72B0"))
     low, high = float(min(targets.min(), predictions.min())), float(max(targets.max(), predictions.max()))
     ax.plot([low, high], [low, high], color="#555555", linestyle="--", linewidth=1.2, label="perfect prediction")
     ax.set_title(f"Predicted vs true ({split} set)")
@@ -433,7 +436,10 @@ def _classification_figures(run: RunInputs, device: str) -> Iterator[tuple[str, 
     if len(wrong):
         order = wrong[confidence[wrong].argsort(descending=True)][:16]
         tensors = in_memory_tensors(dataset)
-        picked = tensors[0][order] if tensors is not None else torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in order])
+        if tensors is not None:
+            picked = tensors[0][order]
+        else:
+            picked = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in order])
         mistakes = as_images(picked, info.get("mean"), info.get("std"))
         if mistakes is not None:
             yield "confident_mistakes", plot_image_grid(
@@ -468,7 +474,8 @@ def _regression_figures(run: RunInputs, device: str) -> Iterator[tuple[str, Figu
 def _line_label(model: Any) -> str:
     """'fit: y = 2.000 x + 1.000' for a single Linear(1, 1), else 'network'."""
     weight, bias = getattr(model, "weight", None), getattr(model, "bias", None)
-    if isinstance(weight, torch.Tensor) and weight.numel() == 1 and isinstance(bias, torch.Tensor) and bias.numel() == 1:
+    one_number = [isinstance(t, torch.Tensor) and t.numel() == 1 for t in (weight, bias)]
+    if all(one_number):
         return f"fit: y = {float(weight.detach()):.3f} x + {float(bias.detach()):.3f}"
     return "network"
 

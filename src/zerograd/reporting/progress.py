@@ -112,7 +112,8 @@ def plain_batch_interval(batches_per_epoch: int) -> int:
 
 def busy_note(busy: int, threads: int) -> str:
     """The header's warning when other processes keep some of the run's cores busy."""
-    return (f"note: {busy} of the {threads} cores this run uses {'is' if busy == 1 else 'are'} busy with other processes: "
+    return (f"note: {busy} of the {threads} cores this run uses {'is' if busy == 1 else 'are'} busy with other "
+            "processes: "
             f"training is slower (it can be many times slower), the results stay the same; --set "
             f"threads={max(1, threads - busy)} runs faster on a busy machine, with numbers that can differ from "
             f"{threads} threads' in the last bits")
@@ -222,7 +223,7 @@ class ProgressPrinter(Callback):
             self._progress = None
         self._next_check = _NEVER
 
-    def __enter__(self) -> "ProgressPrinter":
+    def __enter__(self) -> ProgressPrinter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -285,7 +286,8 @@ class ProgressPrinter(Callback):
         window = self._window.read(state)  # the mean loss since the previous line
         size = self._epoch_samples(state)
         width = len(str(size))
-        self.console.print(f"loss: {window:>7f}  [{self._samples_done(state):>{width}d}/{size:>{width}d}]", soft_wrap=True)
+        self.console.print(f"loss: {window:>7f}  [{self._samples_done(state):>{width}d}/{size:>{width}d}]",
+                           soft_wrap=True)
 
     def _refresh_bar(self, state: LoopState) -> None:
         now = time.perf_counter()

@@ -101,7 +101,7 @@ class RunReporters(Callback):
             if callback is not None:
                 callback.close()  # type: ignore[attr-defined]
 
-    def __enter__(self) -> "RunReporters":
+    def __enter__(self) -> RunReporters:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -25,7 +25,8 @@ def summary_writer_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        raise ConfigError(f"tensorboard: true needs the tensorboard package ({error}); install it with: {INSTALL_HINT}") from None
+        raise ConfigError(f"tensorboard: true needs the tensorboard package ({error}); "
+                          f"install it with: {INSTALL_HINT}") from None
     return SummaryWriter
 
 
@@ -75,7 +76,8 @@ class TensorBoardLogger(Callback):
             for key, value in logs.items():
                 if key == "epoch" or not isinstance(value, (int, float)):
                     continue
-                self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value, state.global_step)
+                self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value,
+                                       state.global_step)
             self.writer.add_scalar("epoch", logs["epoch"], state.global_step)
             self.writer.flush()
         except OSError as error:
