@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import zerograd
+from zerograd.callbacks import Callback
 from zerograd.fast.mlp_gradients import ManualMLP
 from zerograd.models import mlp
 
@@ -199,3 +200,18 @@ def test_backward_without_forward_is_an_error() -> None:
     manual = ManualMLP.for_model(net(nn.Linear(20, 5)), nn.CrossEntropyLoss())
     with pytest.raises(RuntimeError, match="without a forward pass"):
         manual.backward()
+
+
+def test_a_hook_a_callback_adds_when_fit_starts_still_runs() -> None:
+    """The step strategy is chosen after the callbacks' on_fit_start: a module hook added there
+    sends the MLP through autograd, which runs it (the hand-derived step would skip it)."""
+    calls: list[int] = []
+
+    class HookAtStart(Callback):
+        def on_fit_start(self, state) -> None:
+            first = next(m for m in state.raw_model.modules() if isinstance(m, nn.Linear))
+            first.register_forward_hook(lambda *_: calls.append(1))
+
+    x, y = classes(n=40)
+    zerograd.fit(mlp([20, 8, 5]), (x, y), batch_size=10, epochs=1, device="cpu", callbacks=[HookAtStart()])
+    assert len(calls) == 4  # one forward per training batch

@@ -11,7 +11,7 @@ Read `_Training.run`, then `_Training.train_epoch`: an epoch is the tutorial's l
 
 followed by evaluation under `torch.no_grad()` in `eval()` mode. Around those lines: the
 accumulation window and the step strategy (autograd, or hand-derived gradients for a plain MLP,
-chosen once per fit) are in `train_step.py`; device, precision and DDP in `Accelerator`; the
+chosen at each epoch's start) are in `train_step.py`; device, precision and DDP in `Accelerator`; the
 NaN/Inf guard in `nan_guard.py`; the checks before the first step in `preflight.py`; everything
 else a run needs (progress, run files, checkpoints) hangs off the callback hooks, which see the
 narrow `LoopState` (`state.py`).
@@ -127,6 +127,7 @@ class _Training:
         self.state = LoopState(self.model, self.optimizer, acc, opts, self.schedule, batches_per_epoch=batches,
                                totals=self.totals)
         self.guard = NonFiniteGuard(opts.on_nan, acc, self.totals)
+        self.train_loss = train_loss
         self.step = choose_step(self.model, train_loss, acc, self.source, fused_mlp=opts.fused_mlp)
         self.window = AccumulationWindow(opts.accumulate, batches, summed=self.totals.summed)
 
@@ -197,7 +198,9 @@ class _Training:
         """One pass over the training data; the epoch's train loss and metrics ({} when a
         callback stopped training inside the epoch)."""
         state, model, optimizer, acc, opts = self.state, self.model, self.optimizer, self.acc, self.opts
-        step, window, guard, totals, schedule = self.step, self.window, self.guard, self.totals, self.schedule
+        # chosen again at each epoch's start: a callback may have put hooks on the model since (autograd then)
+        self.step = step = choose_step(model, self.train_loss, acc, self.source, fused_mlp=opts.fused_mlp)
+        window, guard, totals, schedule = self.window, self.guard, self.totals, self.schedule
         model.train()
         if state.batch == 0:  # (a run resumed mid-epoch goes on with the restored sums)
             totals.reset()

@@ -32,6 +32,8 @@ from zerograd.rng import preserved_rng
 # Training FLOPs per step (forward + backward, ~3x the forward's matmul/conv FLOPs) below which
 # `threads: null` trains with one intra-op thread on the CPU.
 SMALL_STEP_FLOPS = 100e6
+# The layers counted besides Linear (torch's own base class of these, _ConvNd, is private).
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 IDLE_SAMPLE_SECONDS = 0.1  # how long /proc/stat is watched to count idle cores
 
 # Environment variables with which a user or a launcher (torchrun, the sweep's workers) has
@@ -58,11 +60,11 @@ def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
             return
         if isinstance(module, nn.Linear):
             flops[0] += 2.0 * output.numel() * module.in_features
-        elif isinstance(module, nn.modules.conv._ConvNd):
+        elif isinstance(module, CONVOLUTIONS):
             per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
             flops[0] += 2.0 * output.numel() * per_output
 
-    counted = (nn.Linear, nn.modules.conv._ConvNd)
+    counted = (nn.Linear, *CONVOLUTIONS)
     hooks = [m.register_forward_hook(count) for m in raw.modules() if isinstance(m, counted)]
     was_training = raw.training
     try:

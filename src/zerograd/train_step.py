@@ -1,7 +1,8 @@
 """The two halves of a training step that the loop delegates: the accumulation window (when to
 zero the gradients, when to step) and the step strategy (how the gradients are computed).
 
-A step strategy is chosen once per `fit` (`choose_step`):
+A step strategy is chosen for each epoch of a `fit` (`choose_step`; the same one every epoch unless a
+callback has put hooks on the model meanwhile):
 
 - `AutogradStep`, the tutorial's step: `outputs = model(inputs)`, `loss = loss_fn(outputs,
   targets)`, `loss.backward()` (under DDP, each rank back-propagates its share of the global
