@@ -1,4 +1,4 @@
-# The two commands: `make demo` (set up + train the default recipe) and `make test`.
+# The two commands: `make demo` (set up + train the default recipe) and `make test` (lint, then the tests).
 # Both create .venv if missing and install zerograd with the pinned constraints.
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ SHARED_DATA := $(abspath ../shared/datasets)
 # MNIST for the tests comes from ../shared/datasets when it exists (see README).
 TEST_ENV := $(if $(wildcard $(SHARED_DATA)/mnist),ZEROGRAD_DATA=$(SHARED_DATA),)
 
-.PHONY: setup data test-deps demo test test-fast bench bench-peers gpu-check clean
+.PHONY: setup data test-deps demo lint test test-fast bench bench-peers gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ test-deps:
 demo: setup data
 	$(VENV)/bin/zerograd train fashion-cnn
 
-test: setup test-deps
+# ruff (style and likely bugs) and import-linter (the layers of docs/architecture.md): fast, and first.
+lint: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports
+
+test: setup test-deps lint
 	$(TEST_ENV) $(PY) -m pytest
 
 test-fast: setup

@@ -15,8 +15,8 @@ import torch
 
 from zerograd import fit
 from zerograd.callbacks import Callback
-from zerograd.checkpoint import Checkpointer, ResumeFrom
-from zerograd.checks import NonFiniteGuard
+from zerograd.callbacks import Checkpointer, ResumeFrom
+from zerograd.nan_guard import NonFiniteGuard
 from zerograd.models import mlp
 
 
@@ -98,9 +98,9 @@ def nan_check_alone(calls: int = 50000) -> dict[str, float]:
 def preflight_time(repeats: int = 3) -> dict[str, float]:
     """The pre-flight check on an MNIST-sized training set (60000 x 1 x 28 x 28 in memory)."""
     from zerograd.accelerator import Accelerator
-    from zerograd.checks import preflight
+    from zerograd.preflight import preflight
     from zerograd.data.loader import TensorLoader
-    from zerograd.engine import FitOptions
+    from zerograd.options import FitOptions
     from zerograd.losses import build_loss
 
     x, y = torch.rand(60000, 1, 28, 28), torch.randint(0, 10, (60000,))

@@ -5,7 +5,7 @@ The hand-written loop is the fastest plain PyTorch loop we know for in-memory da
 backward, `torch.optim.Adam(fused=True)` step; no metrics at all. zerograd's `fit` does the same
 and also keeps the epoch's train loss and accuracy (on the device, no sync per batch). The
 target compares these two. A third loop, the hand-written one with zerograd's run settings
-(its optimizer `zerograd.fused.Adam`, the same kernel reached with less Python, and
+(its optimizer `zerograd.fast.optimizers.Adam`, the same kernel reached with less Python, and
 `retained_heap()`, which stops glibc from handing freed batch memory back to the OS every step),
 isolates the loop's own overhead (`loop_overhead` in the JSON line). All run with one intra-op thread (what `fit`
 chooses for these step sizes; it also keeps a neighbour's load from deciding the result) and
@@ -41,8 +41,8 @@ Epochs = list[tuple[float, float]]  # (wall seconds, CPU seconds) of each epoch'
 
 def hand_loop_with_zerograds_settings(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                                       epochs: int, seed: int, loss_fn) -> Epochs:
-    from zerograd import fused
-    from zerograd.performance import retained_heap
+    from zerograd.fast import optimizers as fused
+    from zerograd.fast.heap import retained_heap
 
     with retained_heap():
         return hand_loop(model, x, y, batch_size, epochs, seed, loss_fn, fused.Adam)

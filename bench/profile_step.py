@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     from zerograd.accelerator import Accelerator
     from zerograd.experiment import build_experiment
     from zerograd.losses import build_loss
-    from zerograd.mlp_step import ManualMLP
+    from zerograd.fast.mlp_gradients import ManualMLP
     from zerograd.optim import build_optimizer
-    from zerograd.performance import retained_heap
+    from zerograd.fast.heap import retained_heap
 
     config = configs.resolve(args.recipe)
     torch.manual_seed(config["seed"])

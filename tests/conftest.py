@@ -133,6 +133,7 @@ def digit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             side = int(rng.integers(200, 300))
             drawn = draw_digit(digit, size=side, width=int(rng.integers(15, 30)), ink="white", paper="black")
             drawn.convert("L").resize((28, 28)).save(root / digit / f"{index:02d}.png")
-    config = {"name": "digits", "data": {"images": str(root)}, "model": [{"linear": 32}, "relu", {"linear": 2}], "epochs": 10,
+    config = {"name": "digits", "data": {"images": str(root)}, "model": [{"linear": 32}, "relu", {"linear": 2}],
+              "epochs": 10,
               "lr": 0.01, "batch_size": 8, "device": "cpu", "progress": "none", "plots": False}
     return zerograd.train(config, out=tmp_path_factory.mktemp("digit-run") / "run", quiet=True).dir

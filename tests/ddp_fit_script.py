@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 import zerograd
 from zerograd import distributed
 from zerograd.models import mlp
+
 from helpers import PairDataset  # tests/ is this script's folder, so it is on sys.path
 
 

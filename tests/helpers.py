@@ -25,7 +25,8 @@ def write_band_idx(root: Path, sizes: dict[str, int], **image_options) -> Path:
     rng = np.random.default_rng(0)
     for prefix, n in sizes.items():
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", np.stack([band_image(int(k), rng, **image_options) for k in labels]))
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz",
+                  np.stack([band_image(int(k), rng, **image_options) for k in labels]))
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
 
@@ -33,7 +34,7 @@ def write_band_idx(root: Path, sizes: dict[str, int], **image_options) -> Path:
 class PairDataset(torch.utils.data.Dataset):
     """A map-style Dataset that is not whole tensors, so fit takes the generic DataLoader path."""
 
-    def __init__(self, x: "torch.Tensor", y: "torch.Tensor") -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
 
     def __len__(self) -> int:

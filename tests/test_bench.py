@@ -16,9 +16,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import peers  # noqa: E402
 import tutorial  # noqa: E402
-from common import Report  # noqa: E402
 from processes import SideFailed, run_isolated, run_process  # noqa: E402
 from startup import torch_import_chain  # noqa: E402
+
+from common import Report  # noqa: E402
 
 MIB = 2**20
 

@@ -10,21 +10,25 @@ import torch
 from torch import nn
 
 from zerograd.callbacks import Callback, EarlyStopping, early_stopping_from
-from zerograd.engine import fit
+from zerograd.engine import fit, run_fit
 from zerograd.errors import ConfigError
 
 
 def scripted(stopper: EarlyStopping, values: list[float], monitor: str = "val_loss") -> tuple[int, SimpleNamespace]:
     """Feed one monitored value per epoch; return the epoch after which training stopped (or the
-    number of epochs when it never stopped) and the fake loop state."""
+    number of epochs when it never stopped) and the fake loop state, with the best epoch the
+    stopper found."""
     model = nn.Linear(1, 1)
     state = SimpleNamespace(raw_model=model, best_epoch=None, stop_reason="completed", stopped=False)
     state.request_stop = lambda reason: (setattr(state, "stopped", True), setattr(state, "stop_reason", reason))
+    stopped_after = len(values)
     for epoch, value in enumerate(values, start=1):
         stopper.on_epoch_end(state, {"epoch": epoch, monitor: value})
         if state.stopped:
-            return epoch, state
-    return len(values), state
+            stopped_after = epoch
+            break
+    state.best_epoch = stopper.best_epoch
+    return stopped_after, state
 
 
 def test_stops_after_patience_epochs_without_improvement():
@@ -70,13 +74,6 @@ class WeightsPerEpoch(Callback):
         self.weights.append(copy.deepcopy(state.raw_model.state_dict()))
 
 
-class FinalState(Callback):
-    state = None
-
-    def on_fit_end(self, state) -> None:
-        self.state = state
-
-
 def diverging_validation() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Train on y = x, validate on y = -x: as the weight moves from 0 towards 1, the validation
     loss (w + 1)^2 E[x^2] rises every epoch, so the best validation epoch is the first."""
@@ -88,26 +85,25 @@ def test_fit_stops_at_the_right_epoch_and_restores_the_best_weights():
     train, val = diverging_validation()
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
-    weights, final = WeightsPerEpoch(), FinalState()
-    history = fit(model, train, val_data=val, loss="mse", optimizer="sgd", lr=0.05, batch_size=8, epochs=20,
-                  early_stopping={"monitor": "val_loss", "patience": 2}, device="cpu", callbacks=[weights, final])
+    weights = WeightsPerEpoch()
+    final = run_fit(model, train, val_data=val, loss="mse", optimizer="sgd", lr=0.05, batch_size=8, epochs=20,
+                    early_stopping={"monitor": "val_loss", "patience": 2}, device="cpu", callbacks=[weights])
+    history = final.history
     losses = history["val_loss"]
     assert all(a < b for a, b in zip(losses, losses[1:]))  # rising, as designed
     assert len(history) == 3  # best at 1, then 2 epochs without improvement
-    assert final.state.stop_reason == "early_stopping"
-    assert final.state.best_epoch == 1 and final.state.restored_epoch == 1
+    assert final.stop_reason == "early_stopping"
+    assert final.best_epoch == 1 and final.restored_epoch == 1
     assert torch.equal(model.weight, weights.weights[0]["weight"])  # epoch 1's weights are back
     assert not torch.equal(model.weight, weights.weights[-1]["weight"])
 
 
 def test_fit_that_keeps_improving_runs_to_the_end():
     train, val = diverging_validation()
-    final = FinalState()
-    history = fit(nn.Linear(1, 1, bias=False), train, val_data=val, loss="mse", optimizer="sgd", lr=0.05,
-                  batch_size=8, epochs=4, early_stopping={"monitor": "train_loss", "patience": 1}, device="cpu",
-                  callbacks=[final])
-    assert len(history) == 4
-    assert final.state.stop_reason == "completed" and final.state.best_epoch == 4
+    final = run_fit(nn.Linear(1, 1, bias=False), train, val_data=val, loss="mse", optimizer="sgd", lr=0.05,
+                    batch_size=8, epochs=4, early_stopping={"monitor": "train_loss", "patience": 1}, device="cpu")
+    assert len(final.history) == 4
+    assert final.stop_reason == "completed" and final.best_epoch == 4
 
 
 def test_monitoring_a_metric_that_is_not_logged_is_a_clear_error():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from zerograd import checkpoint, fit
+from zerograd import checkpoint_format, fit, runs
 from zerograd.api import resume, train
-from zerograd.callbacks import Callback
-from zerograd.checkpoint import Checkpointer, Every, ResumeFrom, checkpoint_dirs, problem_with
+from zerograd.cadence import Every
+from zerograd.callbacks import Callback, Checkpointer, ResumeFrom
+from zerograd.checkpoint_format import checkpoint_dirs, problem_with
 from zerograd.cli import main as cli
 from zerograd.errors import CheckpointError, ConfigError, ZerogradWarning
 
@@ -72,7 +74,8 @@ def crash_then_resume(config: dict[str, Any], run_dir: Path, crashes: list[int])
     ({"accumulate": 3, "val_split": 0.2, "schedule": "onecycle", "epochs": 5, "lr": 0.05,
       "early_stopping": {"monitor": "val_loss", "patience": 1}}, [6, 11]),
 ])
-def test_a_crashed_run_resumes_to_the_same_weights_and_history(tmp_path: Path, changes: dict, crashes: list[int]) -> None:
+def test_a_crashed_run_resumes_to_the_same_weights_and_history(tmp_path: Path, changes: dict,
+                                                               crashes: list[int]) -> None:
     config = CONFIG | changes
     reference = train(config, out=tmp_path / "reference", quiet=True)
     crash_then_resume(config, tmp_path / "run", crashes)
@@ -129,7 +132,7 @@ def test_checkpoint_files_are_safetensors_and_json_listed_in_the_manifest(tmp_pa
     manifest = json.loads((newest / "manifest.json").read_text())
     assert manifest["format"] == "zerograd-checkpoint" and manifest["step"] == 10
     assert set(manifest["files"]) == {"model.safetensors", "state.safetensors", "state.json"}
-    assert set(p.name for p in newest.iterdir()) == set(manifest["files"]) | {"manifest.json"}
+    assert {p.name for p in newest.iterdir()} == set(manifest["files"]) | {"manifest.json"}
     assert load_file(newest / "model.safetensors").keys() == load_file(tmp_path / "run" / "model.safetensors").keys()
     state = json.loads((newest / "state.json").read_text())
     assert state["position"]["global_step"] == 10 and state["position"]["batch"] == 10
@@ -164,7 +167,7 @@ def test_a_half_written_checkpoint_without_manifest_is_not_used(tmp_path: Path) 
     (newest / "manifest.json").unlink()
     assert "manifest.json is missing" in problem_with(newest)
     with pytest.warns(ZerogradWarning, match="step-00000010 is damaged"):
-        assert checkpoint.find_resumable(run_dir / "checkpoints").name == "step-00000005"
+        assert checkpoint_format.find_resumable(run_dir / "checkpoints").name == "step-00000005"
 
 
 def test_no_intact_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path: Path) -> None:
@@ -187,13 +190,14 @@ def test_keeps_the_newest_k_and_the_best_epoch_end_checkpoint(tmp_path: Path) ->
     val = run.history["val_loss"]
     best_epoch = min(range(len(val)), key=val.__getitem__) + 1
     assert best_epoch < 4  # else this test would not tell "the best" from "the newest"
-    kept = {json.loads((p / "manifest.json").read_text())["epoch"] for p in checkpoint_dirs(tmp_path / "run" / "checkpoints")}
+    kept = {json.loads((p / "manifest.json").read_text())["epoch"]
+            for p in checkpoint_dirs(tmp_path / "run" / "checkpoints")}
     assert kept == {4, 5} | {best_epoch}
 
 
 def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(tmp_path: Path, monkeypatch) -> None:
     run_dir = tmp_path / "run"
-    real_write, writes = checkpoint._write_file, []
+    real_write, writes = checkpoint_format.write_file, []
 
     def write_until_full(path: Path, content: Any) -> None:
         writes.append(path)
@@ -201,7 +205,7 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(t
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, content)
 
-    monkeypatch.setattr(checkpoint, "_write_file", write_until_full)
+    monkeypatch.setattr(checkpoint_format, "write_file", write_until_full)
     with pytest.raises(CheckpointError) as caught:
         train(CONFIG, out=run_dir, quiet=True)
     message = str(caught.value)
@@ -211,7 +215,7 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays_intact(t
     assert problem_with(run_dir / "checkpoints" / "step-00000005") is None
     assert not list((run_dir / "checkpoints").glob(".*"))  # the half-written one was removed
 
-    monkeypatch.setattr(checkpoint, "_write_file", real_write)  # space freed: the run goes on
+    monkeypatch.setattr(checkpoint_format, "write_file", real_write)  # space freed: the run goes on
     resume(run_dir, quiet=True)
     assert (run_dir / "summary.json").is_file()
 
@@ -220,7 +224,7 @@ def test_the_cli_reports_a_failed_checkpoint_write_in_one_line(tmp_path: Path, m
     def full(path: Path, content: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_file", full)
+    monkeypatch.setattr(checkpoint_format, "write_file", full)
     (tmp_path / "c.yaml").write_text(json.dumps(CONFIG))
     assert cli(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
@@ -298,25 +302,27 @@ def test_resuming_a_run_stopped_before_its_first_checkpoint_starts_it_over(tmp_p
 def test_metrics_lines_after_the_checkpoint_are_dropped_on_resume(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     lines = [{"kind": "step", "step": 5, "epoch": 0.4}, {"epoch": 1, "train_loss": 0.5},
-             {"kind": "step", "step": 15, "epoch": 1.2}, {"kind": "step", "step": 25, "epoch": 1.9}, {"epoch": 2, "train_loss": 9}]
+             {"kind": "step", "step": 15, "epoch": 1.2}, {"kind": "step", "step": 25, "epoch": 1.9},
+             {"epoch": 2, "train_loss": 9}]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"epoch": 3, "trai')  # cut short by the kill
-    checkpoint.rewrite_metrics(path, [{"epoch": 1, "train_loss": 0.5}], global_step=20)
+    runs.rewrite_metrics(path, [{"epoch": 1, "train_loss": 0.5}], global_step=20)
     assert [json.loads(line) for line in path.read_text().splitlines()] == lines[:3]
 
 
 def test_tied_weights_and_plain_values_round_trip_without_pickle(tmp_path: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     value = {"a": (1, 2.5, float("inf")), 3: [None, True, "x"], "t": torch.arange(3), "__odd": {"n": float("nan")}}
-    packed = checkpoint._pack(value, "", tensors)
-    restored = checkpoint._unpack(json.loads(json.dumps(packed)), tensors)
+    packed = checkpoint_format.pack(value, "", tensors)
+    restored = checkpoint_format.unpack(json.loads(json.dumps(packed)), tensors)
     assert restored["a"][:2] == (1, 2.5) and restored["a"][2] == float("inf") and restored[3] == [None, True, "x"]
     assert torch.equal(restored["t"], torch.arange(3)) and restored["__odd"]["n"] != restored["__odd"]["n"]
     with pytest.raises(CheckpointError, match="without pickle"):
-        checkpoint._pack({"f": print}, "", {})
+        checkpoint_format.pack({"f": print}, "", {})
     layer = torch.nn.Linear(3, 3)
     tied = torch.nn.ModuleDict({"a": layer, "b": layer})
-    state = checkpoint._unshared(tied.state_dict())
-    assert state["a.weight"].data_ptr() != state["b.weight"].data_ptr() and torch.equal(state["a.weight"], state["b.weight"])
+    state = checkpoint_format.unshared(tied.state_dict())
+    assert (state["a.weight"].data_ptr() != state["b.weight"].data_ptr()
+            and torch.equal(state["a.weight"], state["b.weight"]))
 
 
 def test_a_checkpoint_with_other_training_options_is_refused(tmp_path: Path) -> None:
@@ -327,3 +333,33 @@ def test_a_checkpoint_with_other_training_options_is_refused(tmp_path: Path) -> 
         fit(small_classifier(), (x, y), callbacks=[ResumeFrom(tmp_path)], **(options | {"lr": 0.02}))
     with pytest.raises(ConfigError, match="batches per epoch"):
         fit(small_classifier(), (x[:60], y[:60]), callbacks=[ResumeFrom(tmp_path)], **options)
+
+
+FORMAT_1 = Path(__file__).parent / "fixtures" / "checkpoint-format-1"
+
+
+def test_a_checkpoint_of_format_1_still_resumes_exactly(tmp_path: Path) -> None:
+    """A checkpoint from before each part of the state was saved by its owner (format 1, written by
+    zerograd at commit b182d77: the run below stopped after step 10, mid-epoch, with a DataLoader,
+    early stopping's best weights and on_nan: skip's count in it) resumes bit-identically."""
+    options = dict(epochs=3, batch_size=16, lr=0.01, seed=5, accumulate=2, metrics=["accuracy", "f1"],
+                   schedule={"name": "plateau", "monitor": "train_loss", "patience": 0}, threads=1,
+                   early_stopping={"monitor": "train_loss", "patience": 5}, on_nan="skip")
+    assert json.loads((FORMAT_1 / "step-00000009" / "manifest.json").read_text())["version"] == 1
+    reference = small_classifier()
+    expected = fit(reference, NoisyDataset(), **options)
+    shutil.copytree(FORMAT_1, tmp_path / "ckpt")
+    model = small_classifier()
+    history = fit(model, NoisyDataset(), callbacks=[ResumeFrom(tmp_path / "ckpt")], **options)
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), model.state_dict().values()))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in history.records] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in expected.records]
+
+
+def test_a_checkpoint_from_a_newer_zerograd_is_refused_in_one_line(tmp_path: Path) -> None:
+    shutil.copytree(FORMAT_1, tmp_path / "ckpt")
+    manifest = tmp_path / "ckpt" / "step-00000009" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"version": 1', '"version": 99'))
+    with pytest.raises(CheckpointError, match="written by a newer zerograd \\(checkpoint format 99"):
+        fit(small_classifier(), NoisyDataset(), callbacks=[ResumeFrom(tmp_path / "ckpt")], epochs=3, batch_size=16,
+            lr=0.01, seed=5, threads=1)

@@ -53,7 +53,8 @@ def test_inputs_of_the_wrong_width_name_both_sizes() -> None:
 
 def test_flat_rows_into_a_conv_layer_say_reshape() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
-    fails(r"Conv2d.*reshape them \(e.g. x.view\(-1, 1, 28, 28\)", model, (torch.rand(32, 784), torch.randint(0, 10, (32,))))
+    fails(r"Conv2d.*reshape them \(e.g. x.view\(-1, 1, 28, 28\)", model,
+          (torch.rand(32, 784), torch.randint(0, 10, (32,))))
 
 
 def test_integer_images_say_convert_to_float() -> None:
@@ -137,7 +138,8 @@ def test_n_by_1_targets_against_n_outputs_is_an_error_too() -> None:
 
 
 def test_class_labels_for_mse_say_which_loss_to_use() -> None:
-    fails("for classification use loss: cross_entropy", mlp(3, 1), (torch.randn(40, 3), torch.randint(0, 2, (40, 1))), loss="mse")
+    fails("for classification use loss: cross_entropy", mlp(3, 1), (torch.randn(40, 3), torch.randint(0, 2, (40, 1))),
+          loss="mse")
 
 
 def test_log_softmax_then_cross_entropy_is_a_warning_and_training_goes_on() -> None:
@@ -180,7 +182,8 @@ def test_an_empty_data_set_is_an_error() -> None:
 
 
 def test_a_batch_larger_than_the_data_set_is_an_error() -> None:
-    message = fails("batch_size 16 is larger than the training set", mlp(8, 3), (torch.randn(10, 8), torch.zeros(10, dtype=torch.long)))
+    message = fails("batch_size 16 is larger than the training set", mlp(8, 3),
+                    (torch.randn(10, 8), torch.zeros(10, dtype=torch.long)))
     assert "batch_size 10 or less" in message
 
 
@@ -233,12 +236,14 @@ def fake_mnist(root: Path, n: int = 120) -> Path:
     generator = np.random.default_rng(0)
     folder = root / "mnist"
     for prefix, count in (("train", n), ("t10k", n // 2)):
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", generator.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz",
+                  generator.integers(0, 256, (count, 28, 28), dtype=np.uint8))
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", generator.integers(0, 10, count, dtype=np.uint8))
     return folder
 
 
-MNIST_RUN = {"data": {"dataset": "mnist", "root": "DATA", "download": False}, "model": {"name": "mlp", "sizes": [784, 16, 10]},
+MNIST_RUN = {"data": {"dataset": "mnist", "root": "DATA", "download": False},
+             "model": {"name": "mlp", "sizes": [784, 16, 10]},
              "epochs": 2, "batch_size": 20, "checkpoint_every": 3, "threads": 1, "plots": False, "progress": "none"}
 
 
@@ -309,7 +314,8 @@ def test_csv_and_image_folder_errors_surface_as_one_line(tmp_path: Path, capsys:
     for content, message in (("a,b,label\n1,2,0\n3,4\n5,6,0\n7,8,1\n", "line 3: 2 values but the header names 3"),
                              ("a,b,label\n1,2,0\n3,4,\n5,6,0\n7,8,1\n", "the target is missing in 1 rows")):
         (tmp_path / "t.csv").write_text(content)
-        code, err = run_cli(["train", "--data", str(tmp_path / "t.csv"), "--target", "label", "--out", str(tmp_path / "r1")], capsys)
+        code, err = run_cli(["train", "--data", str(tmp_path / "t.csv"), "--target", "label", "--out",
+                             str(tmp_path / "r1")], capsys)
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "r1").exists()
     for name in ("cats", "dogs"):

@@ -20,8 +20,9 @@ from PIL import Image
 
 from zerograd import config as configs
 from zerograd.cli import main
-from helpers import band_image, write_band_idx
 from zerograd.runs import read_summary
+
+from helpers import band_image, write_band_idx
 
 RECIPES = ["fashion-cnn", "fashion-mlp", "linear-regression", "mnist-mlp", "sinc-surface"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,8 @@ def test_train_prints_the_learned_line(capsys: pytest.CaptureFixture[str], tmp_p
     assert "epoch 1/" not in out  # --quiet: the summary only
 
 
-def test_train_shows_progress_and_final_test_accuracy(capsys: pytest.CaptureFixture[str], tiny_mnist: Path, tmp_path: Path) -> None:
+def test_train_shows_progress_and_final_test_accuracy(capsys: pytest.CaptureFixture[str], tiny_mnist: Path,
+                                                      tmp_path: Path) -> None:
     code, out, err = run_cli(capsys, "train", "mnist-mlp", "--out", str(tmp_path / "run"), "--epochs", "2",
                              "--batch-size", "100", "--set", f"data.root={tiny_mnist}", "--device", "cpu")
     assert code == 0, err
@@ -122,7 +124,8 @@ def test_classification_summary_has_test_metrics(mnist_run: Path) -> None:
 
 def test_command_line_flags_land_in_the_saved_config(mnist_run: Path, tiny_mnist: Path) -> None:
     saved = yaml.safe_load((mnist_run / "config.yaml").read_text())
-    assert (saved["epochs"], saved["lr"], saved["batch_size"], saved["seed"], saved["device"]) == (3, 0.01, 50, 3, "cpu")
+    chosen = (saved["epochs"], saved["lr"], saved["batch_size"], saved["seed"], saved["device"])
+    assert chosen == (3, 0.01, 50, 3, "cpu")
     assert saved["data"] == {"dataset": "mnist", "root": str(tiny_mnist)}
     assert saved["model"]["sizes"] == [784, 32, 10]
 
@@ -136,7 +139,8 @@ def test_train_from_a_yaml_file_that_extends_a_recipe(capsys: pytest.CaptureFixt
     assert summary["recipe"] == "short" and summary["epochs_completed"] == 5
 
 
-def test_default_run_directory_is_under_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_run_directory_is_under_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, "train", "linear-regression", "--epochs", "2", "--quiet")
     assert code == 0, err
@@ -157,7 +161,8 @@ def test_evaluate_reproduces_the_final_test_metrics(capsys: pytest.CaptureFixtur
     assert printed["test_loss"] == pytest.approx(final["test_loss"], abs=1e-4)
 
 
-def test_evaluate_a_run_without_a_test_set_reports_the_training_loss(capsys: pytest.CaptureFixture[str], line_run: Path) -> None:
+def test_evaluate_a_run_without_a_test_set_reports_the_training_loss(capsys: pytest.CaptureFixture[str],
+                                                                     line_run: Path) -> None:
     code, out, err = run_cli(capsys, "evaluate", str(line_run))
     assert code == 0, err
     name, value = out.split()
@@ -198,10 +203,12 @@ def test_predict_npy_rows_as_json(capsys: pytest.CaptureFixture[str], mnist_run:
     results = [json.loads(line) for line in out.strip().splitlines()]
     assert [r["input"] for r in results] == [f"{tmp_path / 'rows.npy'}[{i}]" for i in range(4)]
     assert [r["top"][0]["label"] for r in results] == [str(k) for k in labels]
-    assert all(len(r["top"]) == 2 and 0 <= r["top"][1]["probability"] <= r["top"][0]["probability"] <= 1 for r in results)
+    assert all(len(r["top"]) == 2 and 0 <= r["top"][1]["probability"] <= r["top"][0]["probability"] <= 1
+               for r in results)
 
 
-def test_predict_regression_prints_the_values(capsys: pytest.CaptureFixture[str], line_run: Path, tmp_path: Path) -> None:
+def test_predict_regression_prints_the_values(capsys: pytest.CaptureFixture[str], line_run: Path,
+                                              tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.array([[4.0], [0.0]]))
     code, out, err = run_cli(capsys, "predict", str(line_run), str(tmp_path / "x.npy"))
     assert code == 0, err
@@ -215,7 +222,8 @@ def test_predict_regression_prints_the_values(capsys: pytest.CaptureFixture[str]
 
 BAD_ARGUMENTS = {
     "unknown recipe": (["train", "fashion-cn"], 'unknown recipe "fashion-cn" (did you mean "fashion-cnn"?)'),
-    "unknown --set key": (["train", "linear-regression", "--set", "lerning_rate=0.1"], 'unknown --set key "lerning_rate"'),
+    "unknown --set key": (["train", "linear-regression", "--set", "lerning_rate=0.1"], 'unknown --set key '
+                                                                                       '"lerning_rate"'),
     "--set without =": (["train", "linear-regression", "--set", "epochs"], "--set expects key=value"),
     "lr zero": (["train", "linear-regression", "--lr", "0"], "lr must be > 0"),
     "lr negative": (["train", "linear-regression", "--lr", "-0.1"], "lr must be > 0"),
@@ -224,7 +232,8 @@ BAD_ARGUMENTS = {
     "batch size negative": (["train", "linear-regression", "--set", "batch_size=-3"], "batch_size must be > 0"),
     "wrong type": (["train", "linear-regression", "--set", "epochs=many"], "epochs must be int"),
     "missing config file": (["train", "nowhere/none.yaml"], "config file nowhere/none.yaml does not exist"),
-    "bad model option": (["train", "linear-regression", "--set", "model.widht=3"], 'model linear has no option "widht"'),
+    "bad model option": (["train", "linear-regression", "--set", "model.widht=3"],
+                         'model linear has no option "widht"'),
     "evaluate missing run": (["evaluate", "no/such/run"], "run directory no/such/run does not exist"),
     "predict missing run": (["predict", "no/such/run", "x.png"], "run directory no/such/run does not exist"),
 }
@@ -258,10 +267,12 @@ def test_an_incomplete_run_directory_is_named(capsys: pytest.CaptureFixture[str]
     assert code == 2 and "model.safetensors is missing" in err and err.count("\n") == 1
 
 
-def test_predict_unreadable_inputs_are_one_line(capsys: pytest.CaptureFixture[str], mnist_run: Path, tmp_path: Path) -> None:
+def test_predict_unreadable_inputs_are_one_line(capsys: pytest.CaptureFixture[str], mnist_run: Path,
+                                                tmp_path: Path) -> None:
     (tmp_path / "fake.png").write_text("not an image")
     np.save(tmp_path / "wrong.npy", np.zeros((2, 10), dtype=np.float32))
-    for path, message in [(tmp_path / "fake.png", "is not an image"), (tmp_path / "wrong.npy", "has 10 values but the model takes 784"),
+    for path, message in [(tmp_path / "fake.png", "is not an image"), (tmp_path / "wrong.npy", "has 10 values but the "
+                                                                                               "model takes 784"),
                           (tmp_path / "missing.png", "does not exist")]:
         code, out, err = run_cli(capsys, "predict", str(mnist_run), str(path))
         assert code == 2 and message in err and err.count("\n") == 1, err
@@ -288,7 +299,8 @@ def test_console_script_lists_recipes() -> None:
 
 
 def test_python_dash_m_trains_and_reports_mistakes(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "zerograd", "train", "linear-regression", "--out", str(tmp_path / "run"), "--quiet"]
+    command = [sys.executable, "-m", "zerograd", "train", "linear-regression", "--out", str(tmp_path / "run"),
+               "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     assert "learned: y = " in result.stdout and (tmp_path / "run" / "model.safetensors").is_file()

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from zerograd import config as configs
-from zerograd.engine import FitOptions
 from zerograd.errors import ConfigError
+from zerograd.options import FitOptions
 
 RECIPES = ["fashion-cnn", "fashion-mlp", "linear-regression", "mnist-mlp", "sinc-surface"]
 
@@ -37,7 +37,8 @@ def test_every_recipe_resolves_to_a_complete_valid_config(name: str) -> None:
     ("linear-regression", {"loss": {"name": "mse", "reduction": "sum"}, "optimizer": "sgd", "lr": 0.01, "epochs": 100}),
     ("sinc-surface", {"loss": "mse", "optimizer": "adam", "lr": 0.01, "batch_size": 200, "epochs": 400}),
     ("fashion-cnn", {"loss": "cross_entropy", "optimizer": "adam", "lr": 0.01, "batch_size": 100, "epochs": 3}),
-    ("fashion-mlp", {"loss": "cross_entropy", "optimizer": "sgd", "lr": 0.001, "momentum": 0.9, "batch_size": 64, "epochs": 5}),
+    ("fashion-mlp",
+     {"loss": "cross_entropy", "optimizer": "sgd", "lr": 0.001, "momentum": 0.9, "batch_size": 64, "epochs": 5}),
 ])
 def test_recipes_carry_the_tutorials_hyper_parameters(name: str, expected: dict) -> None:
     config = configs.resolve(name)

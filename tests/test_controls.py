@@ -3,7 +3,6 @@ torch.compile, seeds, device choice, and the config / --set names of all of them
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from zerograd import accelerator
 from zerograd import config as configs
 from zerograd.callbacks import Callback
 from zerograd.cli import main
-from zerograd.data.loader import TensorLoader
-from zerograd.engine import fit, split_validation
+from zerograd.data.loader import TensorLoader, split_validation
+from zerograd.engine import fit
 from zerograd.errors import ConfigError
 
 CONTROL_KEYS = {
@@ -228,7 +227,8 @@ def test_a_failing_compile_falls_back_to_eager_with_a_clear_warning(monkeypatch)
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     compiled = mlp()
-    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: inductor exploded.*training goes on without compiling"):
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: inductor exploded.*training goes on "
+                                         r"without compiling"):
         fit(compiled, toy_data(), compile=True, epochs=2, batch_size=12, device="cpu")
     eager = mlp()
     fit(eager, toy_data(), epochs=2, batch_size=12, device="cpu")
@@ -331,10 +331,12 @@ def test_every_control_is_a_config_key_with_the_issue_names(tiny_yaml):
 @pytest.mark.parametrize(
     ("assignment", "key", "value"),
     [("schedule.name=onecycle", "schedule", {"name": "onecycle"}), ("schedule=exponential", "schedule", "exponential"),
-     ("early_stopping.min_delta=0.01", "early_stopping", {"min_delta": 0.01}), ("early_stopping=true", "early_stopping", True),
+     ("early_stopping.min_delta=0.01", "early_stopping", {"min_delta": 0.01}),
+     ("early_stopping=true", "early_stopping", True),
      ("accumulate=4", "accumulate", 4), ("clip_grad_norm=0.5", "clip_grad_norm", 0.5),
      ("clip_grad_value=null", "clip_grad_value", None), ("precision=bf16", "precision", "bf16"),
-     ("compile=true", "compile", True), ("seed=9", "seed", 9), ("device=cpu", "device", "cpu"), ("val_split=0.1", "val_split", 0.1)],
+     ("compile=true", "compile", True), ("seed=9", "seed", 9), ("device=cpu", "device", "cpu"),
+     ("val_split=0.1", "val_split", 0.1)],
 )
 def test_every_control_is_a_set_key(tiny_yaml, assignment, key, value):
     overrides = dict([configs.parse_assignment(assignment)])
@@ -374,7 +376,8 @@ def test_summary_says_which_epoch_was_best_and_that_training_stopped_early(tiny_
     # min_delta larger than any possible improvement: epoch 1 stays best, epoch 2 ends the run.
     out = tmp_path / "run"
     code = main(["train", str(tiny_yaml), "--set", "val_split=0.2", "--set", "epochs=10",
-                 "--set", "early_stopping={monitor: val_loss, patience: 1, min_delta: 1000}", "--out", str(out), "--quiet"])
+                 "--set", "early_stopping={monitor: val_loss, patience: 1, min_delta: 1000}", "--out", str(out),
+                 "--quiet"])
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -385,4 +388,5 @@ def test_summary_says_which_epoch_was_best_and_that_training_stopped_early(tiny_
     assert "stopped early after epoch 2" in printed and "best epoch, 1" in printed
     model, _ = zerograd.load_run(out)  # the saved weights are epoch 1's: they reproduce its val loss
     _, val = split_validation(zerograd.api.build_data({"dataset": "sinc", "n": 10}).train, None, 0.2, 0)
-    assert zerograd.evaluate(model, val, loss="mse", device="cpu")["loss"] == pytest.approx(records[0]["val_loss"], rel=1e-5)
+    recomputed = zerograd.evaluate(model, val, loss="mse", device="cpu")["loss"]
+    assert recomputed == pytest.approx(records[0]["val_loss"], rel=1e-5)

@@ -26,6 +26,7 @@ from zerograd.api import resume, train
 from zerograd.callbacks import Callback
 from zerograd.data import loader as loaders
 from zerograd.data.loader import TensorLoader, make_loader
+
 from helpers import PairDataset
 
 pytestmark = [

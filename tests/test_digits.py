@@ -24,7 +24,7 @@ def ink_box(image: np.ndarray, level: float = 0.05) -> tuple[int, int]:
 def test_a_drawing_becomes_a_centred_white_on_black_28x28_digit(digit_drawing, digit: str) -> None:
     out = mnist_digit(digit_drawing(digit))  # dark ink on a white 280x280 page
     assert out.shape == (28, 28) and out.dtype == np.float32
-    assert 0.0 <= out.min() and out.max() <= 1.0 and out.max() > 0.9
+    assert out.min() >= 0.0 and out.max() <= 1.0 and out.max() > 0.9
     assert np.median(out) == 0.0  # the background is black now
     height, width = ink_box(out)
     assert max(height, width) in (19, 20, 21) and min(height, width) >= 2  # the longer side fills the 20x20 box

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import zerograd
-from zerograd import cli, distributed
+from zerograd import cli, distributed, launch
 from zerograd.accelerator import Accelerator
 from zerograd.data.loader import TensorLoader, global_batch_size, make_loader
 from zerograd.errors import ConfigError
@@ -59,7 +59,8 @@ def test_global_batch_must_divide_over_the_ranks() -> None:
     (3, 5, "mean", 1.2),
     (4, 8, "sum", 2.0),     # summed losses: DDP averages, so each rank counts twice
 ])
-def test_rank_share_makes_the_ddp_average_the_global_gradient(local: int, total: int, reduction: str, weight: float) -> None:
+def test_rank_share_makes_the_ddp_average_the_global_gradient(local: int, total: int, reduction: str,
+                                                              weight: float) -> None:
     acc = Accelerator(torch.device("cpu"), world_size=2)
     loss = torch.tensor(3.0)
     assert float(acc.rank_share(loss, torch.zeros(local, 2), local, total, reduction)) == pytest.approx(3.0 * weight)
@@ -151,27 +152,27 @@ def test_backend_is_gloo_without_a_gpu() -> None:
 
 
 def test_one_node_uses_a_standalone_rendezvous() -> None:
-    options = distributed.LaunchOptions(nproc=2)
+    options = launch.LaunchOptions(nproc=2)
     assert options.torchrun_args() == ["--nproc-per-node", "2", "--nnodes", "1", "--max-restarts", "0", "--standalone"]
     assert options.command(["train", "x"])[-4:] == ["-m", "zerograd", "train", "x"]
     assert options.fixed_world_size == 2
 
 
 def test_several_nodes_meet_at_the_rendezvous_endpoint() -> None:
-    options = distributed.LaunchOptions(nproc=4, nnodes="2", rdzv_endpoint="node0:29400", rdzv_id="job7", max_restarts=3)
+    options = launch.LaunchOptions(nproc=4, nnodes="2", rdzv_endpoint="node0:29400", rdzv_id="job7", max_restarts=3)
     options.validate()
     assert options.torchrun_args() == ["--nproc-per-node", "4", "--nnodes", "2", "--max-restarts", "3",
                                        "--rdzv-backend", "c10d", "--rdzv-endpoint", "node0:29400", "--rdzv-id", "job7"]
     assert options.fixed_world_size == 8
-    assert distributed.LaunchOptions(nproc=4, nnodes="1:4", rdzv_endpoint="h:1").fixed_world_size is None
+    assert launch.LaunchOptions(nproc=4, nnodes="1:4", rdzv_endpoint="h:1").fixed_world_size is None
 
 
 @pytest.mark.parametrize("options, message", [
-    (distributed.LaunchOptions(nproc=2, nnodes="2"), "needs a rendezvous point.*--rdzv-endpoint HOST:PORT"),
-    (distributed.LaunchOptions(nproc=2, nnodes="two"), "--nnodes must be a number of nodes or a range"),
-    (distributed.LaunchOptions(nproc=0), "--nproc must be >= 1"),
+    (launch.LaunchOptions(nproc=2, nnodes="2"), "needs a rendezvous point.*--rdzv-endpoint HOST:PORT"),
+    (launch.LaunchOptions(nproc=2, nnodes="two"), "--nnodes must be a number of nodes or a range"),
+    (launch.LaunchOptions(nproc=0), "--nproc must be >= 1"),
 ])
-def test_bad_launch_options_are_config_errors(options: distributed.LaunchOptions, message: str) -> None:
+def test_bad_launch_options_are_config_errors(options: launch.LaunchOptions, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         options.validate()
 
@@ -194,9 +195,9 @@ def test_launch_flags_without_nproc_are_an_error(capsys: pytest.CaptureFixture[s
 
 def test_inside_a_worker_the_launch_flags_do_not_launch_again(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(["train", "sinc-surface", "--nproc", "2"])
-    assert distributed.launch_options(args) is not None
+    assert launch.launch_options(args) is not None
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert distributed.launch_options(args) is None
+    assert launch.launch_options(args) is None
 
 
 def test_launcher_reports_the_failing_ranks_own_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -222,7 +223,7 @@ def test_launcher_reports_the_failing_ranks_own_error(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr("torch.distributed.run.run", failed_run)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert distributed.launch(distributed.LaunchOptions(nproc=2), ["train", "x"]) == 2
+    assert launch.launch(launch.LaunchOptions(nproc=2), ["train", "x"]) == 2
     err = capsys.readouterr().err
     assert "worker rank 1 failed (exit code 2): TrainingError: the loss became NaN at step 7" in err
     assert "torchrun stopped the other workers" in err
@@ -233,12 +234,12 @@ def test_a_signal_kill_reads_as_one() -> None:
                               timestamp=5, signal_name=lambda: "SIGKILL")
     stopped = SimpleNamespace(message="Signal 15 (SIGTERM) received by PID 8", exitcode=-signal.SIGTERM,
                               timestamp=5, signal_name=lambda: "SIGTERM")
-    rank, root = distributed.root_failure(SimpleNamespace(failures={0: stopped, 1: failure}))
+    rank, root = launch.root_failure(SimpleNamespace(failures={0: stopped, 1: failure}))
     assert rank == 1  # torchrun's own SIGTERM to the others is not the cause
-    assert distributed.describe_failure(rank, root).startswith("worker rank 1 was killed by signal SIGKILL")
+    assert launch.describe_failure(rank, root).startswith("worker rank 1 was killed by signal SIGKILL")
     reported = SimpleNamespace(message={"message": "DataError: no file x.csv"}, exitcode=-signal.SIGABRT,
                                timestamp=5, signal_name=lambda: "SIGABRT")
-    assert distributed.describe_failure(0, reported).startswith("worker rank 0 failed (SIGABRT): DataError: no file x.csv")
+    assert launch.describe_failure(0, reported).startswith("worker rank 0 failed (SIGABRT): DataError: no file x.csv")
 
 
 # --- real jobs: torchrun, gloo, 2 workers ------------------------------------------------------
@@ -306,7 +307,7 @@ def test_torchrun_module_launch_matches_one_process(reference_run: Path, tmp_pat
     summary = json.loads((reference_run / "summary.json").read_text())
     assert (summary["world_size"], summary["batch_size"], summary["per_rank_batch_size"]) == (2, 200, 100)
     assert len(epoch_records(reference_run)) == 3
-    single = zerograd.train("sinc-surface", overrides={"epochs": 3}, out=tmp_path / "one", quiet=True)
+    zerograd.train("sinc-surface", overrides={"epochs": 3}, out=tmp_path / "one", quiet=True)
     assert_same_weights(load_file(str(tmp_path / "one" / "model.safetensors")),
                         load_file(str(reference_run / "model.safetensors")))
     for one, two in zip(epoch_records(tmp_path / "one"), epoch_records(reference_run)):
@@ -353,7 +354,8 @@ def inject(tmp_path: Path, kind: str, step: int) -> dict[str, str]:
     ("kill", 300, "worker rank 1 was killed by signal SIGKILL"),
     ("hang", 8, "Timed out waiting 8000ms"),
 ])
-def test_a_failing_worker_stops_the_job_with_its_error(tmp_path: Path, kind: str, timeout_s: int, expected: str) -> None:
+def test_a_failing_worker_stops_the_job_with_its_error(tmp_path: Path, kind: str, timeout_s: int,
+                                                       expected: str) -> None:
     """Rank 1 raises / is killed / hangs at its third step: the job exits non-zero and says which
     rank failed and why. Crashes end well inside the (long) collective timeout, because torchrun
     stops the others; a hang ends through the collective timeout (then torchrun's 30 s grace
@@ -399,7 +401,8 @@ def test_torchrun_restarts_a_failed_job_from_its_last_checkpoint(reference_run: 
     """`--max-restarts 1`: rank 1 fails at step 20; torchrun starts both workers again, they go on
     from the step-18 checkpoint in the same run directory and end as the uninterrupted run."""
     job = run_job(["-m", "zerograd", "train", "sinc-surface", "--epochs", "3", "--nproc", "2", "--quiet",
-                   "--max-restarts", "1", "--set", "checkpoint_every=6"], tmp_path, env=inject(tmp_path, "raise", step=20))
+                   "--max-restarts", "1", "--set", "checkpoint_every=6"], tmp_path,
+                  env=inject(tmp_path, "raise", step=20))
     assert job.returncode == 0, job.stderr[-3000:]
     assert "injected failure on purpose" in job.stderr  # the first attempt did fail
     [run] = list((tmp_path / "runs").iterdir())  # the restart continued the run, not a new one

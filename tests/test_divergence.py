@@ -47,7 +47,8 @@ def test_the_explosion_is_seen_at_the_end_of_an_epoch_shorter_than_a_window() ->
         fit(mlp(), (x, y), optimizer="sgd", lr=1e3, batch_size=64, epochs=30, threads=1)
 
 
-def test_a_diverging_csv_run_on_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_diverging_csv_run_on_the_cli_exits_2_with_one_line(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 3))
     lines = ["a,b,c,label"] + [f"{a:.4f},{b:.4f},{c:.4f},{int(a + b > 0)}" for a, b, c in x]
@@ -55,7 +56,8 @@ def test_a_diverging_csv_run_on_the_cli_exits_2_with_one_line(tmp_path: Path, ca
     code = main(["train", "--data", str(tmp_path / "t.csv"), "--lr", "1e6", "--batch-size", "4", "--epochs", "2",
                  "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu", "--set", "plots=false"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("zerograd: error: training diverged: the loss became") and len(err.splitlines()) == 1
+    assert (code == 2 and err.startswith("zerograd: error: training diverged: the loss became")
+            and len(err.splitlines()) == 1)
 
 
 def test_no_false_alarm_when_the_first_sample_happens_to_be_fitted_already() -> None:
@@ -94,7 +96,8 @@ def nan_rows(batches: list[int], n: int = 160, batch_size: int = 16) -> tuple[to
 def test_on_nan_skip_fails_an_epoch_that_left_out_most_of_its_batches() -> None:
     x, y = nan_rows(list(range(6)))  # 6 of 10 batches hold a NaN
     with pytest.raises(TrainingError) as caught:
-        fit(nn.Linear(4, 1), (x, y), loss="mse", batch_size=16, shuffle=False, on_nan="skip", preflight=False, threads=1)
+        fit(nn.Linear(4, 1), (x, y), loss="mse", batch_size=16, shuffle=False, on_nan="skip", preflight=False,
+            threads=1)
     message = str(caught.value)
     assert "of 6 of the epoch's 10 batches, more than half, became NaN/Inf at epoch 1, batch 6 " in message
     assert "Skipping batches cannot help" in message

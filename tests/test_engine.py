@@ -13,8 +13,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import zerograd
 from zerograd.data.loader import epoch_permutation
-from zerograd.engine import FitOptions, History
 from zerograd.errors import ConfigError, DataError
+from zerograd.options import FitOptions
+from zerograd.state import History
+
 from helpers import PairDataset
 
 EPOCHS, BATCH, N = 3, 10, 103  # 103 samples: every epoch ends in a partial batch of 3
@@ -135,7 +137,8 @@ def test_generic_dataset_in_order_matches_the_hand_written_loop() -> None:
     reference = copy.deepcopy(model)
     zerograd.fit(model, PairDataset(x, y), optimizer="sgd", lr=0.05, momentum=0.9, batch_size=BATCH,
                  epochs=EPOCHS, shuffle=False, device="cpu")
-    reference_fit(reference, x, y, torch_loss, torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, fused=True),
+    reference_fit(reference, x, y, torch_loss,
+                  torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, fused=True),
                   shuffle=False, seed=0)
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

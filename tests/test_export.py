@@ -57,7 +57,7 @@ ZOO = {
 }
 
 
-def load_exported(path: Path, format: str) -> Callable[[torch.Tensor], np.ndarray]:  # noqa: A002
+def load_exported(path: Path, format: str) -> Callable[[torch.Tensor], np.ndarray]:
     """The exported file, loaded the way a user of that format would."""
     if format == "onnx":
         import onnxruntime
@@ -71,7 +71,7 @@ def load_exported(path: Path, format: str) -> Callable[[torch.Tensor], np.ndarra
 
 
 @pytest.fixture(scope="module")
-def zoo_runs(tmp_path_factory: pytest.TempPathFactory, digit_drawing) -> dict[str, Path]:  # noqa: ANN001
+def zoo_runs(tmp_path_factory: pytest.TempPathFactory, digit_drawing) -> dict[str, Path]:
     """Each zoo model, and a layer list with conv, pooling, BatchNorm and Dropout, trained for one
     epoch on a dozen 28x28 drawn digits."""
     root = tmp_path_factory.mktemp("zoo-digits") / "digits"
@@ -112,7 +112,7 @@ def own_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ("layer_list", "onnx"),
 ])
 def test_the_zoo_exports_in_eval_mode_with_a_free_batch_dimension(zoo_runs: dict[str, Path], tmp_path: Path,
-                                                                    model: str, format: str) -> None:  # noqa: A002
+                                                                    model: str, format: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ZerogradWarning)  # (torchscript's legacy note: tested below)
         result = export_run(zoo_runs[model], format, tmp_path / f"model.{format}")
@@ -133,7 +133,7 @@ def test_a_torch_export_program_carries_the_preprocessing_and_is_read_back_from_
     read_back = []
     real_load = torch.export.load
 
-    def load(f, **kwargs):  # noqa: ANN001, ANN202
+    def load(f, **kwargs):
         read_back.append(f)
         return real_load(f, **kwargs)
 
@@ -204,7 +204,8 @@ def test_the_cli_writes_into_the_run_directory_by_default(shapes_run: Path, tmp_
 
 
 def test_unknown_formats_and_missing_toolchains_are_clear_errors(shapes_run: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(shapes_run), "--format", "onx", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err == ('zerograd: error: unknown export format "onx" (did you mean "onnx"?); '
                                        'choose from onnx (model.onnx), export (model.pt2), torchscript (model.pt)\n')
@@ -219,7 +220,8 @@ def test_unknown_formats_and_missing_toolchains_are_clear_errors(shapes_run: Pat
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    with pytest.raises(ExportError, match=r"ONNX export needs onnx, onnxscript and onnxruntime .*pip install 'zerograd\[export\]'"):
+    with pytest.raises(ExportError, match=r"ONNX export needs onnx, onnxscript and onnxruntime .*pip install "
+                                          r"'zerograd\[export\]'"):
         export_run(shapes_run, "onnx", tmp_path / "x.onnx")
 
 
@@ -232,7 +234,7 @@ def test_unknown_formats_and_missing_toolchains_are_clear_errors(shapes_run: Pat
                       "<OpOverload(op='prims.lgamma', overload='default')>"),
 ])
 def test_a_model_that_does_not_export_is_one_line_naming_the_format_and_another(
-        own_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, format: str, message: str) -> None:  # noqa: A002
+        own_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, format: str, message: str) -> None:
     out = tmp_path / "model.file"
     assert main(["export", str(own_runs[model]), "--format", format, "--out", str(out), "--trust-code"]) == 2
     captured = capsys.readouterr()
@@ -256,7 +258,7 @@ def test_an_export_that_disagrees_with_pytorch_writes_nothing(own_runs: dict[str
 def test_an_export_that_fails_at_another_batch_size_is_refused(shapes_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = export.export_program
 
-    def frozen_batch(model, example, metadata):  # noqa: ANN001, ANN202  (an export that kept the example's batch)
+    def frozen_batch(model, example, metadata):
         content, run = real(model, example, metadata)
 
         def run_fixed(x: np.ndarray) -> np.ndarray:

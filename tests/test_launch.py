@@ -21,16 +21,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from zerograd import cli, distributed, launch, performance
+from zerograd.errors import ConfigError
+
 import proc_watchdog
 from helpers import write_band_idx
-from zerograd import cli, distributed, performance
-from zerograd.errors import ConfigError
 
 TESTS = Path(__file__).resolve().parent
 WATCHDOG = TESTS / "proc_watchdog.py"
 MAX_PROCESSES = 6  # a launcher, its worker(s) and a little slack: a recursion passes this at once
 MARK, SHARE = "ZEROGRAD_LAUNCHED", "ZEROGRAD_CPU_SHARE"  # what the launcher sets in its workers
-LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "GROUP_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", MARK, SHARE)
+LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "GROUP_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                      MARK, SHARE)
 
 
 def clean_environment() -> dict[str, str]:
@@ -78,13 +80,14 @@ def test_a_one_process_worker_does_not_launch_again(monkeypatch: pytest.MonkeyPa
     args = cli.build_parser().parse_args(["train", "sinc-surface", "--nproc", "1"])
     for name in LAUNCHER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert distributed.launch_options(args) is not None
+    assert launch.launch_options(args) is not None
     for name, value in {"TORCHELASTIC_RUN_ID": "job", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(name, value)
-    assert distributed.launch_options(args) is None
+    assert launch.launch_options(args) is None
 
 
-def test_a_marked_process_refuses_to_launch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_marked_process_refuses_to_launch(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     """ZEROGRAD_LAUNCHED without torchrun's variables (an environment copied from a worker): the
     flags ask for a launch, and it refuses in one line instead of starting torchrun."""
     for name in LAUNCHER_VARIABLES:
@@ -96,11 +99,11 @@ def test_a_marked_process_refuses_to_launch(monkeypatch: pytest.MonkeyPatch, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "started by a zerograd launcher (ZEROGRAD_LAUNCHED is set)" in err
     with pytest.raises(ConfigError, match="will not start workers itself"):
-        distributed.launch(distributed.LaunchOptions(nproc=2), ["train", "sinc-surface"])
+        launch.launch(launch.LaunchOptions(nproc=2), ["train", "sinc-surface"])
     monkeypatch.delenv(MARK)
     monkeypatch.setenv("RANK", "0")  # torchrun's worker: `launch` itself refuses too
     with pytest.raises(ConfigError, match="a worker that torchrun started"):
-        distributed.launch(distributed.LaunchOptions(nproc=1), ["train", "sinc-surface"])
+        launch.launch(launch.LaunchOptions(nproc=1), ["train", "sinc-surface"])
     assert not started
 
 
@@ -115,7 +118,7 @@ def test_the_launcher_marks_its_workers_and_gives_each_its_share_of_cores(monkey
     monkeypatch.setattr("torch.distributed.run.run", fake_run)
     cores = min(performance.usable_cores(), torch.get_num_threads())
     for nproc in (1, 2):
-        assert distributed.launch(distributed.LaunchOptions(nproc=nproc), ["train", "x"]) == 0
+        assert launch.launch(launch.LaunchOptions(nproc=nproc), ["train", "x"]) == 0
     one, two = seen
     assert one[MARK] == two[MARK] == "1"
     assert one[SHARE] == str(cores) and "OMP_NUM_THREADS" not in one  # torch's default, as plain
@@ -123,7 +126,7 @@ def test_the_launcher_marks_its_workers_and_gives_each_its_share_of_cores(monkey
     for name in (MARK, SHARE, "OMP_NUM_THREADS"):
         assert name not in os.environ  # the launcher's own environment is left as it was
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins: no share to override it
-    assert distributed.worker_environment(2) == {MARK: "1"}
+    assert launch.worker_environment(2) == {MARK: "1"}
 
 
 # --- real launches, under the watchdog ---------------------------------------------------------
@@ -194,7 +197,8 @@ def node_args(port: int, out: Path, epochs: int, *extra: str) -> list[str]:
 def test_two_nodes_end_with_the_weights_of_one_process(tmp_path: Path) -> None:
     from test_distributed import assert_same_weights  # the tolerance of the 2-process test
 
-    single = zerograd_cli(["train", "sinc-surface", "--epochs", "3", "--out", str(tmp_path / "one"), "--quiet"], tmp_path)
+    single = zerograd_cli(["train", "sinc-surface", "--epochs", "3", "--out", str(tmp_path / "one"), "--quiet"],
+                          tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     port = free_port()
     nodes = [start_node(node_args(port, tmp_path / "two", 3, "--quiet"), tmp_path, name) for name in ("a", "b")]

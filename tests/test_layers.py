@@ -51,7 +51,8 @@ def test_the_same_layer_list_loads_the_saved_weights() -> None:
     [
         ([{"linaer": 10}], 'layer 1: unknown layer "linaer" (did you mean "linear"?)'),
         (["relu", "dropuot"], 'layer 2: unknown layer "dropuot" (did you mean "dropout"?)'),
-        ([{"conv2d": {"out_chanels": 4}}], 'layer 1 (conv2d) has no option "out_chanels" (did you mean "out_channels"?)'),
+        ([{"conv2d": {"out_chanels": 4}}], 'layer 1 (conv2d) has no option "out_chanels" (did you mean '
+                                           '"out_channels"?)'),
         ([{"relu": 3}], "layer 1 (relu) takes no size"),
         ([{"linear": 4, "relu": None}], "write each layer as a name"),
         ([{"conv2d": 4}], "conv2d needs image inputs of shape [channels, height, width], got [5]"),
@@ -119,7 +120,8 @@ def test_a_class_in_a_python_file_is_imported_too(user_module: Path) -> None:
     "spec, message",
     [
         ({"name": "mynets.nets:Nett"}, 'mynets.nets has no "Nett" (did you mean "Net"?)'),
-        ({"name": "mynets.nets:Net", "hiden": 3}, 'model mynets.nets:Net has no option "hiden" (did you mean "hidden"?)'),
+        ({"name": "mynets.nets:Net", "hiden": 3}, 'model mynets.nets:Net has no option "hiden" (did you mean '
+                                                  '"hidden"?)'),
         ({"name": "nosuchpackage.nets:Net"}, "cannot import nosuchpackage.nets"),
         ({"name": "mynets.nets:not_a_model"}, "returned a list, not a torch nn.Module"),
         ({"name": "missing.py:Net"}, "model file missing.py does not exist"),

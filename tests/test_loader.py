@@ -119,7 +119,8 @@ def test_start_batch_applies_to_one_pass_only() -> None:
 @pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("n, batch_size", [(30, 6), (31, 6), (20, 7), (5, 4)])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_rank_shards_cover_each_global_batch_exactly_once(world_size: int, n: int, batch_size: int, shuffle: bool) -> None:
+def test_rank_shards_cover_each_global_batch_exactly_once(world_size: int, n: int, batch_size: int,
+                                                          shuffle: bool) -> None:
     single = TensorLoader(indexed(n), batch_size, seed=9, shuffle=shuffle)
     single.set_epoch(1)
     global_batches = [sorted(y.tolist()) for _, y in single]

@@ -37,7 +37,8 @@ def reference_macro(labels: np.ndarray, predicted: np.ndarray, classes: int) -> 
     return {"precision": np.mean(precisions), "recall": np.mean(recalls), "f1": np.mean(f1s)}
 
 
-def epoch_of(names: list[str], outputs: torch.Tensor, targets: torch.Tensor, batch_sizes: list[int], task: str = "classification"):
+def epoch_of(names: list[str], outputs: torch.Tensor, targets: torch.Tensor, batch_sizes: list[int],
+             task: str = "classification"):
     """Feed the metrics batch by batch (uneven batches) and compute once, as an epoch does."""
     metrics = build_metrics(names, task)
     start = 0

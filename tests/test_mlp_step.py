@@ -1,4 +1,4 @@
-"""Hand-derived MLP gradients (mlp_step.py): bitwise autograd's, and autograd wherever not covered."""
+"""Hand-derived MLP gradients (fast/mlp_gradients.py): bitwise autograd's, and autograd wherever not covered."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import zerograd
-from zerograd.mlp_step import ManualMLP
+from zerograd.callbacks import Callback
+from zerograd.fast.mlp_gradients import ManualMLP
 from zerograd.models import mlp
 
 
@@ -41,16 +42,19 @@ def net(*layers: nn.Module) -> nn.Sequential:
 
 
 COVERED = {
-    "tutorial-mlp-nll": (lambda: (torch.manual_seed(3), mlp([20, 16, 16, 5], log_softmax=True))[1], nn.NLLLoss, "classes"),
+    "tutorial-mlp-nll": (lambda: (torch.manual_seed(3), mlp([20, 16, 16, 5], log_softmax=True))[1], nn.NLLLoss,
+                         "classes"),
     "relu-ce": (lambda: net(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 5)), nn.CrossEntropyLoss, "classes"),
     "tanh-sigmoid-ce-sum": (lambda: net(nn.Linear(20, 16), nn.Tanh(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 5)),
                             lambda: nn.CrossEntropyLoss(reduction="sum"), "classes"),
-    "no-bias-inplace-relu": (lambda: net(nn.Linear(20, 16, bias=False), nn.ReLU(inplace=True), nn.Linear(16, 5, bias=False)),
+    "no-bias-inplace-relu": (lambda: net(nn.Linear(20, 16, bias=False), nn.ReLU(inplace=True),
+                                         nn.Linear(16, 5, bias=False)),
                              nn.CrossEntropyLoss, "classes"),
     "weighted-nll-ignore": (lambda: net(nn.Linear(20, 5), nn.LogSoftmax(dim=-1)),
                             lambda: nn.NLLLoss(weight=torch.linspace(0.5, 2.0, 5), ignore_index=2), "classes"),
     "mse-mean": (lambda: net(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 2)), nn.MSELoss, "regression"),
-    "mse-sum-identity-dropout0": (lambda: net(nn.Linear(20, 16), nn.Identity(), nn.Sigmoid(), nn.Dropout(0.0), nn.Linear(16, 2)),
+    "mse-sum-identity-dropout0": (lambda: net(nn.Linear(20, 16), nn.Identity(), nn.Sigmoid(), nn.Dropout(0.0),
+                                              nn.Linear(16, 2)),
                                   lambda: nn.MSELoss(reduction="sum"), "regression"),
     "bare-linear": (lambda: (torch.manual_seed(3), nn.Linear(20, 2))[1], nn.MSELoss, "regression"),
 }
@@ -105,7 +109,8 @@ NOT_COVERED = {
     "dropout": lambda: (net(nn.Linear(20, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
     "batch-norm": lambda: (net(nn.Linear(20, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
     "gelu": lambda: (net(nn.Linear(20, 8), nn.GELU(), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
-    "two-activations-in-a-row": lambda: (net(nn.Linear(20, 8), nn.ReLU(), nn.Tanh(), nn.Linear(8, 5)), nn.CrossEntropyLoss()),
+    "two-activations-in-a-row": lambda: (net(nn.Linear(20, 8), nn.ReLU(), nn.Tanh(), nn.Linear(8, 5)),
+                                         nn.CrossEntropyLoss()),
     "starts-with-activation": lambda: (net(nn.ReLU(), nn.Linear(20, 5)), nn.CrossEntropyLoss()),
     "log-softmax-not-last": lambda: (net(nn.Linear(20, 5), nn.LogSoftmax(dim=1), nn.Linear(5, 5)), nn.NLLLoss()),
     "log-softmax-dim-0": lambda: (net(nn.Linear(20, 5), nn.LogSoftmax(dim=0)), nn.NLLLoss()),
@@ -195,3 +200,18 @@ def test_backward_without_forward_is_an_error() -> None:
     manual = ManualMLP.for_model(net(nn.Linear(20, 5)), nn.CrossEntropyLoss())
     with pytest.raises(RuntimeError, match="without a forward pass"):
         manual.backward()
+
+
+def test_a_hook_a_callback_adds_when_fit_starts_still_runs() -> None:
+    """The step strategy is chosen after the callbacks' on_fit_start: a module hook added there
+    sends the MLP through autograd, which runs it (the hand-derived step would skip it)."""
+    calls: list[int] = []
+
+    class HookAtStart(Callback):
+        def on_fit_start(self, state) -> None:
+            first = next(m for m in state.raw_model.modules() if isinstance(m, nn.Linear))
+            first.register_forward_hook(lambda *_: calls.append(1))
+
+    x, y = classes(n=40)
+    zerograd.fit(mlp([20, 8, 5]), (x, y), batch_size=10, epochs=1, device="cpu", callbacks=[HookAtStart()])
+    assert len(calls) == 4  # one forward per training batch

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from zerograd import config as configs
-from zerograd.engine import seed_everything
 from zerograd.errors import ConfigError
 from zerograd.models import TutorialCNN, build_model, count_parameters, mlp
+from zerograd.rng import seed_everything
 
 
 def linear_params(*sizes: int) -> int:
@@ -51,14 +51,16 @@ def test_mlp_layers_activation_dropout_and_flatten() -> None:
     model = mlp([2, 80, 1], "tanh", flatten=False)
     assert [type(m) for m in model] == [nn.Linear, nn.Tanh, nn.Linear]
     dropped = mlp([8, 4, 4, 2], dropout=0.5)
-    assert [type(m) for m in dropped] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert [type(m) for m in dropped] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout,
+                                          nn.Linear]
 
 
 def test_tutorial_cnn_layers() -> None:
     model = TutorialCNN()
     assert (model.conv1.in_channels, model.conv1.out_channels, model.conv1.kernel_size) == (1, 6, (5, 5))
     assert (model.conv2.in_channels, model.conv2.out_channels, model.conv2.kernel_size) == (6, 12, (5, 5))
-    assert [(m.in_features, m.out_features) for m in (model.fc1, model.fc2, model.out)] == [(192, 120), (120, 60), (60, 10)]
+    sizes = [(m.in_features, m.out_features) for m in (model.fc1, model.fc2, model.out)]
+    assert sizes == [(192, 120), (120, 60), (60, 10)]
 
 
 def test_build_model_from_a_name_uses_the_defaults() -> None:

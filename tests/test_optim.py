@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from zerograd.callbacks import Callback
-from zerograd.engine import FitOptions, fit
+from zerograd.engine import fit
 from zerograd.errors import ConfigError
 from zerograd.optim import build_optimizer, build_schedule, check_schedule
+from zerograd.options import FitOptions
 
 BATCH = 4
 

@@ -45,17 +45,20 @@ def write_houses(path: Path, rows: int = 200, seed: int = 0) -> Path:
 def test_train_on_an_image_folder_end_to_end(shapes_maker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's my-images example: a folder per class in, a model that knows the classes out."""
     folder = shapes_maker(tmp_path / "my-images", per_class=20, size=16, seed=1)
-    code = main(["train", "--data", str(folder), "--epochs", "8", "--lr", "0.003", "--out", str(tmp_path / "run"), *QUIET])
+    code = main(["train", "--data", str(folder), "--epochs", "8", "--lr", "0.003", "--out", str(tmp_path / "run"),
+                 *QUIET])
     out = capsys.readouterr().out
     assert code == 0
-    assert "3 classes (circle, square, triangle)" in out and "model: layer list of 11 layers (2 conv2d, 2 linear" in out and "loss: cross_entropy" in out
+    assert "3 classes (circle, square, triangle)" in out and "model: layer list of 11 layers (2 conv2d, 2 linear" in out
+    assert "loss: cross_entropy" in out
     summary = read_summary(tmp_path / "run")
     assert summary["class_names"] == ["circle", "square", "triangle"] and summary["input_shape"] == [3, 16, 16]
     assert summary["final"]["test_accuracy"] >= 0.8  # chance is 1/3 (12 held-out images, 4 per class)
     preprocessing = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
     assert preprocessing["kind"] == "image" and preprocessing["mode"] == "rgb" and len(preprocessing["mean"]) == 3
 
-    new = shapes_maker(tmp_path / "new", per_class=3, size=40, seed=99)  # unseen pictures, larger than the training ones
+    new = shapes_maker(tmp_path / "new", per_class=3, size=40,
+                       seed=99)  # unseen pictures, larger than the training ones
     files = sorted(new.glob("*/*.png"))
     assert main(["predict", str(tmp_path / "run"), *map(str, files), "--json"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
@@ -69,25 +72,30 @@ def test_train_on_an_image_folder_end_to_end(shapes_maker, tmp_path: Path, capsy
 
 def test_a_csv_classification_says_what_it_inferred(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = write_flowers(tmp_path / "flowers.csv")
-    assert main(["train", "--data", str(csv), "--target", "species", "--epochs", "30", "--out", str(tmp_path / "run"), *QUIET]) == 0
+    assert main(["train", "--data", str(csv), "--target", "species", "--epochs", "30", "--out", str(tmp_path / "run"),
+                 *QUIET]) == 0
     out = capsys.readouterr().out
     assert "task: classification (inferred: the target holds text labels (3 distinct)" in out
     assert "model: mlp (sizes=[5, 64, 64, 3])" in out  # 2 numbers + 3 colours in, 3 species out
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert config["loss"] == "cross_entropy" and config["data"]["target"] == "species" and config["data"]["task"] == "classification"
+    assert config["loss"] == "cross_entropy" and config["data"]["target"] == "species"
+    assert config["data"]["task"] == "classification"
     assert read_summary(tmp_path / "run")["final"]["test_accuracy"] >= 0.9
     model = zerograd.load(tmp_path / "run")
     assert model.predict({"petal_length": 5.4, "petal_width": 1.9, "colour": "purple"}).label == "virginica"
 
 
-def test_a_numeric_target_is_inferred_as_regression_with_mse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_numeric_target_is_inferred_as_regression_with_mse(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     csv = write_houses(tmp_path / "houses.csv")
-    assert main(["train", "--data", str(csv), "--epochs", "30", "--lr", "0.01", "--out", str(tmp_path / "run"), *QUIET]) == 0
+    assert main(["train", "--data", str(csv), "--epochs", "30", "--lr", "0.01", "--out", str(tmp_path / "run"),
+                 *QUIET]) == 0
     out = capsys.readouterr().out
     assert "task: regression (inferred: the target holds" in out and "loss: mse" in out
     summary = read_summary(tmp_path / "run")
     prices = np.loadtxt(csv, delimiter=",", skiprows=1)[:, 2]
-    assert summary["task"] == "regression" and summary["final"]["test_loss"] < 0.1 * prices.var()  # far better than the mean
+    assert summary["task"] == "regression"
+    assert summary["final"]["test_loss"] < 0.1 * prices.var()  # far better than the mean
     prediction = zerograd.load(tmp_path / "run").predict({"area": 100.0, "rooms": 3})
     assert prediction.label == pytest.approx(2.3, abs=0.5)
 
@@ -158,8 +166,10 @@ def test_the_shortcut_sizes_a_users_class_from_the_data(tmp_path: Path, monkeypa
     """))
     write_flowers(tmp_path / "flowers.csv")
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--data", "flowers.csv", "--model", "nets:wide", "--epochs", "2", "--out", "run", *QUIET]) == 0
-    assert yaml.safe_load(Path("run/config.yaml").read_text())["model"] == {"name": "nets:wide", "in_features": 5, "num_classes": 3}
+    assert main(["train", "--data", "flowers.csv", "--model", "nets:wide", "--epochs", "2", "--out", "run",
+                 *QUIET]) == 0
+    saved = yaml.safe_load(Path("run/config.yaml").read_text())["model"]
+    assert saved == {"name": "nets:wide", "in_features": 5, "num_classes": 3}
 
 
 def test_a_model_that_does_not_fit_the_data_fails_before_training(tmp_path: Path) -> None:
@@ -180,13 +190,15 @@ def test_numpy_arrays_go_straight_into_fit() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     with pytest.warns(ZerogradWarning, match="float64"):  # converted, with a note on how to skip the copy
-        history = zerograd.fit(model, (x[:240], y[:240]), eval_data=(x[240:], y[240:]), epochs=15, lr=0.01, device="cpu")
+        history = zerograd.fit(model, (x[:240], y[:240]), eval_data=(x[240:], y[240:]), epochs=15, lr=0.01,
+                               device="cpu")
     assert history["test_accuracy"][-1] >= 0.9
 
 
 BAD_ARGUMENTS = {
     "target without data": (["train", "mnist-mlp", "--target", "y"], "--target goes with --data PATH"),
-    "recipe and data": (["train", "mnist-mlp", "--data", "x.csv"], "give a recipe or config (mnist-mlp) or --data PATH, not both"),
+    "recipe and data": (["train", "mnist-mlp", "--data", "x.csv"], "give a recipe or config (mnist-mlp) or --data "
+                                                                   "PATH, not both"),
     "nothing to train": (["train"], "give a recipe or config file to train"),
     "missing data": (["train", "--data", "nowhere.csv"], "data file nowhere.csv does not exist"),
     "unknown model": (["train", "--data", "{shapes}", "--model", "cnnn"], 'unknown model "cnnn" (did you mean "cnn"?)'),
@@ -214,7 +226,7 @@ def test_a_folder_of_digit_pngs_trains_and_recognises_drawn_digits(tmp_path: Pat
     from zerograd.data import MNIST
 
     images, labels = MNIST(train=True).tensors
-    counts = {digit: 0 for digit in range(10)}
+    counts = dict.fromkeys(range(10), 0)
     for image, label in zip(images, labels.tolist()):
         if counts[label] < 250:
             folder = tmp_path / "digits" / str(label)

@@ -156,5 +156,6 @@ def test_a_busy_folder_refuses_every_rank_of_a_ddp_job_without_a_hang(tmp_path: 
                           "--out", str(run_dir)], capture_output=True, text=True, env=env(), timeout=240, cwd=tmp_path)
     assert job.returncode == 2, job.stderr[-2000:]
     for rank in (0, 1):  # rank 0 took the lock's answer; rank 1 got it from rank 0
-        assert f"zerograd: error: [rank {rank}] {run_dir} is being trained by another process (pid {owner.pid}" in job.stderr
+        refusal = f"zerograd: error: [rank {rank}] {run_dir} is being trained by another process (pid {owner.pid}"
+        assert refusal in job.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]

@@ -14,10 +14,12 @@ import zerograd
 from zerograd import performance
 from zerograd.callbacks import Callback
 from zerograd.data.loader import TensorLoader, epoch_permutation, fits_on_device, make_loader
-from zerograd.engine import EpochTotals
 from zerograd.errors import ConfigError
+from zerograd.fast import heap
+from zerograd.fast import optimizers as fused
 from zerograd.metrics import Accuracy
 from zerograd.models import TutorialCNN, build_model, compact_cnn, mlp
+from zerograd.state import EpochTotals
 
 
 def images(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,38 +159,38 @@ class FakeLibc:
 
 def test_retained_heap_raises_the_trim_threshold_and_puts_the_defaults_back(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLibc()
-    monkeypatch.setattr(performance, "_glibc", lambda: fake)
-    with performance.retained_heap():
-        assert ("mallopt", performance._M_TRIM_THRESHOLD, performance._KEEP_FREED_UP_TO) in fake.calls
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    with heap.retained_heap():
+        assert ("mallopt", heap._M_TRIM_THRESHOLD, heap._KEEP_FREED_UP_TO) in fake.calls
         during = len(fake.calls)
     after = fake.calls[during:]
-    assert ("mallopt", performance._M_TRIM_THRESHOLD, performance._GLIBC_DEFAULT_THRESHOLD) in after
-    assert ("mallopt", performance._M_MMAP_THRESHOLD, performance._GLIBC_DEFAULT_THRESHOLD) in after
+    assert ("mallopt", heap._M_TRIM_THRESHOLD, heap._GLIBC_DEFAULT_THRESHOLD) in after
+    assert ("mallopt", heap._M_MMAP_THRESHOLD, heap._GLIBC_DEFAULT_THRESHOLD) in after
     assert after[-1] == ("malloc_trim", 0)
 
 
 def test_retained_heap_restores_even_when_training_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLibc()
-    monkeypatch.setattr(performance, "_glibc", lambda: fake)
-    with pytest.raises(RuntimeError), performance.retained_heap():
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    with pytest.raises(RuntimeError), heap.retained_heap():
         raise RuntimeError("boom")
     assert fake.calls[-1] == ("malloc_trim", 0)
 
 
 def test_nested_retained_heaps_leave_the_settings_to_the_outermost(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLibc()
-    monkeypatch.setattr(performance, "_glibc", lambda: fake)
-    with performance.retained_heap():
-        with performance.retained_heap():  # e.g. a fit inside a fit
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    with heap.retained_heap():
+        with heap.retained_heap():  # e.g. a fit inside a fit
             pass
         assert ("malloc_trim", 0) not in fake.calls  # the outer run keeps its setting
     assert fake.calls.count(("malloc_trim", 0)) == 1
-    assert fake.calls.count(("mallopt", performance._M_TRIM_THRESHOLD, performance._KEEP_FREED_UP_TO)) == 1
+    assert fake.calls.count(("mallopt", heap._M_TRIM_THRESHOLD, heap._KEEP_FREED_UP_TO)) == 1
 
 
 def test_retained_heap_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(performance, "_glibc", lambda: None)
-    with performance.retained_heap():
+    monkeypatch.setattr(heap, "_glibc", lambda: None)
+    with heap.retained_heap():
         pass
 
 
@@ -313,15 +315,15 @@ def test_generic_datasets_get_pinned_batches_only_when_asked() -> None:
 
 
 def test_epoch_totals_add_in_place_and_match_a_plain_sum() -> None:
-    totals = EpochTotals(torch.zeros(()), 0, [Accuracy()])
+    totals = EpochTotals("cpu", [Accuracy()])
     running = totals.loss_sum
     losses, sizes, correct = [0.5, 1.25, 2.0], [4, 4, 2], 0
     for loss, n in zip(losses, sizes):
         outputs, targets = torch.randn(n, 3), torch.randint(0, 3, (n,))
         correct += int((outputs.argmax(1) == targets).sum())
-        totals.record(torch.tensor(loss), outputs, targets, "mean")
+        totals.record(torch.tensor(loss), outputs, targets)
     assert totals.loss_sum is running  # no new tensor per batch
-    assert float(totals.loss_sum) == pytest.approx(sum(l * n for l, n in zip(losses, sizes)))
+    assert float(totals.loss_sum) == pytest.approx(sum(loss * n for loss, n in zip(losses, sizes)))
     assert totals.count == 10
     assert totals.metrics[0].compute() == pytest.approx(correct / 10)
 
@@ -340,7 +342,8 @@ def test_accuracy_keeps_its_sums_in_place_on_the_outputs_device() -> None:
 def test_compact_cnn_shapes_and_options() -> None:
     model = build_model({"name": "compact_cnn", "channels": [4, 8], "hidden": 16})
     assert model(images(3)[0]).shape == (3, 10)
-    assert build_model({"name": "compact_cnn", "in_channels": 3, "image_size": 32})(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    model = build_model({"name": "compact_cnn", "in_channels": 3, "image_size": 32})
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ConfigError, match="two channel counts"):
         build_model({"name": "compact_cnn", "channels": [4, 8, 16]})
 
@@ -366,8 +369,6 @@ def test_fast_recipe_reaches_its_accuracy_bar(recipe: str, tmp_path: Path) -> No
 
 # ---- the lean fused optimizers --------------------------------------------------------------
 
-from zerograd import fused  # noqa: E402
-
 OPTIMIZER_PAIRS = {
     "adam": (lambda p: torch.optim.Adam(p, lr=0.01, fused=True), lambda p: fused.Adam(p, lr=0.01, fused=True)),
     "adam-l2": (lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1, fused=True),
@@ -375,7 +376,8 @@ OPTIMIZER_PAIRS = {
     "adamw": (lambda p: torch.optim.AdamW(p, lr=0.01, fused=True), lambda p: fused.AdamW(p, lr=0.01, fused=True)),
     "sgd-momentum": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, fused=True),
                      lambda p: fused.SGD(p, lr=0.05, momentum=0.9, fused=True)),
-    "sgd-nesterov-l2": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True),
+    "sgd-nesterov-l2": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3,
+                                                  fused=True),
                         lambda p: fused.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True)),
     "sgd-plain": (lambda p: torch.optim.SGD(p, lr=0.05, fused=True), lambda p: fused.SGD(p, lr=0.05, fused=True)),
     "adam-amsgrad (torch's path)": (lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True, fused=True),
@@ -390,8 +392,10 @@ def train_pair(make_reference, make_lean, steps: int = 12, one_cycle: bool = Tru
     reference_model = mlp([20, 16, 16, 4], flatten=False)
     lean_model = mlp([20, 16, 16, 4], flatten=False)
     lean_model.load_state_dict(reference_model.state_dict())
-    pairs = [(reference_model, make_reference(reference_model.parameters())), (lean_model, make_lean(lean_model.parameters()))]
-    schedules = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps) for _, opt in pairs] if one_cycle else []
+    pairs = [(reference_model, make_reference(reference_model.parameters())),
+             (lean_model, make_lean(lean_model.parameters()))]
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps) for _,
+                 opt in pairs] if one_cycle else []
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x, y = torch.randn(8, 20, generator=generator), torch.randint(0, 4, (8,), generator=generator)

@@ -27,7 +27,9 @@ def flowers_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines = ["length,width,colour,species"]
     for i in range(120):
         k = i % 2
-        lines.append(f"{300 + 200 * k + rng.normal(0, 20):.1f},{50 + 30 * k + rng.normal(0, 5):.1f},{['red', 'blue'][k]},{['setosa', 'virginica'][k]}")
+        lines.append(f"{300 + 200 * k + rng.normal(0, 20):.1f},{50 + 30 * k + rng.normal(0, 5):.1f},"
+                     f"{['red', 'blue'][k]},"
+                     f"{['setosa', 'virginica'][k]}")
     path = tmp_path_factory.mktemp("flowers") / "flowers.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -49,7 +51,8 @@ def image_run(shapes_run: Path) -> Path:
 def regression_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("houses")
     rng = np.random.default_rng(1)
-    rows = ["area,rooms,price"] + [f"{a:.1f},{r},{2 * a / 100 + r / 10:.4f}" for a, r in zip(rng.uniform(30, 200, 200), rng.integers(1, 6, 200))]
+    rows = ["area,rooms,price"] + [f"{a:.1f},{r},{2 * a / 100 + r / 10:.4f}" for a,
+                                   r in zip(rng.uniform(30, 200, 200), rng.integers(1, 6, 200))]
     (root / "houses.csv").write_text("\n".join(rows) + "\n")
     config = {"name": "houses", "data": {"train": str(root / "houses.csv"), "target": "price"}, "loss": "mse",
               "model": [{"linear": 16}, "relu", {"linear": 1}], "epochs": 5, **QUICK}
@@ -58,11 +61,13 @@ def regression_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_table_run_predicts_rows_given_by_column_name(table_run: Path) -> None:
     model = zerograd.load(table_run)
-    assert isinstance(model, Predictor) and model.class_names == ["setosa", "virginica"] and model.task == "classification"
+    assert isinstance(model, Predictor) and model.class_names == ["setosa",
+                                                                  "virginica"] and model.task == "classification"
     one = model.predict({"length": 310.0, "width": 52.0, "colour": "red"})
     assert isinstance(one, Prediction) and one.label == "setosa" and 0.5 < one.probability <= 1.0
     assert [label for label, _ in one.top] == ["setosa", "virginica"]
-    several = model.predict([{"length": 505.0, "width": 79.0, "colour": "blue"}, {"length": 290.0, "width": 48.0, "colour": "red"}])
+    several = model.predict([{"length": 505.0, "width": 79.0, "colour": "blue"},
+                             {"length": 290.0, "width": 48.0, "colour": "red"}])
     assert [p.label for p in several] == ["virginica", "setosa"]
 
 
@@ -152,7 +157,8 @@ def test_predict_recognises_drawn_digits_with_a_real_mnist_model(mnist_mlp_run: 
     assert [r["label"] for r in results] == ["0", "1", "7"]
     for result in results:
         probabilities = [entry["probability"] for entry in result["top"]]
-        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True) and probabilities[0] > 0.5
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities,
+                                                                   reverse=True) and probabilities[0] > 0.5
     assert main(["predict", str(mnist_mlp_run), str(paths[1])]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{paths[1]}: 1  (1 ") and line.count("%") == 3
@@ -164,7 +170,8 @@ def test_without_the_digit_preparation_the_drawing_is_not_recognised(mnist_mlp_r
     model = zerograd.load(mnist_mlp_run)
     drawing = digit_drawing("7")
     assert model.predict(drawing).label == "7"
-    naive = np.asarray(drawing.convert("L").resize((28, 28)), dtype=np.float32) / 255  # black on white, not centred in 20x20
+    naive = np.asarray(drawing.convert("L").resize((28, 28)),
+                       dtype=np.float32) / 255  # black on white, not centred in 20x20
     assert model.predict(naive).probability < model.predict(drawing).probability
 
 
@@ -202,7 +209,8 @@ def test_predict_on_a_phone_photo_and_a_huge_scan_finishes(digit_run: Path, tmp_
     scan = Image.new("1", (6000, 6000), 1)
     ImageDraw.Draw(scan).line([(3000, 600), (2700, 5400)], fill=0, width=1)
     scan.save(tmp_path / "scan.png")
-    command = [sys.executable, "-m", "zerograd", "predict", str(digit_run), str(photo), str(tmp_path / "scan.png"), "--json"]
+    command = [sys.executable, "-m", "zerograd", "predict", str(digit_run), str(photo), str(tmp_path / "scan.png"),
+               "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["label"] for line in done.stdout.splitlines()] == ["1", "1"]
@@ -229,4 +237,5 @@ def test_predict_names_the_file_a_mistake_is_in(digit_run: Path, digit_drawing, 
     assert main(["predict", str(digit_run), str(tmp_path / "one.png"), str(tmp_path / "blank.png")]) == 2
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{tmp_path / 'one.png'}: 1")
-    assert captured.err.strip() == f"zerograd: error: {tmp_path / 'blank.png'}: the image looks blank: no strokes stand out from the background; draw or photograph a digit"
+    assert captured.err.strip() == (f"zerograd: error: {tmp_path / 'blank.png'}: the image looks blank: no strokes "
+                                    "stand out from the background; draw or photograph a digit")

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerograd.checkpoint import checkpoint_dirs
+from zerograd.checkpoint_format import checkpoint_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"seconds", "train_seconds"}
@@ -112,7 +112,8 @@ def test_kill_9_at_random_steps_then_resume_ends_bit_identical(tmp_path: Path) -
     seed = int(os.environ.get("ZEROGRAD_KILL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     targets = [rng.randint(30, 170), rng.randint(230, 370), rng.randint(430, 560)]  # of 600 steps
-    run_dir, command, killed = tmp_path / "killed", zerograd("train", "mnist.yaml", "--out", "killed", "--progress", "none"), []
+    run_dir, command, killed = tmp_path / "killed", zerograd("train", "mnist.yaml", "--out", "killed", "--progress",
+                                                             "none"), []
     for target in targets:
         process = subprocess.Popen(command, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)

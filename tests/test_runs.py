@@ -16,6 +16,7 @@ import zerograd
 from zerograd import runs
 from zerograd.data import sinc_data
 from zerograd.errors import RunDirError
+from zerograd.files import write_atomic
 
 TIMING_KEYS = {"train_seconds"}
 
@@ -32,8 +33,8 @@ def test_new_run_dir_is_named_after_the_recipe_and_never_reused(tmp_path: Path) 
 
 
 def test_write_atomic_writes_text_and_bytes_and_leaves_no_temp_files(tmp_path: Path) -> None:
-    runs.write_atomic(tmp_path / "deep" / "a.txt", "hello")
-    runs.write_atomic(tmp_path / "b.bin", b"\x00\x01")
+    write_atomic(tmp_path / "deep" / "a.txt", "hello")
+    write_atomic(tmp_path / "b.bin", b"\x00\x01")
     assert (tmp_path / "deep" / "a.txt").read_text() == "hello"
     assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.txt", "b.bin"]
@@ -41,9 +42,9 @@ def test_write_atomic_writes_text_and_bytes_and_leaves_no_temp_files(tmp_path: P
 
 def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "summary.json"
-    runs.write_atomic(target, "old")
+    write_atomic(target, "old")
     with pytest.raises(TypeError):
-        runs.write_atomic(target, 12345)  # type: ignore[arg-type]  # fails while writing
+        write_atomic(target, 12345)  # type: ignore[arg-type]  # fails while writing
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
@@ -51,7 +52,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
 def test_run_files_get_the_usual_permissions(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        runs.write_atomic(tmp_path / "config.yaml", "a: 1\n")
+        write_atomic(tmp_path / "config.yaml", "a: 1\n")
         runs.save_weights(nn.Linear(2, 1), tmp_path / "model.safetensors")
     finally:
         os.umask(old)

@@ -1,6 +1,7 @@
 """Safe files (loading never runs code) and numerical failures (NaN/Inf) during training."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -14,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from zerograd import fit
+from zerograd import engine, fit
 from zerograd.api import resume, train
-from zerograd.callbacks import Callback
-from zerograd.checkpoint import Checkpointer, checkpoint_dirs, problem_with
-from zerograd.divergence import NonFiniteGuard
+from zerograd.callbacks import Callback, Checkpointer
+from zerograd.checkpoint_format import checkpoint_dirs, problem_with
 from zerograd.cli import main as cli
 from zerograd.errors import CheckpointError, ConfigError, TrainingError, ZerogradWarning
+from zerograd.nan_guard import NonFiniteGuard
 
 CONFIG: dict[str, Any] = {
     "name": "sinc-small",
@@ -46,7 +47,8 @@ def plant_pickle(path: Path, marker: Path, *, fix_manifest: bool) -> None:
     if fix_manifest:  # an attacker who also rewrote the hashes
         manifest_path = path.parent / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
-        manifest["files"][path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+        manifest["files"][path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                        "bytes": path.stat().st_size}
         manifest_path.write_text(json.dumps(manifest))
 
 
@@ -105,7 +107,8 @@ def test_a_finished_runs_weights_replaced_by_a_pickle_are_refused_on_the_cli(
 
 def test_yaml_configs_cannot_run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     marker = tmp_path / "pwned"
-    (tmp_path / "evil.yaml").write_text(f'extends: linear-regression\nname: !!python/object/apply:os.system ["touch {marker}"]\n')
+    (tmp_path / "evil.yaml").write_text('extends: linear-regression\nname: !!python/object/apply:os.system ["touch '
+                                        f'{marker}"]\n')
     assert cli(["train", str(tmp_path / "evil.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "is not a plain config: it holds a Python tag" in err and err.count("\n") == 1
@@ -187,7 +190,8 @@ class BadAt(nn.Module):
 
 def test_on_nan_skip_also_skips_a_step_with_nan_gradients() -> None:
     model = BadAt(bad_call=4, what="gradients")
-    history = fit(model, regression_data(), loss="mse", epochs=1, batch_size=16, on_nan="skip", preflight=False, threads=1)
+    history = fit(model, regression_data(), loss="mse", epochs=1, batch_size=16, on_nan="skip", preflight=False,
+                  threads=1)
     assert history["skipped_batches"] == [1]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -208,20 +212,19 @@ def test_on_nan_error_catches_nan_gradients_before_they_reach_a_checkpoint(tmp_p
     assert all(torch.isfinite(t).all() for t in load_file(newest / "model.safetensors").values())
 
 
-class DeferredChecks(Callback):
+@pytest.fixture
+def deferred_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     """What an accelerator run does: NaN checks recorded on the device, looked at every 4 batches."""
-
-    def on_fit_start(self, state: Any) -> None:
-        state.nonfinite = NonFiniteGuard("error", state.accelerator, check_every=4, every_batch=False)
+    monkeypatch.setattr(engine, "NonFiniteGuard", functools.partial(NonFiniteGuard, check_every=4, every_batch=False))
 
 
 @pytest.mark.parametrize(("bad_call", "every", "newest"), [(3, 100, None), (6, 1, "step-00000005")])
 def test_deferred_nan_checks_still_name_the_exact_batch_and_never_checkpoint_nan(
-        tmp_path: Path, bad_call: int, every: int, newest: str | None) -> None:
+        tmp_path: Path, bad_call: int, every: int, newest: str | None, deferred_checks: None) -> None:
     model = BadAt(bad_call=bad_call, what="loss")
     with pytest.raises(TrainingError, match=f"epoch 1, batch {bad_call} "):
         fit(model, regression_data(), loss="mse", epochs=1, batch_size=16, preflight=False, threads=1,
-            callbacks=[DeferredChecks(), Checkpointer(tmp_path, every=every)])
+            callbacks=[Checkpointer(tmp_path, every=every)])
     found = checkpoint_dirs(tmp_path)
     assert (found[0].name if found else None) == newest
     for path in found:

@@ -62,7 +62,7 @@ def request(server: PredictionServer, method: str, path: str, body: bytes | None
         connection.close()
 
 
-def png_bytes(image: Image.Image, format: str = "PNG") -> bytes:  # noqa: A002
+def png_bytes(image: Image.Image, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format)
     return buffer.getvalue()
@@ -75,13 +75,15 @@ def test_the_page_is_served_at_the_root(server: PredictionServer) -> None:
     assert '<canvas id="pad"' in page and 'fetch("/predict"' in page and 'id="predictions"' in page
     status, _, body = request(server, "GET", "/info")
     info = json.loads(body)
-    assert status == 200 and info["class_names"] == ["circle", "square", "triangle"] and info["input_shape"] == [3, 16, 16]
+    assert status == 200 and info["class_names"] == ["circle", "square", "triangle"]
+    assert info["input_shape"] == [3, 16, 16]
 
 
 @pytest.mark.parametrize("format", ["PNG", "JPEG"])
-def test_post_predict_answers_the_top_3_as_json(server: PredictionServer, shapes_folder: Path, format: str) -> None:  # noqa: A002
+def test_post_predict_answers_the_top_3_as_json(server: PredictionServer, shapes_folder: Path, format: str) -> None:
     image = Image.open(shapes_folder / "square" / "002.png").resize((48, 48), Image.NEAREST)
-    status, headers, body = request(server, "POST", "/predict", png_bytes(image, format), {"Content-Type": f"image/{format.lower()}"})
+    status, headers, body = request(server, "POST", "/predict", png_bytes(image, format),
+                                    {"Content-Type": f"image/{format.lower()}"})
     assert status == 200 and headers["Content-Type"] == "application/json"
     answer = json.loads(body)
     labels = [entry["label"] for entry in answer["top"]]
@@ -157,7 +159,8 @@ def table_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two well separated species in a CSV, with a text column; trained in a second."""
     rng = np.random.default_rng(0)
     lines = ["length,width,colour,species"] + [
-        f"{300 + 200 * (i % 2) + rng.normal(0, 20):.1f},{50 + 30 * (i % 2) + rng.normal(0, 5):.1f},{['red', 'blue'][i % 2]},"
+        f"{300 + 200 * (i % 2) + rng.normal(0, 20):.1f},{50 + 30 * (i % 2) + rng.normal(0, 5):.1f},"
+        f"{['red', 'blue'][i % 2]},"
         f"{['setosa', 'virginica'][i % 2]}" for i in range(80)]
     root = tmp_path_factory.mktemp("flowers")
     (root / "flowers.csv").write_text("\n".join(lines) + "\n")
@@ -178,7 +181,8 @@ def test_a_table_run_answers_json_rows(table_run: Path) -> None:
         bare = request(server, "POST", "/predict", json.dumps(rows).encode(), json_type)[2]  # the bare list
         in_order = request(server, "POST", "/predict", json.dumps([[505.0, 79.0, "blue"]]).encode(), json_type)[2]
         assert json.loads(bare) == answers and json.loads(in_order) == answers[:1]
-        status, _, body = request(server, "POST", "/predict", json.dumps({"rows": [{"length": 1.0}]}).encode(), json_type)
+        status, _, body = request(server, "POST", "/predict", json.dumps({"rows": [{"length": 1.0}]}).encode(),
+                                  json_type)
         assert status == 400 and "columns ['width', 'colour'] are missing" in json.loads(body)["error"]
         status, _, body = request(server, "POST", "/predict", b"{not json", json_type)
         assert status == 400 and "not valid JSON" in json.loads(body)["error"]
@@ -191,7 +195,8 @@ def test_a_table_run_answers_json_rows(table_run: Path) -> None:
         info = json.loads(request(server, "GET", "/info")[2])
         assert info["kind"] == "table" and info["columns"] == ["length", "width", "colour"]
         schema = json.loads(request(server, "GET", "/openapi.json")[2])
-        assert "rows" in json.dumps(schema["paths"]["/predict"]["post"]["requestBody"]) and "colour" in json.dumps(schema)
+        assert "rows" in json.dumps(schema["paths"]["/predict"]["post"]["requestBody"])
+        assert "colour" in json.dumps(schema)
 
 
 def test_a_batch_of_images_as_base64_json(server: PredictionServer, shapes_folder: Path) -> None:
@@ -204,7 +209,8 @@ def test_a_batch_of_images_as_base64_json(server: PredictionServer, shapes_folde
     assert status == 200 and [a["label"] for a in json.loads(body)] == names
     status, _, body = request(server, "POST", "/predict", json.dumps({"images": [images[0], "!!"]}).encode(), json_type)
     assert status == 400 and "images[1] is not valid base64" in json.loads(body)["error"]
-    status, _, body = request(server, "POST", "/predict", json.dumps({"images": [base64.b64encode(b"no").decode()]}).encode(), json_type)
+    status, _, body = request(server, "POST", "/predict",
+                              json.dumps({"images": [base64.b64encode(b"no").decode()]}).encode(), json_type)
     assert status == 400 and json.loads(body)["error"].startswith("images[0] is not an image zerograd can read")
     status, _, body = request(server, "POST", "/predict", json.dumps({"images": ["x"] * 17}).encode(), json_type)
     assert status == 413 and "the limit is 16" in json.loads(body)["error"]
@@ -217,7 +223,8 @@ def test_the_api_is_described_at_openapi_json(server: PredictionServer) -> None:
     assert set(schema["paths"]) == {"/", "/info", "/health", "/openapi.json", "/predict"}
     bodies = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"image/*", "application/json"} <= set(bodies)
-    assert schema["components"]["schemas"]["Prediction"]["properties"]["top"]["items"]["properties"]["label"]["enum"] == ["circle", "square", "triangle"]
+    top = schema["components"]["schemas"]["Prediction"]["properties"]["top"]
+    assert top["items"]["properties"]["label"]["enum"] == ["circle", "square", "triangle"]
     info = json.loads(request(server, "GET", "/info")[2])
     assert info["limits"]["max_bytes"] == 40_000 and info["limits"]["max_pixels"] == 16_000_000
 
@@ -226,7 +233,8 @@ def test_serve_listens_on_localhost_and_stops_by_itself(shapes_run: Path, capsys
     with socket.socket() as probe:  # a free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    thread = threading.Thread(target=serve, args=(shapes_run, "127.0.0.1", port), kwargs={"quiet": True, "max_seconds": 2})
+    thread = threading.Thread(target=serve, args=(shapes_run, "127.0.0.1", port),
+                              kwargs={"quiet": True, "max_seconds": 2})
     thread.start()
     deadline = time.monotonic() + 2
     while True:
@@ -255,7 +263,8 @@ def browser() -> Iterator[object]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     with tempfile.TemporaryDirectory(prefix="zerograd-chromium-") as profile:
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking",
                      "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=900,700",
                      f"--user-data-dir={profile}"):
             options.add_argument(flag)
@@ -273,7 +282,8 @@ def draw_stroke(driver, canvas, points: list[tuple[float, float]]) -> None:
     half = canvas.size["width"] / 2
     scale = canvas.size["width"] / 280
     x0, y0 = points[0]
-    actions = ActionChains(driver).move_to_element_with_offset(canvas, x0 * scale - half, y0 * scale - half).click_and_hold()
+    actions = ActionChains(driver).move_to_element_with_offset(canvas, x0 * scale - half,
+                                                               y0 * scale - half).click_and_hold()
     for (xa, ya), (xb, yb) in zip(points, points[1:]):
         actions.move_by_offset(round((xb - xa) * scale), round((yb - ya) * scale))
     actions.release().perform()
@@ -309,12 +319,16 @@ def test_drawing_a_digit_in_the_browser_shows_the_prediction(mnist_mlp_run: Path
         label, bars = shown_prediction(browser)
         browser.save_screenshot(str(tmp_path / "drawn-1.png"))  # the test artefact: the page with its answer
         assert label == "1", f"the page shows {label} for a drawn 1 ({bars}); see {tmp_path / 'drawn-1.png'}"
-        assert len(bars) == 3 and bars[0][0] == "1" and [p for _, p in bars] == sorted((p for _, p in bars), reverse=True)
-        widths = [bar.value_of_css_property("width") for bar in browser.find_elements(By.CSS_SELECTOR, "#predictions .fill")]
-        assert float(widths[0].removesuffix("px")) > float(widths[-1].removesuffix("px"))  # the bar chart follows the numbers
+        assert len(bars) == 3 and bars[0][0] == "1"
+        assert [p for _, p in bars] == sorted((p for _, p in bars), reverse=True)
+        widths = [bar.value_of_css_property("width") for bar in browser.find_elements(By.CSS_SELECTOR, "#predictions "
+                                                                                                       ".fill")]
+        # the bar chart follows the numbers
+        assert float(widths[0].removesuffix("px")) > float(widths[-1].removesuffix("px"))
 
         browser.find_element(By.ID, "clear").click()
-        assert browser.find_element(By.ID, "top-label").text == "" and not browser.find_elements(By.CSS_SELECTOR, "#predictions li")
+        assert browser.find_element(By.ID, "top-label").text == ""
+        assert not browser.find_elements(By.CSS_SELECTOR, "#predictions li")
         draw_stroke(browser, canvas, ZERO)
         label, bars = shown_prediction(browser)
         browser.save_screenshot(str(tmp_path / "drawn-0.png"))
@@ -324,7 +338,8 @@ def test_drawing_a_digit_in_the_browser_shows_the_prediction(mnist_mlp_run: Path
             assert shot.size[0] >= 600 and shot.format == "PNG"
 
 
-def test_serve_command_mistakes_are_one_line(shapes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_command_mistakes_are_one_line(shapes_run: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     from zerograd.cli import main
 
     for argv, message in (([str(tmp_path / "nowhere"), "--port", "0"], "does not exist"),

@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw
 SERVER = """
 import sys
 from zerograd.serve import make_server
-server = make_server(sys.argv[1], "127.0.0.1", 0, quiet=True, read_timeout=float(sys.argv[2]), max_connections=int(sys.argv[3]))
+server = make_server(sys.argv[1], "127.0.0.1", 0, quiet=True, read_timeout=float(sys.argv[2]),
+                     max_connections=int(sys.argv[3]))
 print(f"serving at {server.url}", flush=True)
 try:
     server.serve_forever()
@@ -118,7 +119,8 @@ def served(digit_run: Path) -> Iterator[ServerProcess]:
         server.stop()
 
 
-def test_eight_clients_hundreds_of_requests_all_answered_and_memory_flat(served: ServerProcess, drawn: dict[str, bytes]) -> None:
+def test_eight_clients_hundreds_of_requests_all_answered_and_memory_flat(served: ServerProcess,
+                                                                          drawn: dict[str, bytes]) -> None:
     pictures = drawn
     batch = json.dumps({"images": [base64.b64encode(pictures[d]).decode() for d in "10"]}).encode()
     failures: list[str] = []
@@ -139,7 +141,7 @@ def test_eight_clients_hundreds_of_requests_all_answered_and_memory_flat(served:
                     connection.request("GET", "/health" if kind == 3 else "/info")
                 response = connection.getresponse()
                 status, answer = response.status, json.loads(response.read())
-                expected = {0: (200, lambda a: a["label"] == digit and len(a["top"]) == 2),
+                expected = {0: (200, lambda a, digit=digit: a["label"] == digit and len(a["top"]) == 2),
                             1: (200, lambda a: [p["label"] for p in a] == ["1", "0"]),
                             2: (400, lambda a: "not an image" in a["error"] and "object at" not in a["error"]),
                             3: (200, lambda a: a == {"ok": True}),
@@ -241,14 +243,17 @@ def test_a_huge_dimension_image_is_quick_and_does_not_hold_up_the_page(served: S
 
 @pytest.mark.parametrize("quiet", [True, False])
 def test_clients_that_leave_early_leave_no_traceback(digit_run: Path, drawn: dict[str, bytes], quiet: bool) -> None:
-    server = ServerProcess([sys.executable, "-m", "zerograd", "serve", str(digit_run), "--port", "0", *(["--quiet"] if quiet else [])])
+    server = ServerProcess([sys.executable, "-m", "zerograd", "serve", str(digit_run), "--port", "0",
+                            *(["--quiet"] if quiet else [])])
     try:
         picture = drawn["1"]
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as leaving:  # leaves mid-upload
-                leaving.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(picture) + picture[:100])
+                head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(picture)
+                leaving.sendall(head + picture[:100])
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as leaving:  # leaves before the answer
-                leaving.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(picture) + picture)
+                head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(picture)
+                leaving.sendall(head + picture)
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as leaving:  # resets the connection
                 leaving.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

@@ -14,18 +14,9 @@ import yaml
 
 from zerograd import cli, runs
 from zerograd.errors import ConfigError, RunDirError
-from zerograd.sweep import (
-    MedianStopping,
-    available_cores,
-    default_metric,
-    grid_points,
-    load_sweep,
-    parse_grid,
-    parse_space,
-    random_points,
-    resolve_metric,
-    sweep,
-)
+from zerograd.sweep import load_sweep, sweep
+from zerograd.sweep.jobs import MedianStopping, available_cores, default_metric, resolve_metric
+from zerograd.sweep.space import grid_points, parse_grid, parse_space, random_points
 
 # The first tutorial (y = 2x + 1 from three points): 100 epochs take a few milliseconds, and with
 # SGD lr=0.01 it fits while lr=0.0001 barely moves, so the best configuration is known.
@@ -68,7 +59,8 @@ def summaries(sweep_dir: Path) -> dict[str, tuple[int, str]]:
 def test_grid_values_are_yaml_with_numbers_and_lists():
     grid = parse_grid(["lr=0.01,1e-3", "model.sizes=[2,8,1],[2,16,1]", "optimizer=sgd,adam"])
     assert grid == {"lr": [0.01, 0.001], "model.sizes": [[2, 8, 1], [2, 16, 1]], "optimizer": ["sgd", "adam"]}
-    assert grid_points({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 1, "b": 4}, {"a": 2, "b": 3}, {"a": 2, "b": 4}]
+    assert grid_points({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 1, "b": 4}, {"a": 2, "b": 3},
+                                                       {"a": 2, "b": 4}]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -81,7 +73,8 @@ def test_bad_grid_is_refused(bad, message):
 
 
 def test_space_distributions_sample_inside_their_bounds():
-    space = parse_space(["lr=log(1e-4,1e-1)", "batch_size=choice(32,64,128)", "model.dropout=uniform(0,0.5)", "epochs=int(1,5)"])
+    space = parse_space(["lr=log(1e-4,1e-1)", "batch_size=choice(32,64,128)", "model.dropout=uniform(0,0.5)",
+                         "epochs=int(1,5)"])
     points = random_points(space, 200, sweep_seed=3)
     assert all(1e-4 <= p["lr"] <= 0.1 for p in points)
     assert {p["batch_size"] for p in points} == {32, 64, 128}
@@ -142,7 +135,8 @@ def test_grid_sweep_picks_the_known_best_lr_and_writes_a_self_describing_dir(tmp
 
 def test_best_yaml_is_ready_to_train_and_reproduces_the_best_run(tmp_path, capsys):
     out = tmp_path / "sweep"
-    result = sweep(write_yaml(tmp_path / "line.yaml", LINE), grid={"lr": [0.0001, 0.01], "batch_size": [1, 3]}, out=out, quiet=True)
+    result = sweep(write_yaml(tmp_path / "line.yaml", LINE), grid={"lr": [0.0001, 0.01], "batch_size": [1, 3]},
+                   out=out, quiet=True)
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["lr"] == result.best.params["lr"] and best["batch_size"] == result.best.params["batch_size"]
     assert "threads" not in best  # depends on the machine and --jobs, not on the model
@@ -153,7 +147,8 @@ def test_best_yaml_is_ready_to_train_and_reproduces_the_best_run(tmp_path, capsy
 
 
 def test_seeds_are_grouped_into_mean_and_std(tmp_path):
-    result = sweep(write_yaml(tmp_path / "line.yaml", LINE), grid={"lr": [0.01]}, seeds=3, out=tmp_path / "s", quiet=True)
+    result = sweep(write_yaml(tmp_path / "line.yaml", LINE), grid={"lr": [0.01]}, seeds=3, out=tmp_path / "s",
+                   quiet=True)
     (row,) = result.configs
     assert len(row.values) == 3 and len(set(row.values)) == 3  # different initial weights per seed
     assert row.std > 0
@@ -194,7 +189,8 @@ def test_resume_after_a_kill_skips_finished_runs_and_restarts_the_killed_one(tmp
     config = write_yaml(tmp_path / "sinc.yaml", SINC)
     out = tmp_path / "sweep"
     argv = ["sweep", str(config), "--grid", "lr=0.001,0.003,0.01,0.03", "--out", str(out), "--quiet"]
-    process = subprocess.Popen([sys.executable, "-m", "zerograd", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "zerograd", *argv], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list(out.glob("*/summary.json")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -307,7 +303,8 @@ def test_optuna_search_runs_and_resumes(tmp_path):
 def test_optuna_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` fail
     with pytest.raises(ConfigError, match=r'pip install "zerograd\[sweep\]"'):
-        sweep(write_yaml(tmp_path / "line.yaml", LINE), space=["lr=log(1e-4,1e-1)"], optuna=2, out=tmp_path / "o", quiet=True)
+        sweep(write_yaml(tmp_path / "line.yaml", LINE), space=["lr=log(1e-4,1e-1)"], optuna=2, out=tmp_path / "o",
+              quiet=True)
 
 
 # --------------------------------------------------------------------------- median stopping
@@ -315,7 +312,8 @@ def test_optuna_missing_is_a_clear_error(tmp_path, monkeypatch):
 def _finished_run(sweep_dir: Path, name: str, losses: list[float]) -> None:
     run_dir = sweep_dir / name
     run_dir.mkdir(parents=True)
-    (run_dir / runs.METRICS).write_text("".join(json.dumps({"epoch": e + 1, "train_loss": v}) + "\n" for e, v in enumerate(losses)))
+    (run_dir / runs.METRICS).write_text("".join(json.dumps({"epoch": e + 1, "train_loss": v}) + "\n" for e,
+                                                v in enumerate(losses)))
     (run_dir / runs.SUMMARY).write_text("{}")
 
 
@@ -351,7 +349,8 @@ def test_median_stop_cuts_the_hopeless_lr_short(tmp_path):
 
 def test_report_of_a_sweep_dir_includes_the_sweep_table_and_plots(tmp_path, capsys):
     out = tmp_path / "sweep"
-    sweep(write_yaml(tmp_path / "line.yaml", LINE, epochs=20), grid={"lr": [0.0001, 0.01]}, seeds=2, out=out, quiet=True)
+    sweep(write_yaml(tmp_path / "line.yaml", LINE, epochs=20), grid={"lr": [0.0001, 0.01]}, seeds=2, out=out,
+          quiet=True)
     assert not list(out.glob("0*/plots/*.png"))  # the sweep's runs skip their own plots (the sweep draws its own)
 
     assert cli.main(["report", str(out)]) == 0

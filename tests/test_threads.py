@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 import zerograd
-from helpers import write_band_idx
 from zerograd import performance, runs
+
+from helpers import write_band_idx
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +105,9 @@ def test_fit_keeps_the_thread_count_it_chose_in_its_options(tiny_classification)
 def test_resuming_with_threads_null_keeps_the_count_the_run_recorded(tmp_path: Path) -> None:
     """`zerograd train RECIPE --resume RUN` asks for `threads: null` (the recipe's): the run goes
     on with the count it started with, not with a count chosen again."""
-    from zerograd import checkpoint, config as configs
+    from zerograd import config as configs
 
     started = configs.resolve("sinc-surface", {"threads": 2})
     runs.write_config(tmp_path, started)
-    assert checkpoint.resume_config(tmp_path, configs.resolve("sinc-surface"))["threads"] == 2
-    assert checkpoint.resume_config(tmp_path, configs.resolve("sinc-surface", {"threads": 1}))["threads"] == 1
+    assert runs.resume_config(tmp_path, configs.resolve("sinc-surface"))["threads"] == 2
+    assert runs.resume_config(tmp_path, configs.resolve("sinc-surface", {"threads": 1}))["threads"] == 1

@@ -19,7 +19,7 @@ import yaml
 
 import zerograd
 from zerograd.callbacks import Callback
-from zerograd.checkpoint import checkpoint_dirs
+from zerograd.checkpoint_format import checkpoint_dirs
 from zerograd.cli import main
 from zerograd.errors import ConfigError, RunDirError, TrainingInterrupted, UntrustedCodeError
 from zerograd.export import export_run
@@ -232,22 +232,29 @@ def append(run_dir: Path, filename: str, text: str) -> None:
 
 DAMAGES: dict[str, tuple[str, Callable[[Path], None], str]] = {
     # name: (file, how, what the message says)
-    "config python tag": ("config.yaml", lambda d: damage(d, "config.yaml", 'name: !!python/object/apply:os.system ["touch x"]\n'),
+    "config python tag": ("config.yaml", lambda d: damage(d, "config.yaml", 'name: !!python/object/apply:os.system '
+                                                                            '["touch x"]\n'),
                           "is not a plain config: it holds a Python tag"),
-    "config not a mapping": ("config.yaml", lambda d: damage(d, "config.yaml", "- just\n- a list\n"), "holds a list, not a mapping"),
+    "config not a mapping": ("config.yaml", lambda d: damage(d, "config.yaml", "- just\n- a list\n"), "holds a list, "
+                                                                                                      "not a mapping"),
     "config without model": ("config.yaml", lambda d: damage(d, "config.yaml", "data: {dataset: sinc}\nloss: mse\n"),
                              "has no 'model' section"),
     "config bad yaml": ("config.yaml", lambda d: damage(d, "config.yaml", "model: [unclosed\n"), "is not valid YAML"),
-    "preprocessing not json": ("preprocessing.json", lambda d: damage(d, "preprocessing.json", "{oops"), "is not valid JSON"),
-    "preprocessing a list": ("preprocessing.json", lambda d: damage(d, "preprocessing.json", "[1, 2]"), "not an object"),
-    "preprocessing wrong type": ("preprocessing.json", lambda d: damage(d, "preprocessing.json", '{"input_shape": "2"}'),
+    "preprocessing not json": ("preprocessing.json", lambda d: damage(d, "preprocessing.json", "{oops"), "is not valid "
+                                                                                                         "JSON"),
+    "preprocessing a list": ("preprocessing.json", lambda d: damage(d, "preprocessing.json", "[1, 2]"),
+                             "not an object"),
+    "preprocessing wrong type": ("preprocessing.json",
+                                 lambda d: damage(d, "preprocessing.json", '{"input_shape": "2"}'),
                                  '"input_shape" is "2", not a list'),
     "summary not json": ("summary.json", lambda d: damage(d, "summary.json", "{oops"), "is not valid JSON"),
     "summary a list": ("summary.json", lambda d: damage(d, "summary.json", "[1]"), "not an object"),
-    "summary wrong type": ("summary.json", lambda d: damage(d, "summary.json", '{"final": 3}'), '"final" is 3, not a JSON object'),
+    "summary wrong type": ("summary.json", lambda d: damage(d, "summary.json", '{"final": 3}'), '"final" is 3, not a '
+                                                                                                'JSON object'),
     "metrics bad line": ("metrics.jsonl", lambda d: append(d, "metrics.jsonl", "{oops\n"), "is not valid JSON"),
     "metrics a list": ("metrics.jsonl", lambda d: append(d, "metrics.jsonl", "[1, 2]\n"), "not an object"),
-    "metrics a text value": ("metrics.jsonl", lambda d: append(d, "metrics.jsonl", '{"epoch": 3, "train_loss": "low"}\n'),
+    "metrics a text value": ("metrics.jsonl", lambda d: append(d, "metrics.jsonl", '{"epoch": 3, "train_loss": '
+                                                                                   '"low"}\n'),
                              '"train_loss" is "low", not a number'),
 }
 
@@ -273,7 +280,8 @@ CASES = [(damage_name, command) for damage_name, (filename, _, _) in DAMAGES.ite
 
 
 @pytest.mark.parametrize("damage_name, command", CASES, ids=[f"{d}-{c}" for d, c in CASES])
-def test_a_damaged_run_file_is_one_line_naming_it(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_a_damaged_run_file_is_one_line_naming_it(finished_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
                                                    damage_name: str, command: str) -> None:
     filename, make_damage, message = DAMAGES[damage_name]
     run_dir = copy_run(finished_run, tmp_path / "run", finished=command != "resume")
@@ -288,7 +296,8 @@ def test_weights_that_do_not_fit_the_config_are_one_line(finished_run: Path, tmp
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = copy_run(finished_run, tmp_path / "run")
     set_model(run_dir, {"name": "mlp", "sizes": [2, 5, 1], "flatten": False})
-    for command in (["evaluate", str(run_dir)], ["plot", str(run_dir)]):  # evaluate/plot went through load_run, unguarded
+    for command in (["evaluate", str(run_dir)],
+                    ["plot", str(run_dir)]):  # evaluate/plot went through load_run, unguarded
         assert main(command) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "model.safetensors does not fit the model" in err and "in the file" in err
@@ -327,7 +336,8 @@ def test_a_checkpoint_with_matching_hashes_but_foreign_state_is_one_line(
     assert err.count("\n") == 1 and "does not hold what zerograd writes in a checkpoint" in err, err
 
 
-def test_a_manifest_of_the_wrong_shape_is_a_damaged_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_manifest_of_the_wrong_shape_is_a_damaged_checkpoint(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = interrupted_run(tmp_path)
     for checkpoint in checkpoint_dirs(run_dir / "checkpoints"):
         (checkpoint / "manifest.json").write_text('{"files": 5, "monitor": [1]}')
@@ -336,7 +346,8 @@ def test_a_manifest_of_the_wrong_shape_is_a_damaged_checkpoint(tmp_path: Path, c
     assert err.count("\n") == 1 and "manifest.json does not list files with their sizes and hashes" in err, err
 
 
-def test_a_damaged_sweep_file_is_one_line(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_damaged_sweep_file_is_one_line(finished_run: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     sweep_dir = tmp_path / "sweep"
     copy_run(finished_run, sweep_dir / "run-001")
     (sweep_dir / "sweep.json").write_text("{not json")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from zerograd import api, fit, runs
-from zerograd.checkpoint import Checkpointer, ResumeFrom
+from zerograd.callbacks import Checkpointer, ResumeFrom
 from zerograd.cli import main as cli
 from zerograd.errors import CheckpointError, WeightsMismatchError
 
@@ -62,10 +62,12 @@ def test_load_run_names_the_tensors_of_other_sizes(tmp_path: Path) -> None:
 
 def test_a_checkpoint_of_another_model_names_what_differs(tmp_path: Path) -> None:
     x, y = torch.randn(12, 3), torch.randn(12, 1)
-    fit(nn.Linear(3, 1), (x, y), loss="mse", epochs=1, batch_size=4, callbacks=[Checkpointer(tmp_path / "ckpt", every="epoch")])
+    fit(nn.Linear(3, 1), (x, y), loss="mse", epochs=1, batch_size=4,
+        callbacks=[Checkpointer(tmp_path / "ckpt", every="epoch")])
     with pytest.raises(CheckpointError, match=r"does not fit this model \(weight: \[1, 3\] in the file, \[1, 2\] in "
                                               r"the model\); resume with the config the run started with"):
-        fit(nn.Linear(2, 1), (x[:, :2], y), loss="mse", epochs=1, batch_size=4, callbacks=[ResumeFrom(tmp_path / "ckpt")])
+        fit(nn.Linear(2, 1), (x[:, :2], y), loss="mse", epochs=1, batch_size=4,
+            callbacks=[ResumeFrom(tmp_path / "ckpt")])
 
 
 @pytest.mark.parametrize(("name", "damage", "expected"), [

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerograd import api, checkpoint, runs
+from zerograd import api, checkpoint_format, files, runs
 from zerograd.cli import main as cli
 from zerograd.errors import WriteError
 
@@ -115,7 +115,7 @@ def test_a_metrics_append_that_fails_saves_a_checkpoint_and_the_run_resumes_exac
         f"could not write {run_dir / 'metrics.jsonl'}: {error[1]}; training stopped at step 4 (the end of epoch 4) "
         f"and saved checkpoint {saved}. Free some disk space (or make the folder writable), then continue with "
         f"`zerograd resume {run_dir}`")
-    assert checkpoint.problem_with(saved) is None
+    assert checkpoint_format.problem_with(saved) is None
 
     assert cli(["resume", str(run_dir), "--quiet"]) == 0  # space freed
     assert [r["epoch"] for r in runs.load_history(run_dir).records] == [1, 2, 3, 4, 5, 6]
@@ -126,7 +126,7 @@ def test_when_the_rescue_checkpoint_fails_too_both_failures_are_told(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
     fail_appends(monkeypatch, "metrics.jsonl", after=3)
-    real_write, writes = checkpoint._write_file, []
+    real_write, writes = checkpoint_format.write_file, []
 
     def write(path: Path, content: Any) -> None:
         writes.append(path)
@@ -134,7 +134,7 @@ def test_when_the_rescue_checkpoint_fails_too_both_failures_are_told(tmp_path: P
             raise OSError(*FULL)
         real_write(path, content)
 
-    monkeypatch.setattr(checkpoint, "_write_file", write)
+    monkeypatch.setattr(checkpoint_format, "write_file", write)
     assert cli(["train", str(config_file(tmp_path)), "--out", str(run_dir), "--quiet"]) == 2
     err = one_line_error(capsys)
     assert err.startswith(f"could not write {run_dir / 'metrics.jsonl'}: No space left on device; "
@@ -272,7 +272,8 @@ def test_a_sweep_whose_results_cannot_be_written_keeps_its_runs(tmp_path: Path, 
         assert cli(args) == 2
     assert one_line_error(capsys) == (
         f"could not write {sweep_dir / 'results.csv'}: No space left on device; the finished runs are kept: free some "
-        "disk space (or make the folder writable), then run the same command again (finished runs are not trained again)")
+        "disk space (or make the folder writable), then run the same command again (finished runs are not trained "
+        "again)")
     trained = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/model.safetensors")}
     assert len(trained) == 2
     assert cli(args) == 0
@@ -299,7 +300,7 @@ def test_a_metrics_file_cut_short_by_a_full_disk_still_plots(tmp_path: Path, fin
 def test_write_errors_are_os_errors_with_the_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fail_atomic_writes(monkeypatch, "a.txt")
     with pytest.raises(WriteError) as caught:
-        runs.write_atomic(tmp_path / "a.txt", "x")
+        files.write_atomic(tmp_path / "a.txt", "x")
     assert isinstance(caught.value, OSError) and caught.value.errno == errno.ENOSPC
     assert str(caught.value) == f"could not write {tmp_path / 'a.txt'}: No space left on device"
     assert os.listdir(tmp_path) == []
@@ -313,7 +314,8 @@ def test_a_step_record_that_fails_mid_epoch_stops_at_a_step_and_resumes_exactly(
     with monkeypatch.context() as patch:
         fail_appends(patch, "metrics.jsonl", after=4)  # steps 1-3, epoch 1's record; step 4's fails
         assert cli(["train", str(config), "--out", str(run_dir), "--quiet"]) == 2
-    assert f"training stopped at step 4 (epoch 2) and saved checkpoint {run_dir}/checkpoints/step-00000004" in one_line_error(capsys)
+    saved = f"training stopped at step 4 (epoch 2) and saved checkpoint {run_dir}/checkpoints/step-00000004"
+    assert saved in one_line_error(capsys)
     assert cli(["resume", str(run_dir), "--quiet"]) == 0
     assert [r["step"] for r in runs.load_steps(run_dir)] == list(range(1, 19))
     assert torch.equal(load_file(str(run_dir / "model.safetensors"))["weight"], reference.model.weight.detach())

@@ -7,14 +7,15 @@
 """
 from zerograd.api import Run, evaluate_run, load_run, train
 from zerograd.callbacks import Callback, EarlyStopping
-from zerograd.engine import FitOptions, History, LoopState, evaluate, fit, predict
+from zerograd.engine import evaluate, fit, predict
 from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError
 from zerograd.lr_find import LRFindResult, lr_find  # the function shadows the module name here
+from zerograd.options import FitOptions
 from zerograd.predictor import Prediction, Predictor, load
 from zerograd.runs import export_csv, load_history
+from zerograd.state import History, LoopState
 from zerograd.sweep import SweepResult, sweep
-
-__version__ = "0.1.0"
+from zerograd.version import __version__ as __version__  # (a re-export)
 
 __all__ = [
     "Callback",

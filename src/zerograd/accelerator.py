@@ -17,6 +17,7 @@ from zerograd.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_NOTHING = contextlib.nullcontext()  # reusable: entered every step where there is nothing to do
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -34,7 +35,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if kind not in ("cpu", "cuda", "mps"):
         raise ConfigError(f'unknown device "{device}": use auto, cpu, cuda, cuda:N or mps')
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f'device "{device}" was asked for but this machine has no usable CUDA GPU; use --device cpu or auto')
+        raise ConfigError(f'device "{device}" was asked for but this machine has no usable CUDA GPU; use --device cpu '
+                          'or auto')
     if kind == "mps" and not _mps_available():
         raise ConfigError(f'device "{device}" was asked for but MPS is not available here; use --device cpu or auto')
     return torch.device(name)
@@ -55,7 +57,7 @@ class Accelerator:
     scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, device: str | torch.device = "auto", precision: str = "fp32") -> "Accelerator":
+    def create(cls, device: str | torch.device = "auto", precision: str = "fp32") -> Accelerator:
         resolved = resolve_device(device)
         if precision not in PRECISIONS:
             raise ConfigError(f'unknown precision "{precision}": use one of {", ".join(PRECISIONS)}')
@@ -66,8 +68,8 @@ class Accelerator:
             local_rank = int(os.environ.get("LOCAL_RANK", 0))
             if local_rank >= torch.cuda.device_count():
                 raise ConfigError(
-                    f"worker with LOCAL_RANK {local_rank} has no GPU of its own ({torch.cuda.device_count()} on this machine): "
-                    "start at most one process per GPU (--nproc), or train on --device cpu"
+                    f"worker with LOCAL_RANK {local_rank} has no GPU of its own ({torch.cuda.device_count()} on this "
+                    "machine): start at most one process per GPU (--nproc), or train on --device cpu"
                 )
             resolved = torch.device("cuda", local_rank)
         if resolved.type == "cuda":
@@ -85,7 +87,7 @@ class Accelerator:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
-            return contextlib.nullcontext()
+            return _NOTHING
         return torch.autocast(self.device.type, dtype=_AMP_DTYPES[self.precision])
 
     def prepare_model(self, model: nn.Module, *, compile: bool = False, channels_last: bool = False) -> nn.Module:
@@ -140,7 +142,7 @@ class Accelerator:
         (A plain context manager, not a generator: this is entered every step.)"""
         if skip and self.distributed and hasattr(model, "no_sync"):
             return model.no_sync()
-        return contextlib.nullcontext()
+        return _NOTHING
 
     def prepare_loss(self, loss_fn: nn.Module) -> nn.Module:
         """In DDP, a loss that is 0 (not NaN) on an empty batch: a tail batch smaller than the
@@ -162,6 +164,18 @@ class Accelerator:
             return outputs.sum() * 0.0
         weight = self.world_size if reduction == "sum" else self.world_size * local_count / global_count
         return loss if weight == 1 else loss * weight
+
+    def any_rank(self, flag: bool | torch.Tensor) -> bool:
+        """True when `flag` (a bool, or a one-element tensor) is true on any rank: one small
+        all-reduce and one host sync; in one process just `flag`. Every rank must call it at the
+        same point, so that all of them decide alike."""
+        if not self.distributed:
+            return bool(flag)
+        if isinstance(flag, torch.Tensor):
+            tensor = flag.float().reshape(())
+        else:
+            tensor = torch.tensor(float(flag), device=self.device)
+        return bool(self.all_reduce_sum(tensor) > 0)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over all ranks (a no-op in one process)."""
@@ -215,7 +229,7 @@ class _CompiledOrEager(nn.Module):
         self._compiled = torch.compile(module)
         self._failed = False
 
-    def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003
+    def forward(self, *args, **kwargs):
         if not self._failed:
             try:
                 return self._compiled(*args, **kwargs)

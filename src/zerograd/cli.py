@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zerograd import api
+from zerograd import api, distributed, launch, own_data, predictor, runs
 from zerograd import config as configs
-from zerograd import checkpoint, distributed, predictor, runs, shortcut
+from zerograd.console import make_console, plain
 from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
+from zerograd.export import export_run
+from zerograd.lr_find import lr_find_config
 from zerograd.models import check_trusted
-from zerograd.reporting.console import make_console, plain
+from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
 from zerograd.sweep import add_sweep_arguments
 from zerograd.sweep import print_result as print_sweep_result
 from zerograd.sweep import sweep as run_sweep
@@ -77,14 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     recipes = commands.add_parser("recipes", help="list the built-in recipes")
     recipes.set_defaults(handler=cmd_recipes)
 
-    train = commands.add_parser("train", help="train a recipe, a YAML config or your own data (--data) and write a run directory")
-    train.add_argument("recipe", metavar="RECIPE|FILE.yaml", nargs="?", help="a recipe name (see `zerograd recipes`) or a config file")
+    train = commands.add_parser("train", help="train a recipe, a YAML config or your own data (--data) and write a run "
+                                              "directory")
+    train.add_argument("recipe", metavar="RECIPE|FILE.yaml", nargs="?",
+                       help="a recipe name (see `zerograd recipes`) or a config file")
     add_own_data_arguments(train)
     add_training_arguments(train)
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue this interrupted run in place from its newest checkpoint (same config)")
     add_trust_argument(train, "with --resume RUN_DIR alone: ")
-    distributed.add_launch_arguments(train)
+    launch.add_launch_arguments(train)
     train.set_defaults(handler=cmd_train)
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its newest checkpoint, exactly")
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
     resume.add_argument("--progress", choices=("bar", "plain", "none"), help="as for train")
     add_trust_argument(resume)
-    distributed.add_launch_arguments(resume)  # a DDP run resumes with as many processes as it had
+    launch.add_launch_arguments(resume)  # a DDP run resumes with as many processes as it had
     resume.set_defaults(handler=cmd_resume)
 
     evaluate = commands.add_parser("evaluate", help="re-load a run's weights and print its test loss and metrics")
@@ -101,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_argument(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="predict with a trained run: images (PNG/JPEG), .npy arrays or .csv rows")
+    predict = commands.add_parser("predict", help="predict with a trained run: images (PNG/JPEG), .npy arrays or .csv "
+                                                  "rows")
     predict.add_argument("run_dir", metavar="RUN_DIR")
     predict.add_argument("files", metavar="FILE", nargs="+")
     predict.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
@@ -109,11 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_argument(predict)
     predict.set_defaults(handler=cmd_predict)
 
-    serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the predictions, "
+    serve = commands.add_parser("serve", help="a local web page to draw a digit (or drop an image) and see the "
+                                              "predictions, "
                                                "and a JSON API for any run (POST /predict, /openapi.json)")
     serve.add_argument("run_dir", metavar="RUN_DIR")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                           "only)")
     serve.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
     serve.add_argument("--quiet", action="store_true", help="do not log requests (errors still are)")
     add_trust_argument(serve)
@@ -127,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_argument(export)
     export.set_defaults(handler=cmd_export)
 
-    plot = commands.add_parser("plot", help="draw a run's plots (curves, confusion matrix, predictions...) into RUN_DIR/plots/")
+    plot = commands.add_parser("plot", help="draw a run's plots (curves, confusion matrix, predictions...) into "
+                                            "RUN_DIR/plots/")
     plot.add_argument("run_dir", metavar="RUN_DIR")
     plot.add_argument("--out", help="folder for the PNG files (default RUN_DIR/plots)")
     plot.add_argument("--device", default="auto", help="where to compute predictions (default auto)")
@@ -141,24 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_argument(report, "when plots are drawn: ")
     report.set_defaults(handler=cmd_report)
 
-    compare = commands.add_parser("compare", help="compare runs: config differences and final metrics, best first, and their curves")
+    compare = commands.add_parser("compare", help="compare runs: config differences and final metrics, best first, and "
+                                                  "their curves")
     compare.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories, or folders that hold runs")
     compare.add_argument("--out", help="the overlay plot (default compare.png beside the first run)")
-    compare.add_argument("--metric", help="rank by this final metric (default: val/test accuracy, or loss for regression)")
+    compare.add_argument("--metric", help="rank by this final metric (default: val/test accuracy, or loss for "
+                                          "regression)")
     compare.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     compare.set_defaults(handler=cmd_compare)
 
-    sweep = commands.add_parser("sweep", help="train a grid (or a random/Optuna sample) of configurations and rank them")
+    sweep = commands.add_parser("sweep", help="train a grid (or a random/Optuna sample) of configurations and rank "
+                                              "them")
     sweep.add_argument("recipe", metavar="RECIPE|FILE.yaml", help="the config every run starts from")
     add_training_arguments(sweep)
     add_sweep_arguments(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
-    lr_find = commands.add_parser("lr-find", help="sweep the learning rate up exponentially, plot loss vs lr and suggest one")
+    lr_find = commands.add_parser("lr-find", help="sweep the learning rate up exponentially, plot loss vs lr and "
+                                                  "suggest one")
     lr_find.add_argument("recipe", metavar="RECIPE|FILE.yaml", help="a recipe name or a config file")
     lr_find.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                          help="set any config key, as for train (e.g. --set batch_size=128)")
-    lr_find.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<recipe>-lr-find-<timestamp>)")
+    lr_find.add_argument("--out", help="folder for lr_find.png and lr_find.json (default "
+                                       "runs/<recipe>-lr-find-<timestamp>)")
     lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first lr of the sweep (default 1e-7)")
     lr_find.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
     lr_find.add_argument("--steps", type=int, default=100, help="training steps in the sweep (default 100)")
@@ -186,7 +199,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bar: live progress bar (default; per-epoch lines when not a terminal), "
                              "plain: the tutorials' text, none: no progress")
     parser.add_argument("--tensorboard", action="store_true", default=None,
-                        help="also write TensorBoard event files to RUN_DIR/tensorboard/ (pip install 'zerograd[tensorboard]')")
+                        help="also write TensorBoard event files to RUN_DIR/tensorboard/ "
+                             "(pip install 'zerograd[tensorboard]')")
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,25 +220,25 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    launch = distributed.launch_options(args)
-    if launch is not None:
-        return launch_workers(launch, args)
+    job = launch.launch_options(args)
+    if job is not None:
+        return launch_workers(job, args)
     if args.resume is not None and args.recipe is None and args.data is None:
         return cmd_resume(argparse.Namespace(run_dir=args.resume, quiet=args.quiet, progress=args.progress,
                                              dist_timeout=args.dist_timeout, trust_code=args.trust_code))
     args.recipe = train_source(args)
     with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
         run = api.train(args.recipe, overrides=training_overrides(args), out=args.out, quiet=args.quiet,
-                        resume=args.resume or distributed.resume_after_restart(args.out))
+                        resume=args.resume or runs.resume_after_restart(args.out))
         if distributed.is_main():
             print_summary(run.summary, run.dir)
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    launch = distributed.launch_options(args) if hasattr(args, "nproc") else None
-    if launch is not None:
-        return launch_workers(launch, args)
+    job = launch.launch_options(args) if hasattr(args, "nproc") else None
+    if job is not None:
+        return launch_workers(job, args)
     with distributed.process_group(timeout_s=args.dist_timeout):  # a no-op unless run by torchrun
         run = api.resume(args.run_dir, quiet=args.quiet, progress=args.progress, trust_code=args.trust_code)
         if distributed.is_main():
@@ -232,28 +246,30 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch_workers(launch: distributed.LaunchOptions, args: argparse.Namespace) -> int:
+def launch_workers(job: launch.LaunchOptions, args: argparse.Namespace) -> int:
     """Check the config once here (a typo fails before any worker starts), then run torchrun."""
     resuming = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     if resuming and getattr(args, "recipe", None) is None and getattr(args, "data", None) is None:
-        config = checkpoint.resume_config(resuming)
+        config = runs.resume_config(resuming)
         check_trusted(config["model"], trust_code=args.trust_code, origin=Path(resuming) / runs.CONFIG)
     else:
         config = configs.resolve(train_source(argparse.Namespace(**{**vars(args), "quiet": True})),
                                  training_overrides(args))
-    if launch.fixed_world_size is not None:
-        distributed.check_global_batch(config["batch_size"], launch.fixed_world_size)
+    if job.fixed_world_size is not None:
+        distributed.check_global_batch(config["batch_size"], job.fixed_world_size)
     argv = args.argv
-    if launch.max_restarts and not resuming and args.out is None:
+    if job.max_restarts and not resuming and args.out is None:
         argv = [*argv, "--out", str(runs.new_run_dir(config["name"], create=True))]  # a restart must find the same run
-    return distributed.launch(launch, argv)
+    return launch.launch(job, argv)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     console = make_console()
     final = summary["final"]
-    figures = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, float) and k not in ("weight", "bias"))
-    console.print(f"[bold]{plain(summary['recipe'])}[/]: {summary['epochs_completed']} epochs in {summary['train_seconds']:.1f} s  "
+    figures = "  ".join(f"{k} {v:.4f}" for k, v in final.items()
+                        if isinstance(v, float) and k not in ("weight", "bias"))
+    console.print(f"[bold]{plain(summary['recipe'])}[/]: {summary['epochs_completed']} epochs in "
+                  f"{summary['train_seconds']:.1f} s  "
                   f"{plain(figures)}", soft_wrap=True)
     if "weight" in summary:
         console.print(f"learned: y = {summary['weight']:.4f} x + {summary['bias']:.4f}")
@@ -277,8 +293,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from zerograd.lr_find import lr_find_config
-
     overrides = dict(configs.parse_assignment(text) for text in args.assignments)
     result, folder = lr_find_config(args.recipe, overrides=overrides, out=args.out, start_lr=args.start_lr,
                                     end_lr=args.end_lr, steps=args.steps)
@@ -293,7 +307,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from zerograd.reporting.plots import write_plots
+    from zerograd.reporting.plots import write_plots  # matplotlib: loaded by the commands that draw
 
     for path in write_plots(args.run_dir, out_dir=args.out, device=args.device, trust_code=args.trust_code):
         print(path)
@@ -301,15 +315,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from zerograd.reporting.report import write_report
+    from zerograd.reporting.report import write_report  # matplotlib, as for plot
 
     print(write_report(args.run_dir, args.out, replot=args.replot, trust_code=args.trust_code))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
-
     rows = compare_runs(args.run_dirs, metric=args.metric)
     plot = plot_comparison(rows, args.out or default_plot_path(rows))
     if args.json:
@@ -354,7 +366,7 @@ def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: 
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from zerograd.serve import serve
+    from zerograd.serve import serve  # Starlette and uvicorn: loaded by this command only
 
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
@@ -363,8 +375,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from zerograd.export import export_run
-
     result = export_run(args.run_dir, args.format, args.out, trust_code=args.trust_code)
     print(f"exported {result.path} ({result.format}); checked on {result.checked_inputs} inputs against PyTorch: "
           f"largest difference {result.max_abs_diff:.2g}")
@@ -372,11 +382,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_own_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", metavar="PATH", help="train on your own data: an image folder (PATH/<class>/*.png), a .csv, .npy or .npz file")
-    parser.add_argument("--target", metavar="COLUMN", help="with --data: the table column to predict (default: the last)")
+    parser.add_argument("--data", metavar="PATH", help="train on your own data: an image folder (PATH/<class>/*.png), "
+                                                       "a .csv, .npy or .npz file")
+    parser.add_argument("--target", metavar="COLUMN", help="with --data: the table column to predict (default: the "
+                                                           "last)")
     parser.add_argument("--model", metavar="NAME|module:Class",
-                        help="with --data: cnn, mlp, linear, a zoo model, or your nn.Module as package.module:Class (default: cnn for images, mlp for tables)")
-    parser.add_argument("--task", choices=("classify", "regress"), help="with --data: what to learn (default: inferred from the target)")
+                        help="with --data: cnn, mlp, linear, a zoo model, or your nn.Module as package.module:Class "
+                             "(default: cnn for images, mlp for tables)")
+    parser.add_argument("--task", choices=("classify", "regress"),
+                        help="with --data: what to learn (default: inferred from the target)")
 
 
 def train_source(args: argparse.Namespace) -> str | dict[str, Any]:
@@ -384,14 +398,16 @@ def train_source(args: argparse.Namespace) -> str | dict[str, Any]:
     own = {"--target": args.target, "--model": args.model, "--task": args.task}
     if args.data is None:
         if args.recipe is None:
-            raise ConfigError("give a recipe or config file to train (see `zerograd recipes`), or --data PATH to train on your own data")
+            raise ConfigError("give a recipe or config file to train (see `zerograd recipes`), or --data PATH to train "
+                              "on your own data")
         given = [flag for flag, value in own.items() if value is not None]
         if given:
-            raise ConfigError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --data PATH; for a recipe use --set (e.g. --set model.name=...)")
+            raise ConfigError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --data PATH; for a recipe "
+                              "use --set (e.g. --set model.name=...)")
         return args.recipe
     if args.recipe is not None:
         raise ConfigError(f"give a recipe or config ({args.recipe}) or --data PATH, not both")
-    config, notes = shortcut.data_config(args.data, target=args.target, model=args.model, task=args.task,
+    config, notes = own_data.data_config(args.data, target=args.target, model=args.model, task=args.task,
                                          epochs=args.epochs, batch_size=args.batch_size)
     if not args.quiet and distributed.is_main():
         for note in notes:

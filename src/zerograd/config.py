@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from zerograd.engine import FitOptions
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.files import yaml_load, yaml_problem
+from zerograd.options import FitOptions
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
-META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard", "progress", "plots", "log_every")
+META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard",
+             "progress", "plots", "log_every")
 TOP_KEYS = META_KEYS + TRAIN_KEYS
 NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping")
 
@@ -31,31 +32,6 @@ def recipe_names() -> list[str]:
 
 def _recipe_dir() -> Any:
     return resources.files("zerograd") / "recipes"
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """The safe loader (no code runs), but reading `1e-3` as a number as YAML 1.2 and Python do;
-    plain YAML 1.1 makes it the string "1e-3", and `lr: 1e-3` would then be rejected."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def yaml_problem(what: str, error: yaml.YAMLError) -> str:
-    """One line saying what is wrong with the YAML of `what` and where; a Python tag (which the
-    safe loader refuses, so no code runs) is named as such."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    if "tag:yaml.org,2002:python/" in str(error):
-        return f"{what} is not a plain config: it holds a Python tag (!!python/...){where}, which zerograd never loads because it could run code"
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"{what} is not valid YAML: {problem}{where}"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -109,7 +85,8 @@ def _load_named(source: str) -> dict[str, Any]:
         return config
     names = recipe_names()
     if source not in names:
-        raise ConfigError(f'unknown recipe "{source}"{did_you_mean(source, names)}; run "zerograd recipes" to list them, or give a .yaml file')
+        raise ConfigError(f'unknown recipe "{source}"{did_you_mean(source, names)}; run "zerograd recipes" to list '
+                          'them, or give a .yaml file')
     config = yaml_load((_recipe_dir() / f"{source}.yaml").read_text())
     config["name"] = source
     return config
@@ -119,9 +96,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     """`override` on top of `base`; nested mappings merge, everything else is replaced."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and "name" not in value:
-            merged[key] = deep_merge(merged[key], value)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict) and value.get("name") == merged[key].get("name"):
+        # a section merges into the one it overrides, unless it names something else (a new optimizer, ...)
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        if both_sections and ("name" not in value or value.get("name") == merged[key].get("name")):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -171,7 +148,8 @@ def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | Non
         check_top_key(key)
     for key in ("data", "model"):
         if key not in config:
-            raise ConfigError(f'the config has no "{key}" section; say which {key} to train (see the recipes in "zerograd recipes")')
+            raise ConfigError(f'the config has no "{key}" section; say which {key} to train (see the recipes in '
+                              '"zerograd recipes")')
     defaults = FitOptions().to_dict()
     options = {key: config.get(key, defaults[key]) for key in TRAIN_KEYS}
     FitOptions.from_kwargs(options)  # type and range checks, with clear messages

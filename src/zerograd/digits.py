@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from zerograd.data.images import to_8bit, upright
+from zerograd.data.image_decode import to_8bit, upright
 from zerograd.errors import DataError
 
 SIZE = 28
@@ -36,7 +36,8 @@ def mnist_digit(image: Image.Image | np.ndarray) -> np.ndarray:
     return mnist_style(image, box=DIGIT_BOX, by_mass=True)
 
 
-def mnist_style(image: Image.Image | np.ndarray, *, box: int = DIGIT_BOX, size: int = SIZE, by_mass: bool = True) -> np.ndarray:
+def mnist_style(image: Image.Image | np.ndarray, *, box: int = DIGIT_BOX, size: int = SIZE,
+                by_mass: bool = True) -> np.ndarray:
     """Light-on-dark, cropped to its content, scaled into `box` x `box` and placed in `size` x `size`."""
     ink = ink_image(image)
     top, left, bottom, right = ink_bounds(ink)
@@ -47,7 +48,8 @@ def mnist_style(image: Image.Image | np.ndarray, *, box: int = DIGIT_BOX, size: 
     scale = box / max(crop.shape)
     height, width = crop.shape
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    glyph = np.asarray(Image.fromarray(_to_uint8(crop)).resize(target, Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    glyph = np.asarray(Image.fromarray(_to_uint8(crop)).resize(target, Image.Resampling.LANCZOS),
+                       dtype=np.float32) / 255.0
     return place(glyph, size, by_mass=by_mass)
 
 
@@ -123,7 +125,8 @@ def place(glyph: np.ndarray, size: int = SIZE, *, by_mass: bool = True) -> np.nd
     dst_top, dst_left = max(0, top), max(0, left)
     rows_n = min(height - src_top, size - dst_top)
     cols_n = min(width - src_left, size - dst_left)
-    out[dst_top:dst_top + rows_n, dst_left:dst_left + cols_n] = glyph[src_top:src_top + rows_n, src_left:src_left + cols_n]
+    source = glyph[src_top:src_top + rows_n, src_left:src_left + cols_n]
+    out[dst_top:dst_top + rows_n, dst_left:dst_left + cols_n] = source
     return out
 
 
@@ -137,7 +140,8 @@ def _grayscale(image: Image.Image | np.ndarray) -> np.ndarray:
             raise DataError(f"a digit image must be 2-D (or H x W x 3), got shape {list(image.shape)}")
         peak = float(array.max()) if array.size else 0.0
         # 16-bit pixels (uint16, or integers past 255) are in 0..65535, other values past 1 in 0..255
-        full = 65535.0 if image.dtype == np.uint16 or (image.dtype.kind in "iu" and peak > 255) else 255.0 if peak > 1.0 else 1.0
+        sixteen_bit = image.dtype == np.uint16 or (image.dtype.kind in "iu" and peak > 255)
+        full = 65535.0 if sixteen_bit else 255.0 if peak > 1.0 else 1.0
     else:  # shrunk while still 8-bit: no float copy of a large picture is ever made
         array, full = np.asarray(to_8bit(upright(image), "L")), 255.0
     return shrink(array, full).astype(np.float32) / full
@@ -152,7 +156,9 @@ def shrink(gray: np.ndarray, full: float = 255.0) -> np.ndarray:
         return gray
     light_paper = np.median(_border(gray)) > full / 2
     height, width = gray.shape
-    padded = np.pad(gray, ((0, -height % factor), (0, -width % factor)), mode="edge") if height % factor or width % factor else gray
+    padded = gray
+    if height % factor or width % factor:
+        padded = np.pad(gray, ((0, -height % factor), (0, -width % factor)), mode="edge")
     blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
     return blocks.min(axis=3).min(axis=1) if light_paper else blocks.max(axis=3).max(axis=1)
 

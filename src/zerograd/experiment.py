@@ -11,14 +11,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from zerograd.data import line_data, load_dataset, sinc_data
 from zerograd.data.images import load_image_folder
 from zerograd.data.tabular import load_table_data
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.layers import check_kwargs
 from zerograd.losses import task_of
-from zerograd.models import build_model, check_kwargs, check_trusted
+from zerograd.models import build_model, check_trusted
+from zerograd.preflight import explain_forward_error
 
 
 @dataclass
@@ -34,6 +35,8 @@ class DataBundle:
     # How raw inputs become model inputs (scaling, image size, class names): stored with the run as
     # preprocessing.json, so `zerograd.load(run).predict(raw)` prepares new inputs the same way.
     preprocessing: dict[str, Any] | None = None
+    # Figures of the trained model this data set's runs report in summary.json (e.g. the line's w and b).
+    summary_extras: Callable[[nn.Module], dict[str, float]] | None = None
 
     def sample_input(self) -> torch.Tensor | None:
         """The first training sample's input as a batch of one, or None for data that cannot be
@@ -66,12 +69,21 @@ def _idx_images(name: str) -> Callable[..., DataBundle]:
 def _line() -> DataBundle:
     preprocessing = {"kind": "table", "task": "regression", "input_shape": [1],
                      "columns": [{"name": "x", "kind": "number", "mean": 0.0, "std": 1.0}]}
-    return DataBundle(line_data(), input_shape=[1], preprocessing=preprocessing)
+    return DataBundle(line_data(), input_shape=[1], preprocessing=preprocessing, summary_extras=line_fit)
+
+
+def line_fit(model: nn.Module) -> dict[str, float]:
+    """The learned line y = weight x + bias, when the model is one 1-in, 1-out Linear layer (the
+    linear-regression tutorial's): what the run's summary (and `zerograd train`) report."""
+    if not isinstance(model, nn.Linear) or model.weight.numel() != 1 or model.bias is None:
+        return {}
+    return {"weight": float(model.weight.detach().reshape(())), "bias": float(model.bias.detach().reshape(()))}
 
 
 def _sinc(n: int = 50, low: float = -10.0, high: float = 10.0) -> DataBundle:
     dataset, info = sinc_data(n, low, high)
-    columns = [{"name": axis, "kind": "number", "mean": m, "std": s} for axis, m, s in zip("xy", info["mean"], info["std"])]
+    columns = [{"name": axis, "kind": "number", "mean": m, "std": s}
+               for axis, m, s in zip("xy", info["mean"], info["std"])]
     preprocessing = {"kind": "table", "task": "regression", "input_shape": [2], "columns": columns}
     return DataBundle(dataset, input_shape=[2], info=info, preprocessing=preprocessing)
 
@@ -118,7 +130,8 @@ def build_data(spec: dict[str, Any]) -> DataBundle:
     options = dict(spec)
     name = options.pop("dataset")
     if name not in DATA_SOURCES:
-        raise ConfigError(f'unknown dataset "{name}"{did_you_mean(str(name), DATA_SOURCES)}; choose from {", ".join(DATA_SOURCES)}')
+        raise ConfigError(f'unknown dataset "{name}"{did_you_mean(str(name), DATA_SOURCES)}; choose from '
+                          f'{", ".join(DATA_SOURCES)}')
     check_kwargs(f"dataset {name}", DATA_SOURCES[name], options)
     return DATA_SOURCES[name](**options)
 
@@ -149,14 +162,17 @@ def data_spec(config: dict[str, Any]) -> dict[str, Any]:
     """The config's data section as the source takes it: a table's targets are classes or values
     as the loss says (cross_entropy: classes, mse: values), unless `data.task` says otherwise."""
     spec = dict(config["data"]) if isinstance(config["data"], dict) else config["data"]
-    if isinstance(spec, dict) and spec.get("dataset", own_data_kind(spec)) == "table" and spec.get("task", "auto") == "auto":
+    is_table = isinstance(spec, dict) and spec.get("dataset", own_data_kind(spec)) == "table"
+    if is_table and spec.get("task", "auto") == "auto":
         spec["task"] = task_of(config["loss"])
     if isinstance(spec, dict) and spec.get("val_split") and config.get("val_split"):
-        raise ConfigError("val_split is set twice (top level and in data:); keep data.val_split, which is held out before the data is standardised")
+        raise ConfigError("val_split is set twice (top level and in data:); keep data.val_split, which is held out "
+                          "before the data is standardised")
     return spec
 
 
-def build_experiment(config: dict[str, Any], *, trust_code: bool = True, origin: str | Path | None = None) -> Experiment:
+def build_experiment(config: dict[str, Any], *, trust_code: bool = True,
+                     origin: str | Path | None = None) -> Experiment:
     """The model and data of `config`; `trust_code=False` (a config from a run directory, `origin`)
     refuses a model class of the user's own before the data is even loaded."""
     check_trusted(config["model"], trust_code=trust_code, origin=origin)
@@ -177,16 +193,12 @@ def check_model_fits(model: nn.Module, data: DataBundle, task: str) -> None:
     try:
         with torch.no_grad():
             output = model(sample)
-    except (RuntimeError, ValueError, TypeError) as error:
-        from zerograd.checks import explain_forward_error  # names the fix, e.g. flatten images for a Linear layer
-
+    except (RuntimeError, ValueError, TypeError) as error:  # the message names the fix, e.g. flatten the images
         raise ConfigError(explain_forward_error(model, sample, None, error)) from None
     finally:
         model.train(was_training)
     classes = len(data.class_names or [])
-    if task == "classification" and classes and isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] < classes:
-        raise ConfigError(f"the model outputs {output.shape[1]} values per sample but the data has {classes} classes; make its last layer {classes} wide")
-
-
-def is_dataset(value: Any) -> bool:
-    return isinstance(value, Dataset)
+    too_narrow = isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] < classes
+    if task == "classification" and classes and too_narrow:
+        raise ConfigError(f"the model outputs {output.shape[1]} values per sample but the data has {classes} classes; "
+                          f"make its last layer {classes} wide")

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from zerograd.errors import ZerogradError, ZerogradWarning, did_you_mean
+from zerograd.files import write_atomic
 from zerograd.predictor import load
-from zerograd.runs import write_atomic
 
 FORMATS = {"onnx": "model.onnx", "export": "model.pt2", "torchscript": "model.pt"}
 TITLES = {"onnx": "ONNX model", "export": "torch.export program", "torchscript": "TorchScript model"}
@@ -65,7 +65,7 @@ class ExportResult:
     checked_inputs: int
 
 
-def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, *, seed: int = 0,  # noqa: A002
+def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, *, seed: int = 0,
                trust_code: bool = False) -> ExportResult:
     """Export a run's model to `out` (default RUN_DIR/model.onnx, model.pt2 or model.pt), check it
     against PyTorch at two batch sizes, then write it. `format`: "onnx" (default), "export" (a
@@ -79,7 +79,8 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
         raise ExportError(f'unknown export format "{format}"{hint}; choose from {choices}')
     predictor = load(run_dir, trust_code=trust_code)
     if not predictor.input_shape:
-        raise ExportError(f"{run_dir} does not record its input shape, so no example input can be made to trace the model")
+        raise ExportError(f"{run_dir} does not record its input shape, so no example input can be made to trace the "
+                          "model")
     path = Path(out) if out else Path(predictor.run_dir or run_dir) / FORMATS[format]
     model = predictor.model.cpu().eval()  # eval: BatchNorm's running statistics, no Dropout, in the export
     generator = torch.Generator().manual_seed(seed)

@@ -19,6 +19,11 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+try:
+    import resource
+except ImportError:  # Windows: no limit on open files to raise
+    resource = None  # type: ignore[assignment]
+
 READ_TIMEOUT = 10.0  # seconds for a whole request: a browser's upload of a few MiB takes far less
 MAX_CONNECTIONS = 500  # a page needs a handful; a few hundred leaves room for scripts and tabs
 
@@ -85,19 +90,19 @@ class GuardedH11Protocol(H11Protocol):
             connection.transport.close()
 
 
-def guarded_protocol(read_timeout: float = READ_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> type[GuardedH11Protocol]:
+def guarded_protocol(read_timeout: float = READ_TIMEOUT,
+                     max_connections: int = MAX_CONNECTIONS) -> type[GuardedH11Protocol]:
     """The protocol class to give uvicorn (`uvicorn.Config(http=...)`) with these limits."""
     if read_timeout <= 0 or max_connections < 1:
         raise ValueError(f"read_timeout must be > 0 and max_connections >= 1, got {read_timeout} and {max_connections}")
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"read_timeout": float(read_timeout), "max_connections": int(max_connections)})
+    return type("GuardedH11Protocol", (GuardedH11Protocol,),
+                {"read_timeout": float(read_timeout), "max_connections": int(max_connections)})
 
 
 def raise_open_file_limit() -> int | None:
     """Raise this process's soft limit on open files to its hard limit (many systems start at 1024,
     which idle sockets reach quickly); the limit now in force (None where there is no such limit)."""
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit to raise
+    if resource is None:  # Windows: no such limit to raise
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:

@@ -39,10 +39,12 @@ def _conv2d(shape: Shape, out_channels: int, kernel_size: int | Sequence[int] = 
     return nn.Conv2d(_channels(shape, "conv2d"), out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
 
-def _conv1d(shape: Shape, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | str = "same") -> nn.Module:
+def _conv1d(shape: Shape, out_channels: int, kernel_size: int = 3, stride: int = 1,
+            padding: int | str = "same") -> nn.Module:
     if len(shape) != 2:
         raise ConfigError(f"conv1d needs inputs of shape [channels, length], got {list(shape)}")
-    return nn.Conv1d(shape[0], out_channels, kernel_size, stride=stride, padding=kernel_size // 2 if padding == "same" else padding)
+    return nn.Conv1d(shape[0], out_channels, kernel_size, stride=stride,
+                     padding=kernel_size // 2 if padding == "same" else padding)
 
 
 def _maxpool2d(shape: Shape, kernel_size: int = 2, stride: int | None = None) -> nn.Module:
@@ -119,7 +121,8 @@ def build_layer_list(layers: Sequence[Any], input_shape: Sequence[int] | None) -
     if not layers:
         raise ConfigError("the model's layer list is empty; give layers like [{linear: 64}, relu, {linear: 10}]")
     if not input_shape:
-        raise ConfigError("a layer-list model needs the data's input shape to size its layers, and this data set does not say it")
+        raise ConfigError("a layer-list model needs the data's input shape to size its layers, and this data set does "
+                          "not say it")
     shape: Shape = tuple(int(d) for d in input_shape)
     modules: list[nn.Module] = []
     for position, item in enumerate(layers, start=1):
@@ -157,7 +160,8 @@ def _parse_layer(item: Any, position: int) -> tuple[str, dict[str, Any]]:
 def _check_layer_name(name: str, position: int) -> str:
     key = name.strip().lower()
     if key not in LAYERS:
-        raise ConfigError(f'layer {position}: unknown layer "{name}"{did_you_mean(key, LAYERS)}; choose from {", ".join(LAYERS)}')
+        raise ConfigError(f'layer {position}: unknown layer "{name}"{did_you_mean(key, LAYERS)}; choose from '
+                          f'{", ".join(LAYERS)}')
     return key
 
 
@@ -171,7 +175,8 @@ def _make_layer(name: str, options: dict[str, Any], shape: Shape, position: int)
     valid = list(inspect.signature(builder).parameters)[1:]
     for key in options:
         if key not in valid:
-            raise ConfigError(f'layer {position} ({name}) has no option "{key}"{did_you_mean(key, valid)}; valid options: {", ".join(valid) or "none"}')
+            raise ConfigError(f'layer {position} ({name}) has no option "{key}"{did_you_mean(key, valid)}; valid '
+                              f'options: {", ".join(valid) or "none"}')
     try:
         return builder(shape, **options)
     except ConfigError as error:
@@ -192,7 +197,8 @@ def _output_shape(module: nn.Module, shape: Shape, what: str) -> Shape:
     finally:
         module.train(was_training)
     if out.numel() == 0:
-        raise ConfigError(f"{what} shrinks inputs of shape {list(shape)} to nothing; use fewer pooling layers or larger images")
+        raise ConfigError(f"{what} shrinks inputs of shape {list(shape)} to nothing; use fewer pooling layers or "
+                          "larger images")
     return tuple(out.shape[1:])
 
 
@@ -228,13 +234,24 @@ def import_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
     Callers ask `require_trust` first (see `zerograd.models.build_model`).
     """
     factory = resolve_import(name)
-    from zerograd.models import check_kwargs  # models imports this module
-
     check_kwargs(f"model {name}", factory, kwargs)
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{name}(...) returned a {type(model).__name__}, not a torch nn.Module")
     return model
+
+
+def check_kwargs(what: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Reject keyword arguments `function` does not take, naming the closest valid one."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for key in kwargs:
+        if key not in parameters:
+            raise ConfigError(
+                f'{what} has no option "{key}"{did_you_mean(key, parameters)}; '
+                f'valid options: {", ".join(parameters) or "none"}'
+            )
 
 
 def resolve_import(name: str) -> Callable[..., Any]:
@@ -261,7 +278,8 @@ def _import_module(dotted: str) -> Any:
     try:
         return importlib.import_module(dotted)
     except ImportError as error:
-        raise ConfigError(f"cannot import {dotted} for the model ({error}); is it installed, or in the current directory?") from None
+        raise ConfigError(f"cannot import {dotted} for the model ({error}); is it installed, or in the current "
+                          "directory?") from None
     finally:
         if added:
             sys.path.remove(cwd)

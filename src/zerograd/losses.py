@@ -22,7 +22,7 @@ class BinaryCrossEntropyWithLogits(nn.BCEWithLogitsLoss):
     """`nn.BCEWithLogitsLoss` that also takes targets as [N] for outputs [N, 1] (or the reverse)
     and integer 0/1 labels, the shapes and dtypes binary data sets usually come in."""
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.shape != input.shape and target.numel() == input.numel():
             target = target.reshape(input.shape)
         if not target.is_floating_point():
@@ -63,6 +63,13 @@ def build_loss(spec: str | dict[str, Any] | nn.Module) -> nn.Module:
         return LOSSES[name](**kwargs)
     except TypeError as error:
         raise ConfigError(f"bad options for loss {name}: {error}") from None
+
+
+def is_summed(loss: str | dict[str, Any] | nn.Module) -> bool:
+    """Whether the loss is reduced by "sum" (the epoch's loss is then a total, not a mean per sample)."""
+    if isinstance(loss, nn.Module):
+        return getattr(loss, "reduction", "mean") == "sum"
+    return isinstance(loss, dict) and loss.get("reduction") == "sum"
 
 
 def task_of(loss: str | dict[str, Any] | nn.Module) -> str:

@@ -14,12 +14,10 @@ generators are left as they were.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import json
 import math
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from zerograd import config as configs
+from zerograd import runs
 from zerograd.accelerator import Accelerator
-from zerograd.data.loader import TensorLoader, make_loader
+from zerograd.data.loader import BatchSource, batch_source, split_validation
 from zerograd.errors import ConfigError
+from zerograd.experiment import build_experiment
+from zerograd.files import write_atomic
 from zerograd.losses import build_loss
 from zerograd.optim import build_optimizer
+from zerograd.rng import preserved_rng, seed_everything
 
 PLOT, CURVE = "lr_find.png", "lr_find.json"
 
@@ -92,17 +95,15 @@ def lr_find(
     """
     _check_sweep(start_lr, end_lr, steps, smoothing, diverge_factor)
     acc = Accelerator.create(device, precision)
-    with _rng_left_as_it_was(acc.device):
+    with preserved_rng(acc.device):  # dropout masks and shuffles drawn here change nothing the caller does next
         torch.manual_seed(seed)
         probe = copy.deepcopy(model).to(acc.device).train()  # the caller's model is never touched
         loss_fn = build_loss(loss).to(acc.device)
-        loader = make_loader(data, batch_size, shuffle=True, seed=seed)
-        if isinstance(loader, TensorLoader):
-            loader.to(acc.device)
+        source = batch_source(data, batch_size, shuffle=True, seed=seed, training=True, device=acc.device)
         opt = build_optimizer(probe.parameters(), optimizer, lr=start_lr, momentum=momentum,
                               weight_decay=weight_decay, device=acc.device)
         lrs, losses, stop_reason = _sweep(
-            probe, loss_fn, opt, acc, _endless(loader), lr_steps(start_lr, end_lr, steps),
+            probe, loss_fn, opt, acc, _endless(source), lr_steps(start_lr, end_lr, steps),
             smoothing, diverge_factor, clip_grad_norm, clip_grad_value,
         )
     smoothed = smooth_curve(losses, window=max(3, steps // 10))
@@ -110,8 +111,6 @@ def lr_find(
     result.extras = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "batch_size": batch_size,
                      "rule": "steepest descent of the smoothed loss (against log lr) before its minimum"}
     if out is not None:
-        from zerograd.runs import write_atomic  # runs imports the engine; keep this module light to import
-
         out = Path(out)
         result.plot = plot_lr_find(result, out / PLOT, title=title)
         write_atomic(out / CURVE, json.dumps(result.to_dict(), indent=1) + "\n")  # a WriteError names the file
@@ -208,8 +207,6 @@ def plot_lr_find(result: LRFindResult, path: Path, *, title: str = "") -> Path:
     _clip_y_to_smoothed(axes, result)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=10)
-    from zerograd.runs import write_atomic
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     write_atomic(Path(path), buffer.getvalue())
@@ -241,11 +238,6 @@ def lr_find_config(
 ) -> tuple[LRFindResult, Path]:
     """Run the finder on a recipe or YAML config: its model, training data, loss, optimizer,
     batch size, device, precision and seed. Returns the result and the output folder."""
-    from zerograd import config as configs
-    from zerograd import runs
-    from zerograd.engine import seed_everything, split_validation
-    from zerograd.experiment import build_experiment
-
     config = configs.resolve(source, overrides)
     seed_everything(config["seed"])  # the same initial weights `zerograd train` would start from
     experiment = build_experiment(config)
@@ -272,33 +264,17 @@ def _check_sweep(start_lr: float, end_lr: float, steps: int, smoothing: float, d
         raise ConfigError(f"lr-find diverge_factor must be > 1, got {diverge_factor}")
 
 
-def _endless(loader: Any) -> Iterator[tuple[torch.Tensor, ...]]:
+def _endless(source: BatchSource) -> Iterator[tuple[torch.Tensor, ...]]:
     """Batches forever: a new shuffle order each pass over the data."""
     epoch = 0
     while True:
-        if isinstance(loader, TensorLoader):
-            loader.set_epoch(epoch)
         yielded = False
-        for batch in loader:
+        for batch in source.batches(epoch):
             yielded = True
             yield tuple(batch)
         if not yielded:
             raise ConfigError("lr-find got a loader that yields no batches")
         epoch += 1
-
-
-@contextlib.contextmanager
-def _rng_left_as_it_was(device: torch.device) -> Iterator[None]:
-    """Give back Python's, NumPy's and torch's random state after the sweep (it draws dropout
-    masks and shuffles), so running the finder does not change what the caller does next."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -54,7 +54,8 @@ class Accuracy(Metric):
         if self.k == 1:
             hits = (output.argmax(dim=1) == labels).sum()
         elif self.k > output.shape[1]:
-            raise ConfigError(f"metric {self.name} needs at least {self.k} classes, but the model outputs {output.shape[1]}")
+            raise ConfigError(f"metric {self.name} needs at least {self.k} classes, but the model outputs "
+                              f"{output.shape[1]}")
         else:
             topk = output.topk(self.k, dim=1).indices
             hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
@@ -211,7 +212,8 @@ def _metric_named(name: str) -> Metric:
     top_k = _TOP_K.fullmatch(str(name))
     if top_k:
         return Accuracy(int(top_k.group(1)))
-    raise ConfigError(f'unknown metric "{name}"{did_you_mean(str(name), METRICS)}; choose from {", ".join(METRICS)} (or topK_accuracy)')
+    raise ConfigError(f'unknown metric "{name}"{did_you_mean(str(name), METRICS)}; choose from {", ".join(METRICS)} '
+                      '(or topK_accuracy)')
 
 
 # Logged names containing one of these are better when higher; everything else (losses, errors) when lower.

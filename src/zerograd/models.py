@@ -5,7 +5,6 @@ keyword arguments against the builder's signature so a typo is caught before tra
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from zerograd.errors import ConfigError, did_you_mean
-from zerograd.layers import build_layer_list, import_model, is_import_path, require_trust
+from zerograd.layers import build_layer_list, check_kwargs, import_model, is_import_path, require_trust
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -28,7 +27,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ConfigError(f'unknown activation "{name}"{did_you_mean(name, ACTIVATIONS)}; choose from {", ".join(ACTIVATIONS)}')
+        raise ConfigError(f'unknown activation "{name}"{did_you_mean(name, ACTIVATIONS)}; choose from '
+                          f'{", ".join(ACTIVATIONS)}')
     return ACTIVATIONS[name]()
 
 
@@ -184,17 +184,21 @@ def check_trusted(spec: Any, *, trust_code: bool, origin: str | Path | None = No
         require_trust(name, trust_code=trust_code, origin=origin)
 
 
-def check_kwargs(what: str, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Reject keyword arguments `function` does not take, naming the closest valid one."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    for key in kwargs:
-        if key not in parameters:
-            raise ConfigError(
-                f'{what} has no option "{key}"{did_you_mean(key, parameters)}; valid options: {", ".join(parameters) or "none"}'
-            )
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def weights_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+    """How saved `tensors` differ from `model`'s parameters and buffers, in a few words
+    (torch's own message lists every tensor on lines of their own)."""
+    expected = model.state_dict()
+    resized = [f"{key}: {list(tensors[key].shape)} in the file, {list(value.shape)} in the model"
+               for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
+    missing = [key for key in expected if key not in tensors]
+    unknown = [key for key in tensors if key not in expected]
+    parts = []
+    for label, items in (("", resized), ("missing from the file: ", missing), ("not in the model: ", unknown)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(label + (", " if label else "; ").join(items[:3]) + more)
+    return "; ".join(parts) or "the tensors do not load into it"

@@ -13,18 +13,20 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from zerograd import fused
+from zerograd import fast
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.fast import optimizers as lean
 from zerograd.metrics import resolve_mode
 
-# zerograd's Adam/AdamW/SGD are torch's with a shorter path to the same fused kernel (bitwise the
-# same updates, ~70 us less Python per step: zerograd/fused.py).
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": fused.SGD,
-    "adam": fused.Adam,
-    "adamw": fused.AdamW,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
     "radam": torch.optim.RAdam,
 }
+# Where the fast paths run (zerograd.fast), Adam/AdamW/SGD are torch's with a shorter path to the
+# same fused kernel: bitwise the same updates, ~70 us less Python per step.
+LEAN_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"sgd": lean.SGD, "adam": lean.Adam, "adamw": lean.AdamW}
 _FUSED = {"sgd", "adam", "adamw"}  # have fused kernels on CPU and CUDA in torch >= 2.4
 
 
@@ -42,20 +44,23 @@ def build_optimizer(
     kwargs = {} if isinstance(spec, str) else dict(spec)
     name = spec if isinstance(spec, str) else kwargs.pop("name", None)
     if name not in OPTIMIZERS:
-        raise ConfigError(f'unknown optimizer "{name}"{did_you_mean(str(name), OPTIMIZERS)}; choose from {", ".join(OPTIMIZERS)}')
+        raise ConfigError(f'unknown optimizer "{name}"{did_you_mean(str(name), OPTIMIZERS)}; choose from '
+                          f'{", ".join(OPTIMIZERS)}')
     kwargs.setdefault("lr", lr)
     if weight_decay is not None:  # else keep the optimizer's own default (AdamW decays by 0.01)
         kwargs.setdefault("weight_decay", weight_decay)
     if name == "sgd":
         kwargs.setdefault("momentum", momentum)
     elif momentum:
-        raise ConfigError(f'momentum applies to sgd only; {name} has betas instead (e.g. optimizer: {{name: {name}, betas: [0.9, 0.999]}})')
+        raise ConfigError(f'momentum applies to sgd only; {name} has betas instead (e.g. optimizer: '
+                          f'{{name: {name}, betas: [0.9, 0.999]}})')
     if name in _FUSED and device is not None and device.type in ("cpu", "cuda"):
         kwargs.setdefault("fused", True)
     else:
         kwargs.setdefault("foreach", True)
+    optimizer_class = LEAN_OPTIMIZERS.get(name, OPTIMIZERS[name]) if fast.enabled() else OPTIMIZERS[name]
     try:
-        return OPTIMIZERS[name](params, **kwargs)
+        return optimizer_class(params, **kwargs)
     except TypeError as error:
         raise ConfigError(f"bad options for optimizer {name}: {error}") from None
 
@@ -78,13 +83,20 @@ class Schedule:
         if self.interval == "step":
             self.scheduler.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
     def after_epoch(self, logs: dict[str, float]) -> None:
         if self.interval == "epoch":
             self.scheduler.step()
         elif self.interval == "plateau":
             if self.monitor not in logs:
                 raise ConfigError(
-                    f'schedule plateau monitors "{self.monitor}", which this run does not log{did_you_mean(str(self.monitor), logs)}; '
+                    f'schedule plateau monitors "{self.monitor}", which this run does not log'
+                    f'{did_you_mean(str(self.monitor), logs)}; '
                     f'logged: {", ".join(sorted(logs))}'
                 )
             self.scheduler.step(logs[self.monitor])
@@ -118,11 +130,13 @@ def build_schedule(
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = options.pop("name", None)
     if name not in SCHEDULES:
-        raise ConfigError(f'unknown schedule "{name}"{did_you_mean(str(name), SCHEDULES)}; choose from {", ".join(SCHEDULES)}')
+        raise ConfigError(f'unknown schedule "{name}"{did_you_mean(str(name), SCHEDULES)}; choose from '
+                          f'{", ".join(SCHEDULES)}')
     for key in options:
         if key not in SCHEDULE_OPTIONS[name]:
             valid = SCHEDULE_OPTIONS[name]
-            raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: {", ".join(valid)}')
+            raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: '
+                              f'{", ".join(valid)}')
     try:
         return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, steps_per_epoch * epochs))
     except (TypeError, ValueError, ZeroDivisionError) as error:
@@ -147,7 +161,8 @@ def _onecycle(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: 
     uses_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
     pct_start = options.get("pct_start", 0.25)
     if isinstance(pct_start, (int, float)) and pct_start * total <= 1:
-        raise ValueError(f"the warm-up part (pct_start {pct_start} of {total} optimizer steps) must span more than one step; "
+        raise ValueError(f"the warm-up part (pct_start {pct_start} of {total} optimizer steps) must span more than one "
+                         "step; "
                          "train more epochs, use a smaller batch or a larger pct_start")
     scheduler = lr_scheduler.OneCycleLR(
         optimizer,
@@ -206,7 +221,7 @@ def check_schedule(spec: dict[str, Any] | str | None, *, lr: float, epochs: int)
     build_schedule(dummy, spec, steps_per_epoch=100, epochs=epochs)  # the run's real size is checked at fit
 
 
-def _warmup_cosine(warmup: int, total: int, min_factor: float):  # noqa: ANN202
+def _warmup_cosine(warmup: int, total: int, min_factor: float):
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)

@@ -22,7 +22,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from zerograd import distributed
 from zerograd.errors import RunInUseError, WriteError, ZerogradError
+from zerograd.files import writing
 
 try:
     import fcntl
@@ -58,7 +60,7 @@ class DirectoryLock:
         self.purpose = purpose
         self._fd: int | None = None
 
-    def acquire(self) -> "DirectoryLock":
+    def acquire(self) -> DirectoryLock:
         try:
             self._take()
         except WriteError as error:
@@ -66,8 +68,6 @@ class DirectoryLock:
         return self
 
     def _take(self) -> None:
-        from zerograd.runs import writing  # runs imports the engine; this module stays light
-
         with writing(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             while True:  # the file may be removed by its releasing owner between open and flock
@@ -113,7 +113,7 @@ class DirectoryLock:
             return True
         return True
 
-    def __enter__(self) -> "DirectoryLock":
+    def __enter__(self) -> DirectoryLock:
         return self.acquire() if not self.held else self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -126,8 +126,6 @@ def hold(directory: str | Path, purpose: str = "train") -> Iterator[DirectoryLoc
     """Hold `directory` for the block: in a multi-process job only rank 0 (the one that writes)
     takes the lock, and a refusal (or a folder that cannot be written) is raised on every rank,
     so that no rank goes on to wait for the others."""
-    from zerograd import distributed
-
     lock = DirectoryLock(directory, purpose)
     failure: tuple[str, str] | None = None
     if distributed.is_main():
@@ -165,7 +163,8 @@ def _describe(holder: dict[str, Any]) -> str:
     """'pid 1234, `zerograd train ...`, since 2026-01-01 12:00:00' (the host too when it is another)."""
     if not holder.get("pid"):
         return "it is just starting"
-    parts = [f"pid {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") not in (None, socket.gethostname()) else "")]
+    elsewhere = holder.get("host") not in (None, socket.gethostname())
+    parts = [f"pid {holder['pid']}" + (f" on {holder['host']}" if elsewhere else "")]
     if holder.get("command"):
         command = str(holder["command"])
         parts.append(f"`{command if len(command) <= 120 else command[:117] + '...'}`")

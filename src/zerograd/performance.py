@@ -1,5 +1,5 @@
-"""Speed settings chosen for the run: how many CPU threads, which memory format, how the C heap
-keeps freed memory.
+"""How many CPU threads a run trains with (`threads: null` chooses), and whether other processes
+keep its cores busy.
 
 Why threads are chosen per run (`threads: null`): a training step of a small model is a few
 hundred short kernels; with two or more intra-op threads each of them pays a fork/join and the
@@ -16,13 +16,10 @@ count used is written into the run's config.yaml and summary.json.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import math
 import os
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +27,13 @@ import torch
 from torch import nn
 
 from zerograd.accelerator import unwrap
+from zerograd.rng import preserved_rng
 
 # Training FLOPs per step (forward + backward, ~3x the forward's matmul/conv FLOPs) below which
 # `threads: null` trains with one intra-op thread on the CPU.
 SMALL_STEP_FLOPS = 100e6
+# The layers counted besides Linear (torch's own base class of these, _ConvNd, is private).
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 IDLE_SAMPLE_SECONDS = 0.1  # how long /proc/stat is watched to count idle cores
 
 # Environment variables with which a user or a launcher (torchrun, the sweep's workers) has
@@ -60,15 +60,16 @@ def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
             return
         if isinstance(module, nn.Linear):
             flops[0] += 2.0 * output.numel() * module.in_features
-        elif isinstance(module, nn.modules.conv._ConvNd):
+        elif isinstance(module, CONVOLUTIONS):
             per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
             flops[0] += 2.0 * output.numel() * per_output
 
-    hooks = [m.register_forward_hook(count) for m in raw.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    counted = (nn.Linear, *CONVOLUTIONS)
+    hooks = [m.register_forward_hook(count) for m in raw.modules() if isinstance(m, counted)]
     was_training = raw.training
     try:
         raw.eval()  # no dropout draws, no BatchNorm statistics updated by this look
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with preserved_rng(), torch.no_grad():
             raw(inputs)
         return 3.0 * flops[0]
     except Exception:  # a model that cannot run this batch here: keep torch's thread setting
@@ -153,65 +154,3 @@ def _cpu_times(cores: list[int] | None) -> list[tuple[int, int]] | None:
         values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
         times.append((values[3] + values[4], sum(values)))
     return times or None
-
-
-# glibc's mallopt parameters (malloc.h) and its documented defaults.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
-_KEEP_MMAP_BELOW = 32 * 1024 * 1024  # glibc's largest mmap threshold on 64-bit
-_KEEP_FREED_UP_TO = 1024 * 1024 * 1024
-
-
-@contextlib.contextmanager
-def retained_heap() -> Iterator[None]:
-    """While training, let glibc's malloc keep freed memory instead of handing it back to the OS.
-
-    A training step frees its activations (megabytes for a small CNN) and allocates them again
-    in the next step. By default glibc returns the freed top of the heap to the OS once it passes
-    a threshold, so every step page-faults the memory in again: ~800 faults and 15-20% of a
-    small CNN's step on this CPU (docs/performance.md). Raising the trim threshold for the run
-    keeps that memory (allocations of 32 MiB and more are still mmapped and returned at once);
-    afterwards glibc's default thresholds are put back and the heap is trimmed. Not glibc (macOS,
-    Windows, musl): nothing to do."""
-    libc = _glibc()
-    if libc is None or _heap_holders:  # no glibc, or an outer `fit` (e.g. lr_find's) already holds it
-        _heap_holders.append(None)
-        try:
-            yield
-        finally:
-            _heap_holders.pop()
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_MMAP_BELOW)
-    libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_UP_TO)
-    _heap_holders.append(libc)
-    try:
-        yield
-    finally:
-        _heap_holders.pop()
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.malloc_trim(0)
-
-
-# The `retained_heap` contexts open in this process (malloc's settings are per process): only the
-# outermost one changes and restores them.
-_heap_holders: list[Any] = []
-
-
-def _glibc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def describe_threads() -> dict[str, Any]:
-    """The thread settings in effect, for benchmark reports."""
-    return {
-        "intra_op_threads": torch.get_num_threads(),
-        "inter_op_threads": torch.get_num_interop_threads(),
-        **{name: os.environ[name] for name in THREAD_ENV_VARS if name in os.environ},
-    }

@@ -14,6 +14,8 @@ MNIST run are prepared the way MNIST digits were made (see `zerograd.digits`).
 """
 from __future__ import annotations
 
+import io
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from zerograd import runs
-from zerograd.data.images import ImageSpec, to_8bit, upright
+from zerograd.data.datasets import DATASETS
+from zerograd.data.image_decode import ImageSpec, to_8bit, upright
 from zerograd.data.tabular import TABLE_FILE_SUFFIXES, RawTable, TableEncoder, load_numpy, read_table_file
 from zerograd.digits import WORK_SIDE, light_on_dark, mnist_style, shrink
 from zerograd.errors import DataError, RunDirError
@@ -61,7 +64,8 @@ class Predictor:
     """A trained model with its preprocessing: raw inputs in, predictions out."""
 
     def __init__(self, model: nn.Module, preprocessing: dict[str, Any], *, loss: Any = "cross_entropy",
-                 config: dict[str, Any] | None = None, run_dir: Path | None = None, device: str | torch.device = "cpu") -> None:
+                 config: dict[str, Any] | None = None, run_dir: Path | None = None,
+                 device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.preprocessing = preprocessing
@@ -160,7 +164,8 @@ class Predictor:
         if suffix in TABLE_FILE_SUFFIXES and self._table is not None:
             return self._table_rows(read_table_file(path)), False
         if self._image is None and suffix in IMAGE_FILE_SUFFIXES:
-            raise DataError(f"{path} is an image, but this run was trained on {self.kind} data of shape {self.input_shape}")
+            raise DataError(f"{path} is an image, but this run was trained on {self.kind} data of shape "
+                            f"{self.input_shape}")
         if self._image is None:
             raise DataError(f"{path}: give this run .npy arrays" + (" or table files (.csv, .parquet, .feather)" if self._table is not None else ""))
         return self._prepare_image_input(self.read_image(path))
@@ -201,7 +206,8 @@ class Predictor:
         if array.ndim >= 2 and array.shape[1:] in (shape, (height, width) if channels == 1 else shape, (values,)):
             return self._normalise(array.reshape(-1, *shape)), False
         wanted = f"the model takes {values} ({'x'.join(map(str, shape))})"
-        found = f"each input has {array.shape[-1]} values" if array.ndim == 2 else f"the input has shape {list(array.shape)}"
+        found = (f"each input has {array.shape[-1]} values" if array.ndim == 2
+                 else f"the input has shape {list(array.shape)}")
         raise DataError(f"{found} but {wanted}; give pictures of other sizes as image files or PIL images")
 
     def _image_pixels(self, image: Image.Image) -> np.ndarray:
@@ -210,7 +216,8 @@ class Predictor:
         assert spec is not None
         style = self.preprocessing.get("style")
         if style in ("digit", "centered") and (image.height, image.width) != spec.size:
-            return mnist_style(image, box=20 if style == "digit" else spec.size[0], size=spec.size[0], by_mass=style == "digit")[None]
+            return mnist_style(image, box=20 if style == "digit" else spec.size[0], size=spec.size[0],
+                               by_mass=style == "digit")[None]
         if style in ("digit", "centered"):  # already MNIST's size: laid out already, only made light-on-dark
             return light_on_dark(image)[None]
         return spec.decode(image).astype(np.float32) / 255.0
@@ -243,7 +250,8 @@ class Predictor:
         assert encoder is not None
         missing = [name for name in encoder.feature_names if name not in table.columns]
         if missing:
-            raise DataError(f"{table.source}: columns {missing} are missing; this run needs {', '.join(encoder.feature_names)}")
+            raise DataError(f"{table.source}: columns {missing} are missing; this run needs "
+                            f"{', '.join(encoder.feature_names)}")
         return torch.from_numpy(encoder.transform(table))
 
     def _prepare_tensor(self, inputs: Any) -> tuple[torch.Tensor, bool]:
@@ -271,17 +279,17 @@ def load(run_dir: str | Path, *, device: str = "cpu", trust_code: bool = False) 
     try:
         return Predictor(model, preprocessing, loss=config["loss"], config=config, run_dir=path, device=where)
     except (KeyError, TypeError, ValueError) as error:  # a preprocessing.json the type checks let through
-        raise RunDirError(f"{path / runs.PREPROCESSING} does not describe the inputs ({type(error).__name__}: {error}); "
+        raise RunDirError(f"{path / runs.PREPROCESSING} does not describe the inputs ({type(error).__name__}: "
+                          f"{error}); "
                           "restore the file zerograd wrote, or train the run again") from None
 
 
 def _preprocessing_from_summary(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """For runs written before preprocessing.json existed: what config and summary tell."""
     data = config.get("data", {}) if isinstance(config.get("data"), dict) else {}
-    base = {"task": summary.get("task"), "class_names": summary.get("class_names"), "input_shape": summary.get("input_shape")}
+    base = {"task": summary.get("task"), "class_names": summary.get("class_names"),
+            "input_shape": summary.get("input_shape")}
     if data.get("dataset") in ("mnist", "fashion-mnist"):
-        from zerograd.data.datasets import DATASETS
-
         dataset = DATASETS[data["dataset"]]
         normalize = bool(data.get("normalize"))
         return base | {"kind": "image", "size": [28, 28], "mode": "grayscale", "fit": "pad",
@@ -297,10 +305,6 @@ def open_image(source: str | Path | bytes, *, max_pixels: int | None = None, siz
     its size (still at least `size`), which is far quicker and smaller. `max_pixels` refuses images
     that would decode to more pixels than that (a small file can hold a gigapixel image).
     """
-    import io
-
-    from PIL import UnidentifiedImageError
-
     what = "the uploaded data" if isinstance(source, bytes) else str(source)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
@@ -312,14 +316,13 @@ def open_image(source: str | Path | bytes, *, max_pixels: int | None = None, siz
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise DataError(f"{what} is not an image zerograd can read ({_without_reprs(error)}); give a PNG or JPEG") from None
+        reason = _without_reprs(error)
+        raise DataError(f"{what} is not an image zerograd can read ({reason}); give a PNG or JPEG") from None
     return image
 
 
 def _without_reprs(error: Exception) -> str:
     """Pillow's message without the object reprs it puts in (`<_io.BytesIO object at 0x...>`)."""
-    import re
-
     text = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(error)).strip()
     return text or type(error).__name__
 

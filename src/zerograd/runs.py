@@ -17,26 +17,29 @@ import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 import yaml
 from safetensors.torch import save
 from torch import nn
 
-from zerograd.callbacks import Callback
-from zerograd.config import dump, yaml_load, yaml_problem
-from zerograd.engine import FitOptions, History, LoopState
+from zerograd import config as configs
+from zerograd.cadence import StepGrid
+from zerograd.callbacks.base import Callback
+from zerograd.callbacks.checkpointing import NEUTRAL_OPTIONS
+from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
+from zerograd.config import dump
+from zerograd.distributed import WorkerEnv
 from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
-from zerograd.models import build_model
-
-if TYPE_CHECKING:
-    from zerograd.signals import StopSignal
+from zerograd.files import load_safetensors, to_plain, write_atomic, writing, yaml_load, yaml_problem
+from zerograd.models import build_model, weights_mismatch
+from zerograd.optim import current_lr
+from zerograd.options import FitOptions
+from zerograd.signals import StopSignal
+from zerograd.state import History, LoopState, LossWindow
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
@@ -62,57 +65,12 @@ def new_run_dir(name: str, base: str | Path = "runs", *, create: bool = False) -
             suffix += 1
 
 
-@contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn an OSError while writing `path` (full disk, read-only folder, no permission) into a
-    `WriteError` that names the file and the reason, instead of a traceback."""
-    try:
-        yield
-    except WriteError:
-        raise
-    except OSError as error:
-        raise write_error(error, path) from None
-
-
-def write_error(error: OSError, path: str | Path) -> WriteError:
-    """'could not write PATH: No space left on device' as a `WriteError` (errno kept)."""
-    reason = error.strerror or str(error) or type(error).__name__
-    failure = WriteError(f"could not write {path}: {reason}")
-    failure.errno = error.errno  # (not .filename: OSError would then print itself as "[Errno N] None: path")
-    return failure
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file; an OSError
-    becomes a `WriteError` naming `path`, and the file as it was stays untouched."""
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.chmod(fd, _new_file_mode())  # mkstemp's 0o600 would hide run files from other users
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text.encode() if isinstance(text, str) else text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _new_file_mode() -> int:
-    """The mode `open()` gives a new file: 0o666 less the umask (read back by setting it)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     write_atomic(run_dir / CONFIG, dump(config))
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    write_atomic(run_dir / SUMMARY, json.dumps(_plain(summary), indent=2) + "\n")
+    write_atomic(run_dir / SUMMARY, json.dumps(to_plain(summary), indent=2) + "\n")
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -123,8 +81,6 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
     """`model` with the weights of `path` (a run's model.safetensors); weights of another shape or
     with other layer names raise a `WeightsMismatchError` that says which and why."""
-    from zerograd.checkpoint import load_safetensors  # refuses a pickle in its place, unread
-
     path = Path(path)
     tensors = load_safetensors(path)
     try:
@@ -153,25 +109,21 @@ def load_model(run_dir: Path, config: dict[str, Any], input_shape: Sequence[int]
     return load_weights(model, run_dir / WEIGHTS)  # weights that do not fit: a WeightsMismatchError saying why
 
 
-def weights_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
-    """How saved `tensors` differ from `model`'s parameters and buffers, in a few words
-    (torch's own message lists every tensor on lines of their own)."""
-    expected = model.state_dict()
-    resized = [f"{key}: {list(tensors[key].shape)} in the file, {list(value.shape)} in the model"
-               for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
-    missing = [key for key in expected if key not in tensors]
-    unknown = [key for key in tensors if key not in expected]
-    parts = []
-    for label, items in (("", resized), ("missing from the file: ", missing), ("not in the model: ", unknown)):
-        if items:
-            parts.append(label + (", " if label else "; ").join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
-    return "; ".join(parts) or "the tensors do not load into it"
+def load_run(run_dir: str | Path, *, trust_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a run directory (architecture from config.yaml, weights from
+    model.safetensors) and its config. A model class of the user's own (`module:Class`) that the
+    config names is code: it is imported only with `trust_code=True`."""
+    path = require_run_dir(run_dir)
+    config = read_config(path)
+    input_shape = (read_preprocessing(path) or read_summary(path)).get("input_shape")  # sizes layer lists
+    return load_model(path, config, input_shape, trust_code=trust_code).eval(), config
 
 
 def require_run_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir)
     if not path.is_dir():
-        raise RunDirError(f"run directory {path} does not exist; give the folder that `zerograd train` wrote (see runs/)")
+        raise RunDirError(f"run directory {path} does not exist; give the folder that `zerograd train` wrote (see "
+                          "runs/)")
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
             hint = f"; continue it with `zerograd resume {path}`" if (path / "checkpoints").is_dir() else ""
@@ -187,7 +139,8 @@ _REWRITE = "restore the file zerograd wrote, or train the run again"
 _NUMBER = (int, float)
 SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "final": (dict,), "epochs_completed": (int,), "best_epoch": (int,), "train_seconds": _NUMBER,
-    "input_shape": (list, type(None)), "class_names": (list, type(None)), "task": (str, type(None)), "stop_reason": (str, type(None)),
+    "input_shape": (list, type(None)), "class_names": (list, type(None)), "task": (str, type(None)),
+    "stop_reason": (str, type(None)),
     "recipe": (str,), "batch_size": (int,),
 }
 PREPROCESSING_TYPES: dict[str, tuple[type, ...]] = {
@@ -226,7 +179,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:
     if preprocessing is not None:
-        write_atomic(run_dir / PREPROCESSING, json.dumps(_plain(preprocessing), indent=2) + "\n")
+        write_atomic(run_dir / PREPROCESSING, json.dumps(to_plain(preprocessing), indent=2) + "\n")
 
 
 def read_preprocessing(run_dir: Path) -> dict[str, Any]:
@@ -246,7 +199,8 @@ def read_json_object(path: Path, types: dict[str, tuple[type, ...]] | None = Non
         raise RunDirError(f"{path} holds a JSON {type(data).__name__}, not an object; {_REWRITE}")
     for key, allowed in (types or {}).items():
         if key in data and (not isinstance(data[key], allowed) or isinstance(data[key], bool)):
-            raise RunDirError(f'{path}: "{key}" is {json.dumps(data[key])[:60]}, not a {_type_names(allowed)}; {_REWRITE}')
+            raise RunDirError(f'{path}: "{key}" is {json.dumps(data[key])[:60]}, not a {_type_names(allowed)}; '
+                              f'{_REWRITE}')
     return data
 
 
@@ -292,10 +246,12 @@ def _read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             raise RunDirError(f"{path}, line {number}, is not valid JSON ({error}); {_REWRITE}") from None
         if not isinstance(record, dict):
             raise RunDirError(f"{path}, line {number}, holds a JSON {type(record).__name__}, not an object; {_REWRITE}")
-        bad = next((k for k, v in record.items() if k != "kind" and (isinstance(v, bool) or not isinstance(v, (*_NUMBER, type(None))))), None)
+        bad = next((k for k, v in record.items()
+                    if k != "kind" and (isinstance(v, bool) or not isinstance(v, (*_NUMBER, type(None))))), None)
         if bad is not None or not isinstance(record.get("kind", ""), str):
             key = bad if bad is not None else "kind"
-            raise RunDirError(f'{path}, line {number}: "{key}" is {json.dumps(record[key])[:60]}, not a number; {_REWRITE}')
+            raise RunDirError(f'{path}, line {number}: "{key}" is {json.dumps(record[key])[:60]}, not a number; '
+                              f'{_REWRITE}')
         records.append(record)
     return records
 
@@ -322,73 +278,69 @@ class MetricsWriter(Callback):
     has fewer steps). A step record reads the loss from the device, so it is a host sync once per
     `every_steps` steps, not per step.
 
+    With `resumed`, metrics.jsonl is first cut back to the checkpoint the run resumed from (its
+    epoch records from the restored history, its step records up to the restored step), so the
+    resumed run adds no duplicates.
+
     A record that cannot be appended (full disk, read-only folder) raises a `WriteError`; with
     `stop` (the run's `StopSignal`) it is kept in `failure` instead and training is asked to stop,
     so that the checkpoint callback saves the run first, as on Ctrl-C."""
 
-    def __init__(self, run_dir: Path, *, every_steps: int = 0, stop: "StopSignal | None" = None) -> None:
+    def __init__(self, run_dir: Path, *, every_steps: int = 0, stop: StopSignal | None = None,
+                 resumed: bool = False) -> None:
         self.path = Path(run_dir) / METRICS
         self.every_steps = every_steps
         self.stop = stop
+        self.resumed = resumed
         self.failure: WriteError | None = None
         self._unwritten: list[dict[str, Any]] = []  # step records a failed write lost, kept in the checkpoint
-        self._next_step: float = float("inf")
-        self._window: tuple[Any, float, int, int] = (None, 0.0, 0, 0)  # (epoch totals, loss sum, count, batch) at the last record
+        self._steps = StepGrid(every_steps)
+        self._window = LossWindow()
 
     def on_fit_start(self, state: LoopState) -> None:
-        if state.accelerator.is_main:
-            with writing(self.path):
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.touch()
-            unwritten, self._unwritten = self._unwritten, []  # restored from the checkpoint by a resume
-            for record in unwritten:
-                self._append(record)
-            steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
-            if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
-                self._next_step = state.global_step + self.every_steps
+        self._steps.stop()
+        if not state.is_main:
+            return
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+        if self.resumed:  # what the stopped run logged after its checkpoint is logged again
+            rewrite_metrics(self.path, state.history.records, state.global_step)
+        unwritten, self._unwritten = self._unwritten, []  # restored from the checkpoint by a resume
+        for record in unwritten:
+            self._append(record)
+        steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
+        if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
+            self._steps.start(state.global_step)
 
     def on_epoch_start(self, state: LoopState) -> None:
-        if self._next_step == float("inf"):
+        if self._steps.next == math.inf:
             return
-        # a resumed run (restored after on_fit_start) keeps to the same grid of steps and
-        # measures its first window from where it restarted
-        self._next_step = (state.global_step // self.every_steps + 1) * self.every_steps
-        if state.batch and state.totals is not None:
-            self._window = (state.totals, float(state.totals.loss_sum), state.totals.count, state.batch)
+        # a resumed run keeps to the same grid of steps and measures its first window from where it restarted
+        self._steps.start(state.global_step)
+        if state.batch:
+            self._window.start(state)
 
     def on_batch_end(self, state: LoopState) -> None:
-        if state.global_step < self._next_step:  # the common case: one comparison
+        if not self._steps.due(state.global_step):  # the common case: one comparison
             return
-        self._next_step = (state.global_step // self.every_steps + 1) * self.every_steps
-        totals = state.totals
-        if totals is None:
-            return
-        previous, loss_before, count_before, batch_before = self._window
-        if previous is not totals:  # a new epoch's running sums
-            loss_before, count_before, batch_before = 0.0, 0, 0
-        loss_sum, count = float(totals.loss_sum), totals.count
-        # as the epoch's train_loss: per sample for reduction "mean", per batch for "sum"
-        summed = isinstance(state.options.loss, dict) and state.options.loss.get("reduction") == "sum"
-        window = (state.batch - batch_before) if summed else (count - count_before)
-        record = {
+        self._append({
             "kind": "step",
             "step": state.global_step,
             "epoch": state.epoch + state.batch / max(1, state.batches_per_epoch),
-            "train_loss": (loss_sum - loss_before) / max(1, window),
-            "lr": float(state.optimizer.param_groups[0]["lr"]),
-        }
-        self._window = (totals, loss_sum, count, state.batch)
-        self._append(record)
+            "train_loss": self._window.read(state),  # as the epoch's train_loss: per sample ("mean"), per batch ("sum")
+            "lr": current_lr(state.optimizer),
+        })
 
     def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
-        if state.accelerator.is_main:
+        if state.is_main:
             self._append(logs)
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.failure is None:
             try:
                 with writing(self.path), self.path.open("a") as handle:
-                    handle.write(json.dumps(_plain(record)) + "\n")
+                    handle.write(json.dumps(to_plain(record)) + "\n")
                 return
             except WriteError as error:
                 if self.stop is None:
@@ -396,7 +348,7 @@ class MetricsWriter(Callback):
                 self.failure = error
                 self.stop.request(f"a failed write to {self.path.name}")
         if record.get("kind") == "step":  # epoch records are in the checkpoint's history already
-            self._unwritten.append(_plain(record))
+            self._unwritten.append(to_plain(record))
 
     def state_dict(self) -> dict[str, Any]:
         """The step records a failed write kept out of metrics.jsonl: a checkpoint holds them, and
@@ -407,16 +359,80 @@ class MetricsWriter(Callback):
         self._unwritten = list(state.get("unwritten", []))
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe plain data: tensors and numpy scalars to numbers, NaN/Inf to null."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
+# ----------------------------------------------------------------------------------------------
+# Resuming a run
+
+def resume_config(run_dir: str | Path, asked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config a run started with (its config.yaml). `asked` (a config resolved from the command
+    line) may change only what does not alter the computation (device, threads, progress, ...)."""
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        raise RunDirError(f"{path} is not a run directory (no {CONFIG}); give the folder `zerograd train` wrote")
+    if (path / SUMMARY).is_file() and (path / WEIGHTS).is_file():
+        raise ConfigError(f"{path} is a finished run (it has {SUMMARY} and {WEIGHTS}): there is nothing to "
+                          "resume; to train longer, start a new run")
+    try:
+        config = configs.resolve(read_config(path))
+    except ConfigError as error:  # a hand-edited or foreign config: say which file
+        raise RunDirError(f"{path / CONFIG}: {error}") from None
+    if asked is None:
+        return config
+    neutral = NEUTRAL_OPTIONS | {"name", "description", "progress", "tensorboard", "checkpoint_every",
+                                 "keep_checkpoints"}
+    changed = [k for k in dict.fromkeys([*config, *asked]) if k not in neutral and config.get(k) != asked.get(k)]
+    if changed:
+        shown = ", ".join(f"{k}: {config.get(k)!r} -> {asked.get(k)!r}" for k in changed[:4])
+        raise ConfigError(
+            f"--resume continues {path} with the config it started with, but this command changes it ({shown}); "
+            f"drop the changes (`zerograd resume {path}`), or start a new run without --resume"
+        )
+    # `threads: null` asks for nothing: the run goes on with the count it recorded when it started
+    return config | {k: asked[k] for k in neutral if k in asked and k not in ("name", "description")
+                     and not (k == "threads" and asked[k] is None)}
+
+
+def resume_after_restart(out: str | os.PathLike[str] | None) -> Path | None:
+    """The run to continue when torchrun restarted the workers after a failure (--max-restarts):
+    the `--out` directory, once the first attempt wrote its config there. None on a first start."""
+    if out is None or WorkerEnv.from_environ().restart_count == 0:
         return None
-    return value
+    path = Path(out)
+    return path if (path / CONFIG).is_file() else None
+
+
+def refuse_existing_run(run_dir: str | Path) -> None:
+    """A new run must not write over an earlier one's files (its metrics would mix, its
+    checkpoints be pruned)."""
+    path = Path(run_dir)
+    metrics = path / METRICS
+    logged = metrics.is_file() and metrics.stat().st_size
+    if checkpoint_dirs(path / CHECKPOINTS) or logged or (path / WEIGHTS).is_file():
+        raise ConfigError(
+            f"{path} already holds a training run; continue it with `zerograd resume {path}` "
+            "(or --resume), or choose another --out so its files are not overwritten"
+        )
+
+
+def rewrite_metrics(path: Path, history: list[dict[str, Any]], global_step: int) -> None:
+    """Make metrics.jsonl match a checkpoint: its epoch records from the checkpoint's history, and
+    other records (e.g. every-N-steps lines) only up to the checkpoint's step, so the resumed run
+    adds no duplicates. A line cut short by the crash is dropped."""
+    kept = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or record.get("kind", "epoch") == "epoch":
+                continue
+            if isinstance(record.get("step"), (int, float)) and record["step"] > global_step:
+                continue
+            kept.append(record)
+
+    def position(record: dict[str, Any]) -> tuple[float, int]:
+        epoch = record.get("epoch")
+        return (float(epoch) if isinstance(epoch, (int, float)) else 0.0, int(record.get("kind", "epoch") == "epoch"))
+
+    records = sorted(kept + [to_plain(r) for r in history], key=position)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

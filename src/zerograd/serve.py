@@ -82,11 +82,13 @@ class PredictionApp:
         self.schema = openapi_schema(predictor, self.limits())
         routes = [Route("/", self.index, methods=["GET"]), Route("/index.html", self.index, methods=["GET"]),
                   Route("/info", self.info, methods=["GET"]), Route("/health", self.health, methods=["GET"]),
-                  Route("/openapi.json", self.openapi, methods=["GET"]), Route("/predict", self.predict, methods=["POST"])]
+                  Route("/openapi.json", self.openapi, methods=["GET"]),
+                  Route("/predict", self.predict, methods=["POST"])]
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: self.http_error})
 
     def limits(self) -> dict[str, int]:
-        return {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "max_images": MAX_IMAGES, "max_rows": MAX_ROWS}
+        return {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "max_images": MAX_IMAGES,
+                "max_rows": MAX_ROWS}
 
     # -- the routes --------------------------------------------------------------------------------
 
@@ -133,7 +135,8 @@ class PredictionApp:
             hint = "POST to /predict" if request.method == "POST" else "the page is at /, the API at /openapi.json"
             return answer(404, {"error": f"no page {request.url.path}; {hint}"})
         allowed = (error.headers or {}).get("Allow")
-        detail = f"{request.method} is not allowed here; use {allowed}" if error.status_code == 405 and allowed else error.detail
+        not_allowed = error.status_code == 405 and allowed
+        detail = f"{request.method} is not allowed here; use {allowed}" if not_allowed else error.detail
         return answer(error.status_code, {"error": f"{request.url.path}: {detail}"}, headers=error.headers)
 
     # -- reading and predicting --------------------------------------------------------------------
@@ -147,7 +150,8 @@ class PredictionApp:
         except ValueError:
             raise Refused(400, f"bad Content-Length {length_text[:40]!r}", close=True) from None
         if length > self.max_bytes:
-            raise Refused(413, f"the upload is {length:,} bytes; the limit is {self.max_bytes / 2**20:.3g} MiB", close=True)
+            raise Refused(413, f"the upload is {length:,} bytes; the limit is {self.max_bytes / 2**20:.3g} MiB",
+                          close=True)
         if length <= 0:
             what = "no image in its body: POST an image file" if self.predictor.kind == "image" else "no body"
             raise Refused(400, f"the request has {what}, or JSON (see /openapi.json)")
@@ -160,9 +164,11 @@ class PredictionApp:
             return lambda: self.predict_json(body)
         if self.predictor.kind != "image":
             raise Refused(415, f"this run takes {self.predictor.kind} inputs, not an image: POST JSON "
-                               + ('{"rows": [{"column": value, ...}]}' if self.predictor.kind == "table" else '{"inputs": [...]}')
+                               + ('{"rows": [{"column": value, ...}]}' if self.predictor.kind == "table"
+                                  else '{"inputs": [...]}')
                                + " with Content-Type application/json")
-        return lambda: predict_bytes(self.predictor, body, top=self.top, max_pixels=self.max_pixels, large=self.large_images)
+        return lambda: predict_bytes(self.predictor, body, top=self.top, max_pixels=self.max_pixels,
+                                     large=self.large_images)
 
     def predict_json(self, body: bytes) -> list[dict[str, Any]]:
         try:
@@ -173,12 +179,14 @@ class PredictionApp:
         if kind == "image":
             images = _items(payload, "images", MAX_IMAGES, "base64 strings of image files")
             return [predict_bytes(self.predictor, _base64(item, index), top=self.top, max_pixels=self.max_pixels,
-                                  what=f"images[{index}]", large=self.large_images) for index, item in enumerate(images)]
+                                  what=f"images[{index}]", large=self.large_images)
+                    for index, item in enumerate(images)]
         if kind == "table":
             rows = _items(payload, "rows", MAX_ROWS, "rows: {column: value} objects or lists of values in column order")
             for index, row in enumerate(rows):
                 if not isinstance(row, (dict, list)) or not row:
-                    raise DataError(f"rows[{index}] must be a {{column: value}} object or a list of values, got {_kind(row)}")
+                    raise DataError(f"rows[{index}] must be a {{column: value}} object or a list of values, got "
+                                    f"{_kind(row)}")
             inputs: Any = rows
         else:
             inputs = _items(payload, "inputs", MAX_ROWS, "inputs: model-ready lists of numbers")
@@ -233,7 +241,8 @@ def api_note(predictor: Predictor) -> str:
     what = "table rows" if predictor.kind == "table" else "model-ready numbers"
     return (f"<!doctype html><meta charset=utf-8><title>zerograd: {name}</title><h1>{name}</h1>"
             f"<p>This run takes {what}, not drawings: POST JSON to <code>/predict</code>. "
-            f'The API is described at <a href="/openapi.json">/openapi.json</a>; the run at <a href="/info">/info</a>.</p>')
+            'The API is described at <a href="/openapi.json">/openapi.json</a>; '
+            'the run at <a href="/info">/info</a>.</p>')
 
 
 def answer(status: int, payload: Any, *, close: bool = False, headers: dict[str, str] | None = None) -> Response:
@@ -263,7 +272,8 @@ def _base64(item: Any, index: int) -> bytes:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -290,7 +300,7 @@ class PredictionServer:
         shown = f"[{host}]" if ":" in str(host) else host
         return f"http://{shown}:{port}/"
 
-    def serve_forever(self, poll_interval: float = 0.1) -> None:  # noqa: ARG002 (uvicorn polls every 0.1 s)
+    def serve_forever(self, poll_interval: float = 0.1) -> None:
         self.stopped.clear()
         try:
             self.server.run(sockets=[self.socket])
@@ -314,7 +324,8 @@ def make_server(predictor: Predictor | str | Path, host: str = "127.0.0.1", port
     as for `zerograd.load`, when `predictor` is a run directory."""
     if not isinstance(predictor, Predictor):
         predictor = load(predictor, trust_code=trust_code)
-    app = PredictionApp(predictor, top=top, max_bytes=max_bytes, max_pixels=max_pixels, workers=workers, max_pending=max_pending)
+    app = PredictionApp(predictor, top=top, max_bytes=max_bytes, max_pixels=max_pixels, workers=workers,
+                        max_pending=max_pending)
     return PredictionServer(app, host, port, quiet=quiet, read_timeout=read_timeout, max_connections=max_connections)
 
 
@@ -346,7 +357,8 @@ def _listen(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=2048)
     except (OSError, OverflowError) as error:  # OverflowError: a port past 65535
         reason = getattr(error, "strerror", None) or error
-        raise ZerogradError(f"cannot listen on {host}:{port} ({reason}); choose another --port (0 to 65535) or --host") from None
+        raise ZerogradError(f"cannot listen on {host}:{port} ({reason}); choose another --port (0 to 65535) "
+                            "or --host") from None
 
 
 def _log_config(quiet: bool) -> dict[str, Any]:
@@ -355,13 +367,14 @@ def _log_config(quiet: bool) -> dict[str, Any]:
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "%(message)s"},
-                       "access": {"()": "uvicorn.logging.AccessFormatter", "fmt": '%(client_addr)s "%(request_line)s" %(status_code)s',
-                                  "use_colors": False}},
+                       "access": {"()": "uvicorn.logging.AccessFormatter",
+                                  "fmt": '%(client_addr)s "%(request_line)s" %(status_code)s', "use_colors": False}},
         "handlers": {"plain": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
                      "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stderr"}},
         "loggers": {"uvicorn": {"handlers": ["plain"], "level": "ERROR" if quiet else "WARNING", "propagate": False},
                     "uvicorn.error": {"level": "ERROR" if quiet else "WARNING"},
-                    "uvicorn.access": {"handlers": ["access"], "level": "WARNING" if quiet else "INFO", "propagate": False},
+                    "uvicorn.access": {"handlers": ["access"], "level": "WARNING" if quiet else "INFO",
+                                       "propagate": False},
                     "zerograd.serve": {"handlers": ["plain"], "level": "ERROR", "propagate": False}},
     }
 

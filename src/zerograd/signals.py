@@ -44,7 +44,7 @@ class StopSignal:
     def exit_code(self) -> int:
         return 128 + (self.signum or signal.SIGINT)
 
-    def handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - the signal-handler signature
+    def handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
             raise KeyboardInterrupt  # the second signal: stop now, without a checkpoint
         self.signum = signum

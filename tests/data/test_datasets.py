@@ -55,7 +55,7 @@ def test_tensors_shapes_and_attributes(isolated: Path) -> None:
     images, labels = train.tensors
     assert images.shape == (5, 1, 28, 28) and images.dtype == torch.float32
     assert labels.shape == (5,) and labels.dtype == torch.int64
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0 and images.max() <= 1.0
     assert len(test) == 3 and not test.train and train.train
     assert train.classes == [str(d) for d in range(10)]
     assert (train.name, train.mean, train.std) == ("mnist", 0.1307, 0.3081)

@@ -61,7 +61,8 @@ def test_a_single_class_target_is_a_clear_error_on_the_cli(tmp_path: Path, capsy
 
 def test_duplicate_column_names_are_refused_naming_them(tmp_path: Path) -> None:
     path = write(tmp_path / "t.csv", ["a,b,a,label,b", "1,2,3,0,5", "4,5,6,1,7"])
-    with pytest.raises(DataError, match=r"names the same column more than once \('a' in columns 1, 3; 'b' in columns 2, 5\)"):
+    with pytest.raises(DataError, match=r"names the same column more than once \('a' in columns 1, 3; 'b' in columns "
+                                        r"2, 5\)"):
         read_csv(path)
 
 

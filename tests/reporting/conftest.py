@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import zerograd
+
 from helpers import write_band_idx
 
 
@@ -58,7 +59,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
     from selenium.webdriver.chrome.service import Service
 
     for binary in (CHROMIUM, CHROMEDRIVER):
-        assert Path(binary).is_file(), f"{binary} is missing: install Debian's chromium and chromium-driver (make test-deps)"
+        assert Path(binary).is_file(), (f"{binary} is missing: install Debian's chromium and chromium-driver "
+                                        "(make test-deps)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -32,7 +32,8 @@ def test_only_the_keys_that_differ_are_shown() -> None:
 def test_classification_is_ranked_by_validation_accuracy_when_every_run_has_it() -> None:
     finals = [{"val_accuracy": 0.8, "test_accuracy": 0.7}, {"val_accuracy": 0.9, "test_accuracy": 0.6}]
     assert choose_metric(finals, "classification") == "val_accuracy" and higher_is_better("val_accuracy")
-    assert choose_metric([{"test_accuracy": 0.7}, {"val_accuracy": 0.9, "test_accuracy": 0.6}], "classification") == "test_accuracy"
+    assert choose_metric([{"test_accuracy": 0.7}, {"val_accuracy": 0.9, "test_accuracy": 0.6}],
+                         "classification") == "test_accuracy"
     assert choose_metric([{"train_loss": 0.1, "test_loss": 0.2}], "regression") == "test_loss"
 
 

@@ -80,20 +80,22 @@ def test_missing_history_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_resumed_run_keeps_the_step_grid(tmp_path: Path) -> None:
     from zerograd.accelerator import Accelerator
-    from zerograd.engine import EpochTotals, FitOptions, LoopState
+    from zerograd.options import FitOptions
+    from zerograd.state import EpochTotals, LoopState
 
     model = torch.nn.Linear(2, 1)
+    totals = EpochTotals("cpu", [])
     state = LoopState(model, torch.optim.SGD(model.parameters(), lr=0.1), Accelerator(torch.device("cpu")),
-                      FitOptions(epochs=3), batches_per_epoch=100)
+                      FitOptions(epochs=3), batches_per_epoch=100, totals=totals)
     writer = runs.MetricsWriter(tmp_path, every_steps=50)
     writer.on_fit_start(state)
     state.global_step, state.epoch, state.batch = 134, 1, 34  # restored from a checkpoint mid-epoch
-    state.totals = EpochTotals(torch.tensor(34.0), 34, [])  # loss 1.0 per sample so far
+    totals.load_state_dict({"loss_sum": torch.tensor(34.0), "count": 34, "metrics": []})  # loss 1.0 per sample so far
     writer.on_epoch_start(state)
     for _ in range(20):
         state.global_step += 1
         state.batch += 1
-        state.totals.record(torch.tensor(3.0), torch.zeros(1), torch.zeros(1), "mean")
+        totals.record(torch.tensor(3.0), torch.zeros(1), torch.zeros(1))
         writer.on_batch_end(state)
     (record,) = runs.load_steps(tmp_path)
     assert record["step"] == 150 and record["train_loss"] == pytest.approx(3.0)  # only the steps since the restart

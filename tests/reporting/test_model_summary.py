@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from zerograd.models import TutorialCNN, count_parameters, mlp
-from zerograd.reporting.summary import sample_batch, split_sizes, summarize_model
+from zerograd.reporting.model_summary import sample_batch, split_sizes, summarize_model
 
 
 def test_tutorial_cnn_summary_has_each_call_with_its_output_shape() -> None:

@@ -33,7 +33,8 @@ def write_flowers(path: Path, rows: int = 120) -> Path:
     lines = ["petal_length_in_centimetres,petal_width_in_centimetres,species"]
     for i in range(rows):
         k = i % 2
-        lines.append(f"{1.5 + 2 * k + rng.normal(0, 0.3):.2f},{0.3 + 0.8 * k + rng.normal(0, 0.15):.2f},{['setosa', 'virginica'][k]}")
+        lines.append(f"{1.5 + 2 * k + rng.normal(0, 0.3):.2f},{0.3 + 0.8 * k + rng.normal(0, 0.15):.2f},"
+                     f"{['setosa', 'virginica'][k]}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -45,7 +46,8 @@ def flower_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     data = write_flowers(folder / "flowers.csv")
     result = []
     for name, lr in ((LONG, 0.01), ("another-experiment-with-a-long-name[lr=0.05]-and-more-words-after-it", 0.05)):
-        config = {"name": "flowers", "data": {"train": str(data), "target": "species"}, "model": [{"linear": 8}, "relu", {"linear": 2}],
+        config = {"name": "flowers", "data": {"train": str(data), "target": "species"},
+                  "model": [{"linear": 8}, "relu", {"linear": 2}],
                   "epochs": 2, "lr": lr, "batch_size": 16, "device": "cpu", "progress": "none", "plots": False}
         result.append(zerograd.train(config, out=folder / name, quiet=True).dir)
     return result

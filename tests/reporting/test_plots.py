@@ -15,7 +15,8 @@ from zerograd.cli import main
 from zerograd.errors import RunDirError
 from zerograd.reporting import plots
 
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle "
+                                                                                                             "boot"]
 CLASSIFICATION_PLOTS = {"curves.png", "lr.png", "confusion_matrix.png", "predictions.png", "confident_mistakes.png"}
 
 
@@ -51,7 +52,8 @@ def test_curves_have_one_line_per_split_and_the_step_losses() -> None:
     loss_axes, accuracy_axes = figure.axes
     assert [line.get_label() for line in loss_axes.get_lines()] == [
         "train, every 10 steps", "train (in-sample)", "validation", "test (out-of-sample)"]
-    assert [line.get_label() for line in accuracy_axes.get_lines()] == ["train (in-sample)", "validation", "test (out-of-sample)"]
+    assert [line.get_label() for line in accuracy_axes.get_lines()] == ["train (in-sample)", "validation", "test "
+                                                                                                           "(out-of-sample)"]
     assert list(accuracy_axes.get_lines()[2].get_ydata()) == [0.4, 0.68]
     assert loss_axes.get_title() == "Loss" and accuracy_axes.get_title() == "Accuracy"
 
@@ -149,7 +151,8 @@ def test_other_regression_gets_predicted_against_true(tmp_path: Path) -> None:
     x = torch.randn(200, 3)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
     model = torch.nn.Linear(3, 1)
-    runs.write_config(tmp_path, {"name": "table", "loss": "mse", "data": {"train": "rows.csv"}, "model": {"name": "linear"}})
+    runs.write_config(tmp_path,
+                      {"name": "table", "loss": "mse", "data": {"train": "rows.csv"}, "model": {"name": "linear"}})
     zerograd.fit(model, (x, y), epochs=3, batch_size=20, lr=0.05, loss="mse", device="cpu",
                  callbacks=[runs.MetricsWriter(tmp_path)])
     data = DataBundle(TensorDataset(x[:150], y[:150]), TensorDataset(x[150:], y[150:]), input_shape=[3])

@@ -11,11 +11,16 @@ from rich.console import Console
 
 import zerograd
 from zerograd.accelerator import Accelerator
-from zerograd.engine import EpochTotals, FitOptions, LoopState
 from zerograd.errors import ConfigError
+from zerograd.options import FitOptions
 from zerograd.reporting.progress import (
-    ProgressPrinter, check_progress_mode, epochs_to_show, format_plain_split, plain_batch_interval,
+    ProgressPrinter,
+    check_progress_mode,
+    epochs_to_show,
+    format_plain_split,
+    plain_batch_interval,
 )
+from zerograd.state import EpochTotals, LoopState
 
 
 def console(*, terminal: bool) -> Console:
@@ -46,7 +51,8 @@ def test_plain_mode_prints_the_tutorials_text(tiny_classification) -> None:
 
 
 def test_format_plain_split_matches_the_tutorial_wording() -> None:
-    assert format_plain_split("test", {"loss": 0.41, "accuracy": 0.853}) == "Test Error: Accuracy: 85.3%, Avg loss: 0.410000"
+    assert format_plain_split("test",
+                              {"loss": 0.41, "accuracy": 0.853}) == "Test Error: Accuracy: 85.3%, Avg loss: 0.410000"
     assert format_plain_split("val", {"loss": 0.5}) == "Validation Error: Avg loss: 0.500000"
 
 
@@ -89,9 +95,11 @@ def test_the_bar_refreshes_on_a_few_batches_only_not_every_batch(tiny_classifica
 def test_only_the_main_process_prints() -> None:
     out = console(terminal=True)
     model = tiny_model()
+    totals = EpochTotals("cpu", [])
+    totals.record(torch.tensor(1.0), torch.zeros(1), torch.zeros(1))  # a loss of 1.0 so far
     state = LoopState(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                      Accelerator(torch.device("cpu"), rank=1, world_size=2), FitOptions(epochs=1), batches_per_epoch=4)
-    state.totals = EpochTotals(torch.tensor(1.0), 1, [])
+                      Accelerator(torch.device("cpu"), rank=1, world_size=2), FitOptions(epochs=1), batches_per_epoch=4,
+                      totals=totals)
     printer = ProgressPrinter(out, mode="bar")
     printer.on_fit_start(state)
     printer.on_epoch_start(state)
@@ -127,7 +135,8 @@ def test_quiet_training_prints_nothing_and_progress_none_prints_only_the_header(
 
 
 def test_progress_from_the_config_file_and_the_argument(capsys, tmp_path) -> None:
-    zerograd.train("linear-regression", out=tmp_path / "a", overrides={"epochs": 2, "progress": "plain", "plots": False})
+    zerograd.train("linear-regression", out=tmp_path / "a",
+                   overrides={"epochs": 2, "progress": "plain", "plots": False})
     assert "Train: Avg loss:" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="progress must be one of"):
         zerograd.train("linear-regression", out=tmp_path / "b", overrides={"epochs": 2, "progress": "fancy"})

@@ -17,7 +17,6 @@ from zerograd.errors import RunDirError
 from zerograd.reporting.report import write_report, write_sweep_report
 
 
-
 def render(browser, page: Path, screenshot: Path) -> list[dict]:
     """Open the page from disk; the state of each image; a full-page screenshot."""
     browser.get(page.resolve().as_uri())
@@ -87,7 +86,8 @@ def test_report_of_something_that_is_not_a_run_is_a_clear_error(tmp_path: Path, 
     assert "does not exist" in capsys.readouterr().err
 
 
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle "
+                                                                                                             "boot"]
 
 
 @pytest.mark.slow

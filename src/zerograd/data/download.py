@@ -20,6 +20,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from zerograd.console import make_console
 from zerograd.errors import DownloadError
 
 CHUNK_SIZE = 1 << 16
@@ -149,18 +152,6 @@ def _progress_bar(label: str, total: int | None, *, enabled: bool) -> Iterator:
     if not enabled:
         yield lambda n: None
         return
-    # Imported here: rich is only needed when a bar is actually shown.
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from zerograd.reporting.console import make_console
-
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -17,135 +17,24 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from zerograd.data.loader import TensorLoader
+from zerograd.data.image_decode import ImageSpec, channel_stats, check_readable, choose_mode, choose_size, decode_all
+from zerograd.data.loader import TensorLoader, TorchLoader
 from zerograd.errors import ConfigError, DataError, did_you_mean
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MODES = ("auto", "grayscale", "rgb")
 FITS = ("crop", "stretch", "pad")
 STYLES = ("auto", "digit", "centered", "none")  # how predict prepares new pictures (see zerograd.digits)
-AUTO_MAX_SIDE = 64  # `size: auto` keeps small images as they are and scales larger ones to this
-SAMPLE = 32  # images looked at to choose `size: auto` / `mode: auto`
 STATS_SAMPLE = 2000  # images decoded to fit the normalisation when the folder is streamed
 MEMORY_SHARE = 0.5  # cache the decoded images when they need at most this share of the machine's memory
-
-
-# -- decoding one image ---------------------------------------------------------------------------
-
-@dataclass
-class ImageSpec:
-    """How an image becomes model input: size, colour mode, resizing and normalisation.
-
-    Stored with the run, so `zerograd.load(...).predict(photo)` sees new images exactly as the
-    training images were seen. `mean`/`std` are per channel, in units of 0..1 pixel values.
-    """
-
-    size: tuple[int, int]  # (height, width)
-    mode: str = "rgb"
-    fit: str = "crop"
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.mode == "grayscale" else 3
-
-    @property
-    def input_shape(self) -> list[int]:
-        return [self.channels, *self.size]
-
-    def decode(self, source: str | Path | Image.Image) -> np.ndarray:
-        """uint8 [C, H, W] from a file or a PIL image; unreadable files raise DataError naming them."""
-        if isinstance(source, Image.Image):
-            return self._pixels(source)
-        try:
-            with Image.open(source) as image:
-                image.draft(None, (max(self.size),) * 2)  # a large JPEG decodes at 1/2..1/8 scale, still >= size
-                image.load()
-                return self._pixels(image)
-        except DataError as error:
-            raise DataError(f"{source}: {error}") from None
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-            raise DataError(f"{source}: not a readable image ({error})") from None
-
-    def _pixels(self, image: Image.Image) -> np.ndarray:
-        image = to_8bit(upright(image), "L" if self.mode == "grayscale" else "RGB")
-        height, width = self.size
-        if self.fit == "stretch":
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        elif self.fit == "pad":
-            image = ImageOps.pad(image, (width, height), Image.Resampling.BILINEAR)
-        else:
-            image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
-        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "mode": self.mode, "fit": self.fit, "mean": self.mean, "std": self.std}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageSpec":
-        channels = 1 if data.get("mode") == "grayscale" else 3
-        return cls(tuple(data["size"]), data.get("mode", "rgb"), data.get("fit", "crop"),  # type: ignore[arg-type]
-                   list(data.get("mean") or [0.0] * channels), list(data.get("std") or [1.0] * channels))
-
-
-def flatten_alpha(image: Image.Image, mode: str | None = None) -> Image.Image:
-    """Put a transparent image on white, so transparency reads as background, not as black; the
-    result is in `mode` ("L" or "RGB"; by default grey for LA, colour for the others)."""
-    if image.mode in ("RGBa", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-    if image.mode not in ("RGBA", "LA"):
-        return image
-    base = mode or image.mode[:-1]
-    background = Image.new(base, image.size, 255 if base == "L" else (255, 255, 255))
-    background.paste(image.convert(base), mask=image.getchannel("A"))  # one plain copy and the alpha band at a time
-    return background
-
-
-def upright(image: Image.Image) -> Image.Image:
-    """`image` turned the way its EXIF orientation says; the image itself (not a copy, which for a
-    large picture is many MB) when it needs no turning."""
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # unreadable EXIF: take the picture as it is stored
-        return image
-    return image if orientation in (None, 1) else ImageOps.exif_transpose(image)
-
-
-def to_8bit(image: Image.Image, mode: str = "RGB") -> Image.Image:
-    """`image` as an 8-bit "L" or "RGB" image: transparency on white, and 16-bit, 32-bit and float
-    pixels scaled to 0..255 (Pillow's own convert clips them, so 16-bit mid-grey would read as white).
-
-    16-bit files (PNG, TIFF) open as mode I;16 or I and are taken as 0..65535; float images (mode F)
-    as 0..1 when no pixel is above 1, else as 0..255.
-    """
-    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I: 16 bits a pixel (I holds them in 32)
-        array = np.asarray(image, dtype=np.float32) / 257.0
-        image = Image.fromarray(_rounded_uint8(array))
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        peak = float(np.nanmax(array)) if array.size else 0.0
-        image = Image.fromarray(_rounded_uint8(np.nan_to_num(array) * (255.0 if peak <= 1.0 else 1.0)))
-    image = flatten_alpha(image, mode)
-    try:
-        return image if image.mode == mode else image.convert(mode)
-    except ValueError as error:  # a mode Pillow cannot turn into RGB/L (rare colour spaces)
-        raise DataError(f"cannot read an image in mode {image.mode} ({error}); save it as an 8-bit RGB or grayscale PNG/JPEG") from None
-
-
-def _rounded_uint8(array: np.ndarray) -> np.ndarray:
-    return np.clip(array + 0.5, 0, 255).astype(np.uint8)
 
 
 # -- per-batch transform --------------------------------------------------------------------------
@@ -159,7 +48,7 @@ class Augment:
     flip: bool = False
 
     @classmethod
-    def parse(cls, spec: bool | dict[str, Any] | None, size: tuple[int, int]) -> "Augment | None":
+    def parse(cls, spec: bool | dict[str, Any] | None, size: tuple[int, int]) -> Augment | None:
         if spec is None or spec is False:
             return None
         if spec is True:
@@ -168,7 +57,8 @@ class Augment:
             raise ConfigError(f"augment must be true/false or a mapping like {{crop: 4, flip: true}}, got {spec!r}")
         for key in spec:
             if key not in ("crop", "flip"):
-                raise ConfigError(f'augment has no option "{key}"{did_you_mean(str(key), ("crop", "flip"))}; valid: crop, flip')
+                raise ConfigError(f'augment has no option "{key}"{did_you_mean(str(key), ("crop", "flip"))}; valid: '
+                                  'crop, flip')
         crop, flip = spec.get("crop", 0), spec.get("flip", False)
         if not isinstance(crop, int) or isinstance(crop, bool) or crop < 0:
             raise ConfigError(f"augment crop is the padding in pixels (an integer >= 0), got {crop!r}")
@@ -183,7 +73,8 @@ class BatchTransform:
     (seed, e, b): the same run gives the same batches, also after resuming.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: Augment | None = None, seed: int = 0) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: Augment | None = None,
+                 seed: int = 0) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.augment = augment
@@ -234,9 +125,10 @@ class CachedImages(Dataset):
         return self.transform(self.images[index:index + 1])[0], self.labels[index]
 
     def make_loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    training: bool = True) -> "ImageBatches":
+                    training: bool = True) -> ImageBatches:
         """The loader `fit` uses (see `data.loader.make_loader`); only training batches are augmented."""
-        return ImageBatches(self.images, self.labels, batch_size, transform=self.transform, train=self.train and training,
+        return ImageBatches(self.images, self.labels, batch_size, transform=self.transform,
+                            train=self.train and training,
                             shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
 
 
@@ -277,7 +169,7 @@ class StreamedImages(Dataset):
         return self.transform(images[None])[0], label
 
     def make_loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    training: bool = True) -> "StreamedBatches":
+                    training: bool = True) -> StreamedBatches:
         """The loader `fit` uses, sharded like `data.loader.make_loader` shards any Dataset."""
         sampler: Any = None
         if world_size > 1:
@@ -291,7 +183,8 @@ class StreamedImages(Dataset):
             batch_size = max(1, math.ceil(batch_size / world_size))
         return StreamedBatches(self.raw, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                generator=torch.Generator().manual_seed(seed), num_workers=self.workers,
-                               persistent_workers=self.workers > 0, transform=self.transform, train=self.train and training)
+                               persistent_workers=self.workers > 0, transform=self.transform,
+                               train=self.train and training, world_size=world_size)
 
 
 class _RawImages(Dataset):
@@ -308,22 +201,31 @@ class _RawImages(Dataset):
         return torch.from_numpy(pixels), torch.tensor(self.labels[index], dtype=torch.long)
 
 
-class StreamedBatches(DataLoader):
-    """A DataLoader whose uint8 batches become float (and augmented) in the main process."""
+class StreamedBatches(TorchLoader):
+    """A DataLoader over the image files whose uint8 batches become float (and augmented, with the
+    seed of their epoch and batch) in the main process."""
 
-    def __init__(self, dataset: Dataset, *, transform: BatchTransform, train: bool, **options: Any) -> None:
-        super().__init__(dataset, **options)
+    def __init__(self, dataset: Dataset, *, transform: BatchTransform, train: bool, world_size: int = 1,
+                 **options: Any) -> None:
+        super().__init__(DataLoader(dataset, **options), world_size=world_size)
         self.transform, self.train, self.epochs_started = transform, train, 0
+
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Any]:
+        return self._transformed(super().batches(epoch, start_batch), epoch, start_batch)
 
     def __iter__(self) -> Iterator[Any]:
         epoch, self.epochs_started = self.epochs_started, self.epochs_started + 1
-        for index, (images, labels) in enumerate(super().__iter__()):
+        return self._transformed(iter(self.loader), epoch, 0)
+
+    def _transformed(self, batches: Iterator[Any], epoch: int, first: int) -> Iterator[Any]:
+        for index, (images, labels) in enumerate(batches, start=first):
             yield self.transform(images, train=self.train, epoch=epoch, batch=index), labels
 
     def first_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first samples as the model gets them (not augmented: no RNG), for `fit`'s pre-flight check."""
-        count = min(self.batch_size or 1, len(self.dataset))  # type: ignore[arg-type]
-        images, labels = default_collate([self.dataset[i] for i in range(count)])
+        dataset = self.loader.dataset
+        count = min(self.batch_size or 1, len(dataset))
+        images, labels = default_collate([dataset[i] for i in range(count)])
         return self.transform(images), labels
 
 
@@ -347,7 +249,8 @@ class ImageSplits:
 
     def preprocessing(self) -> dict[str, Any]:
         return {"kind": "image", "task": "classification", "class_names": self.class_names,
-                "input_shape": self.input_shape, **self.spec.to_dict(), "style": None if self.style == "none" else self.style}
+                "input_shape": self.input_shape, **self.spec.to_dict(),
+                "style": None if self.style == "none" else self.style}
 
 
 def load_image_folder(
@@ -390,9 +293,11 @@ def load_image_folder(
     train_files, train_labels = [files[i] for i in parts["train"]], [labels[i] for i in parts["train"]]
     all_files = train_files + val_files + test_files
     in_memory = cache is True or (cache == "auto" and _fits_in_memory(len(all_files), spec))
-    notes = [f"data: {len(train_files)} training images" + (f", {len(val_files)} validation" if val_files else "")
-             + (f", {len(test_files)} test" if test_files else "") + f" in {len(class_names)} classes ({_preview(class_names)}), "
-             f"{spec.size[0]}x{spec.size[1]} {spec.mode}, " + ("decoded into memory" if in_memory else f"streamed by {workers} workers")]
+    counts = (f"{len(train_files)} training images" + (f", {len(val_files)} validation" if val_files else "")
+              + (f", {len(test_files)} test" if test_files else ""))
+    storage = "decoded into memory" if in_memory else f"streamed by {workers} workers"
+    notes = [f"data: {counts} in {len(class_names)} classes ({_preview(class_names)}), "
+             f"{spec.size[0]}x{spec.size[1]} {spec.mode}, {storage}"]
     augmentation = Augment.parse(augment, spec.size)
     if in_memory:
         pixels = decode_all(all_files, spec, progress=progress)
@@ -403,9 +308,11 @@ def load_image_folder(
         transform = BatchTransform(spec.mean, spec.std, augmentation, seed)
 
         def cached(pixels: torch.Tensor, labels: list[int], train: bool = False) -> CachedImages | None:
-            return CachedImages(pixels, torch.tensor(labels, dtype=torch.long), transform, train=train, classes=class_names) if labels else None
+            return CachedImages(pixels, torch.tensor(labels, dtype=torch.long), transform, train=train,
+                                classes=class_names) if labels else None
 
-        train_set, val_set, test_set = cached(train_pixels, train_labels, True), cached(val_pixels, val_labels), cached(test_pixels, test_labels)
+        train_set = cached(train_pixels, train_labels, True)
+        val_set, test_set = cached(val_pixels, val_labels), cached(test_pixels, test_labels)
     else:
         check_readable(all_files)
         sample = [train_files[i] for i in np.random.default_rng(seed).permutation(len(train_files))[:STATS_SAMPLE]]
@@ -414,9 +321,11 @@ def load_image_folder(
         transform = BatchTransform(spec.mean, spec.std, augmentation, seed)
 
         def streamed(files: list[Path], labels: list[int], train: bool = False) -> StreamedImages | None:
-            return StreamedImages(files, labels, spec, transform, train=train, workers=workers, classes=class_names) if files else None
+            return StreamedImages(files, labels, spec, transform, train=train, workers=workers,
+                                  classes=class_names) if files else None
 
-        train_set, val_set, test_set = streamed(train_files, train_labels, True), streamed(val_files, val_labels), streamed(test_files, test_labels)
+        train_set = streamed(train_files, train_labels, True)
+        val_set, test_set = streamed(val_files, val_labels), streamed(test_files, test_labels)
     assert train_set is not None
     if style == "auto":
         style = "digit" if looks_like_mnist(spec, stats[0][0]) else "none"
@@ -427,11 +336,6 @@ def looks_like_mnist(spec: ImageSpec, mean: float) -> bool:
     """28x28 grey images of light strokes on black (mean ~0.13): handwritten digits, so new photos
     and drawings are best prepared the way MNIST was made."""
     return spec.mode == "grayscale" and tuple(spec.size) == (28, 28) and mean < 0.2
-
-
-def is_image_folder(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and (bool(_class_dirs(path)) or (path / "train").is_dir())
 
 
 def split_folders(root: Path, test: str | Path | None) -> tuple[Path, Path | None]:
@@ -454,9 +358,11 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     if not class_dirs:
         loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         hint = f" (it holds {len(loose)} images directly)" if loose else ""
-        raise DataError(f"{root} has no class folders{hint}; put the images of each class in a folder named after it: {root}/<class>/*.png|jpg")
+        raise DataError(f"{root} has no class folders{hint}; put the images of each class in a folder named after it: "
+                        f"{root}/<class>/*.png|jpg")
     if len(class_dirs) < 2:
-        raise DataError(f"{root} has only one class folder ({class_dirs[0].name}); a classifier needs at least two classes")
+        raise DataError(f"{root} has only one class folder ({class_dirs[0].name}); a classifier needs at least two "
+                        "classes")
     files: list[Path] = []
     labels: list[int] = []
     for label, directory in enumerate(class_dirs):
@@ -467,18 +373,21 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _image_files(d)), key=lambda d: d.name)
+    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _image_files(d)),
+                  key=lambda d: d.name)
 
 
 def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in directory.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
 
 
 def _test_files(test_root: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
     files, labels, names = scan_folder(test_root)
     unknown = [n for n in names if n not in class_names]
     if unknown:
-        raise DataError(f"{test_root} has class folders {unknown} that the training folder does not have (its classes: {', '.join(class_names)})")
+        raise DataError(f"{test_root} has class folders {unknown} that the training folder does not have (its classes: "
+                        f"{', '.join(class_names)})")
     index = {name: i for i, name in enumerate(class_names)}
     return files, [index[names[label]] for label in labels]
 
@@ -501,104 +410,6 @@ def stratified_split(labels: Sequence[int], test_split: float, val_split: float,
     return {key: sorted(value) for key, value in parts.items()}
 
 
-def decode_all(files: Sequence[Path], spec: ImageSpec, *, progress: bool = True) -> torch.Tensor:
-    """All images as one uint8 tensor [N, C, H, W], decoded by a few threads (Pillow releases the
-    GIL while decoding); every unreadable file is named in one error."""
-    out = np.empty((len(files), spec.channels, *spec.size), dtype=np.uint8)
-    failures: list[str] = []
-
-    def decode(index: int) -> None:
-        try:
-            out[index] = spec.decode(files[index])
-        except DataError as error:
-            failures.append(str(error))
-
-    threads = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(threads) as pool:
-        jobs = pool.map(decode, range(len(files)))
-        if progress and len(files) >= 100:
-            from rich.console import Console
-            from rich.progress import track
-
-            jobs = track(jobs, total=len(files), description="decoding images", console=Console(stderr=True), transient=True)
-        for _ in jobs:
-            pass
-    _raise_unreadable(failures)
-    return torch.from_numpy(out)
-
-
-def check_readable(files: Sequence[Path]) -> None:
-    """Open every file's header (cheap: no pixels are decoded), so a broken file is named now and
-    not half-way through an epoch in a worker process."""
-    failures = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as error:  # Pillow raises many types for broken files; all mean "unreadable"
-            failures.append(f"{path}: not a readable image ({error})")
-    _raise_unreadable(failures)
-
-
-def _raise_unreadable(failures: list[str]) -> None:
-    if failures:
-        shown = "; ".join(sorted(failures)[:5])
-        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-        raise DataError(f"{len(failures)} image(s) could not be read: {shown}{more}; remove or replace them")
-
-
-def channel_stats(pixels: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in 0..1 units (summed in chunks, in float64)."""
-    channels = pixels.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
-    count = 0
-    for chunk in torch.split(pixels, 1024):
-        values = chunk.to(torch.float64).div_(255.0).transpose(0, 1).reshape(channels, -1)
-        total += values.sum(1)
-        squares += (values * values).sum(1)
-        count += values.shape[1]
-    mean = total / max(1, count)
-    std = (squares / max(1, count) - mean * mean).clamp_min(0).sqrt()
-    return mean.tolist(), [s if s > 1e-6 else 1.0 for s in std.tolist()]
-
-
-def choose_size(size: int | Sequence[int] | str, files: Sequence[Path]) -> tuple[int, int]:
-    if size == "auto":
-        sizes = set()
-        for path in files[:: max(1, len(files) // SAMPLE)][:SAMPLE]:
-            try:
-                with Image.open(path) as image:
-                    sizes.add((image.height, image.width))
-            except Exception:  # an unreadable file is reported (with all others) when decoding
-                continue
-        if len(sizes) == 1 and max(next(iter(sizes))) <= AUTO_MAX_SIDE:
-            return next(iter(sizes))
-        return (AUTO_MAX_SIDE, AUTO_MAX_SIDE)
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return (size, size)
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
-        return (int(size[0]), int(size[1]))
-    raise ConfigError(f"size must be auto, a side length (e.g. 64) or [height, width], got {size!r}")
-
-
-def choose_mode(mode: str, files: Sequence[Path]) -> str:
-    """`auto`: grayscale when every sampled image is grey (also RGB files with R = G = B)."""
-    if mode != "auto":
-        return mode
-    for path in files[:: max(1, len(files) // SAMPLE)][:SAMPLE]:
-        try:
-            with Image.open(path) as image:
-                if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
-                    continue
-                rgb = np.asarray(flatten_alpha(image).convert("RGB"), dtype=np.int16)
-        except Exception:  # reported with all other unreadable files when decoding
-            continue
-        if np.abs(rgb[..., 0] - rgb[..., 1]).max() > 8 or np.abs(rgb[..., 1] - rgb[..., 2]).max() > 8:
-            return "rgb"
-    return "grayscale"
-
-
 def _fits_in_memory(count: int, spec: ImageSpec) -> bool:
     """Whether `cache: auto` decodes into memory. The two paths shuffle differently, so this is
     decided by the machine's memory, never by what other processes leave free at the moment:
@@ -613,7 +424,8 @@ def _fits_in_memory(count: int, spec: ImageSpec) -> bool:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ConfigError(f'{name} must be one of {", ".join(choices)}, got "{value}"{did_you_mean(str(value), choices)}')
+        raise ConfigError(f'{name} must be one of {", ".join(choices)}, got '
+                          f'"{value}"{did_you_mean(str(value), choices)}')
 
 
 def _preview(names: Sequence[str], limit: int = 6) -> str:

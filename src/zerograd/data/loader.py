@@ -1,24 +1,77 @@
-"""Batches for the training loop.
+"""Batches for the training loop, behind one protocol: `BatchSource`.
 
-The fast path is `TensorLoader`: when a data set is a few tensors held in memory, every batch is
-cut from whole tensors with one index of a per-epoch permutation. No per-sample `__getitem__`, no
-collate, no worker processes: at batch 10 that is most of the time the textbook DataLoader spends.
-Anything else (a user's Dataset or DataLoader) goes through `torch.utils.data.DataLoader`.
+The loop asks its data for one epoch's batches from a given batch on (`batches`), their number
+(`len`) and, under DDP, how many samples a step holds over all ranks (`global_batch_len`); the
+pre-flight check peeks at the first batch (`first_batch`) and at in-memory data as a whole
+(`in_memory`); a checkpoint keeps what a mid-epoch resume needs (`state_dict`, `generators`).
+
+Two classes implement it:
+
+- `TensorLoader`, the fast path: when a data set is a few tensors held in memory, every batch is
+  cut from whole tensors with one index of a per-epoch permutation. No per-sample `__getitem__`,
+  no collate, no worker processes: at batch 10 that is most of the time the textbook DataLoader
+  spends.
+- `TorchLoader`, around a `torch.utils.data.DataLoader` (the user's own, or one made for any
+  other Dataset), which owns replaying a shuffled epoch up to a batch when a run resumes.
+
+`make_loader` chooses the loader for some data; `batch_source` gives the loop its `BatchSource`.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-from zerograd.errors import DataError
+from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError, ZerogradWarning
+from zerograd.rng import capture_rng, restore_rng
 
 Batch = tuple[torch.Tensor, ...]
+
+
+class BatchSource(Protocol):
+    """What the training loop needs from its data (see the module doc)."""
+
+    batch_size: int | None
+
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """Epoch `epoch`'s batches, from batch `start_batch` on (a resumed run skips those done)."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One pass, for evaluation."""
+
+    def __len__(self) -> int:
+        """Batches per epoch on this process."""
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples per pass on this process (None when the data cannot say)."""
+
+    def global_batch_len(self, index: int, local_count: int) -> int:
+        """Samples in batch `index` over all ranks, given this rank's `local_count`."""
+
+    def first_batch(self) -> Batch | None:
+        """The first batch as the model gets it, without advancing the loader or any RNG (None
+        when the data cannot be peeked at)."""
+
+    def in_memory(self) -> tuple[torch.Tensor, ...] | None:
+        """The whole data as tensors when it is held in memory (the pre-flight check reads them)."""
+
+    def generators(self) -> list[torch.Generator]:
+        """The torch generators the order is drawn from (a checkpoint saves their states)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming in the middle of an epoch needs besides the batch index."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def to(self, device: torch.device) -> BatchSource:
+        """In-memory data moved to `device` once (a no-op for data loaded per batch)."""
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -52,7 +105,8 @@ class TensorLoader:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             sizes = ", ".join(str(len(t)) for t in tensors)
-            raise DataError(f"the data tensors have different lengths ({sizes}); inputs and targets must have one row per sample")
+            raise DataError(f"the data tensors have different lengths ({sizes}); inputs and targets must have one row "
+                            "per sample")
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -73,7 +127,7 @@ class TensorLoader:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
-    def global_batch_len(self, index: int) -> int:
+    def global_batch_len(self, index: int, local_count: int = 0) -> int:
         """How many samples batch `index` holds over all ranks together (the last may be short)."""
         if self.drop_last:
             return self.batch_size
@@ -84,7 +138,28 @@ class TensorLoader:
         self.epoch = epoch
         self.start_batch = start_batch
 
-    def to(self, device: torch.device | str) -> "TensorLoader":
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """Epoch `epoch`'s batches from `start_batch` on: its order is a pure function of (seed, epoch)."""
+        self.set_epoch(epoch, start_batch)
+        return iter(self)
+
+    def first_batch(self) -> Batch | None:
+        """The first batch's samples, read without advancing the loader or any RNG."""
+        return tuple(t[:self.batch_size] for t in self.tensors)
+
+    def in_memory(self) -> tuple[torch.Tensor, ...]:
+        return self.tensors
+
+    def generators(self) -> list[torch.Generator]:
+        return []  # the order needs no RNG state: (seed, epoch) decide it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def to(self, device: torch.device | str) -> TensorLoader:
         """Move the data to `device` once, so batches need no host-to-device copy.
 
         Data too big for the GPU stays in (pinned) host memory instead; each batch is then cut
@@ -140,6 +215,114 @@ class TensorLoader:
         return int(bounds[self.rank]), int(bounds[self.rank + 1])
 
 
+class TorchLoader:
+    """A torch `DataLoader` as a `BatchSource` (the user's own loader, or one made for a Dataset).
+
+    A DataLoader draws its shuffle order (and its workers' seeds) from RNGs when an epoch's
+    iterator starts. So the states at the epoch's start are kept (`state_dict`, for checkpoints);
+    resuming mid-epoch replays them, skips the batches already done (they are loaded again, not
+    trained on) and then puts back the states the checkpoint had."""
+
+    def __init__(self, loader: DataLoader, *, world_size: int = 1, peek_size: int | None = None) -> None:
+        self.loader = loader
+        self.world_size = world_size
+        self.peek_size = peek_size  # how many samples `first_batch` reads when the loader has no batch_size
+        self.epoch_start_rng: dict[str, Any] | None = None
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.loader.batch_size
+
+    @property
+    def num_samples(self) -> int | None:
+        dataset = self.loader.dataset
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            return None
+        return len(dataset)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loader)
+
+    def global_batch_len(self, index: int, local_count: int) -> int:
+        return local_count * self.world_size  # a DistributedSampler gives every rank the same share
+
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Any]:
+        """This epoch's batches from `start_batch` on (see the class doc)."""
+        set_epoch = getattr(self.loader.sampler, "set_epoch", None)  # DistributedSampler's epoch-seeded order
+        if callable(set_epoch):
+            set_epoch(epoch)
+        generators = self.generators()
+        if start_batch == 0:
+            self.epoch_start_rng = capture_rng(generators)
+            return iter(self.loader)
+        if self.epoch_start_rng is None:
+            raise TrainingError("cannot resume this DataLoader mid-epoch: the checkpoint lacks the epoch's starting "
+                                "RNG state")
+        now = capture_rng(generators)
+        restore_rng(self.epoch_start_rng, generators)
+        batches = iter(self.loader)
+        for _ in range(start_batch):
+            next(batches)
+        restore_rng(now, generators)
+        return batches
+
+    def first_batch(self) -> Any:
+        """The first samples collated into a batch, read from a map-style Dataset by index (no
+        iterator is started, so no RNG moves); None for an iterable Dataset."""
+        dataset = self.loader.dataset
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            return None
+        size = min(self.loader.batch_size or self.peek_size or 1, len(dataset))
+        samples = [_read_sample(dataset, i) for i in range(size)]
+        try:
+            return self.loader.collate_fn(samples)
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise DataError(f"the training samples cannot be stacked into a batch: {_first_line(error)} "
+                            "(do all samples have the same shape?)") from None
+
+    def in_memory(self) -> None:
+        return None
+
+    def generators(self) -> list[torch.Generator]:
+        """The torch Generators the DataLoader draws its shuffle order and worker seeds from."""
+        sampler = getattr(self.loader, "sampler", None)
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        candidates = (getattr(self.loader, "generator", None), getattr(sampler, "generator", None),
+                      getattr(getattr(batch_sampler, "sampler", None), "generator", None))
+        found: list[torch.Generator] = []
+        for generator in candidates:
+            if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+                found.append(generator)
+        return found
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_start_rng": self.epoch_start_rng}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch_start_rng = state["epoch_start_rng"]
+
+    def to(self, device: torch.device) -> TorchLoader:
+        return self  # batches are copied to the device one at a time (Accelerator.to_device)
+
+
+def _read_sample(dataset: Any, index: int) -> Any:
+    try:
+        return dataset[index]
+    except ZerogradError:
+        raise
+    except Exception as error:  # a user's Dataset can fail in any way; say where
+        what = f"{type(error).__name__}: {_first_line(error)}"
+        raise DataError(f"reading training sample {index} failed: {what}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def fits_on_device(tensors: Sequence[torch.Tensor], device: torch.device, share: float = 0.5) -> bool:
     """Whether `tensors` take at most `share` of the device's free memory (the rest is left for
     the model, its activations and the optimizer)."""
@@ -193,7 +376,8 @@ def make_loader(
     world_size: int = 1,
     training: bool = True,
     pin_memory: bool = False,
-) -> TensorLoader | DataLoader:
+    float_dtype: torch.dtype | None = None,
+) -> TensorLoader | TorchLoader | DataLoader:
     """The loader for `data`: a TensorLoader for in-memory tensors, the user's own DataLoader as
     given, or a DataLoader over any other Dataset.
 
@@ -201,15 +385,19 @@ def make_loader(
     DistributedSampler for training (every rank gets the same number of samples, padded with a few
     repeats, so every step's all-reduce lines up on all ranks) and by an unpadded stride for
     evaluation (`training=False`: each sample counted once). `pin_memory` (for a CUDA device) makes a
-    generic DataLoader hand out page-locked batches, so their copy to the GPU can be non-blocking."""
-    if isinstance(data, (TensorLoader, DataLoader)):
+    generic DataLoader hand out page-locked batches, so their copy to the GPU can be non-blocking.
+    `float_dtype` (the model's, float32): in-memory float64 tensors are converted to it, with a note."""
+    if isinstance(data, (TensorLoader, TorchLoader, DataLoader)):
         return data
     if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (image folders)
-        return data.make_loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, training=training)
+        return data.make_loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                                training=training)
     tensors = in_memory_tensors(data)
     if tensors is not None:
         if len(tensors[0]) == 0:
             raise DataError("the data set is empty: it has no samples to train or evaluate on")
+        if float_dtype == torch.float32:
+            tensors = _float32(tensors)
         return TensorLoader(tensors, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
     if isinstance(data, Dataset):
         if len(data) == 0:  # type: ignore[arg-type]
@@ -233,18 +421,73 @@ def make_loader(
     )
 
 
+def _float32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """float64 tensors as float32 (what models compute in), with a note: the copy costs memory."""
+    converted = tuple(t.float() if t.dtype == torch.float64 else t for t in tensors)
+    if any(a is not b for a, b in zip(converted, tensors)):
+        warnings.warn("the training data is float64; zerograd converted it to float32 for the float32 model. "
+                      "Give float32 tensors (x.float()) to skip the copy", ZerogradWarning, stacklevel=5)
+    return converted
+
+
+def as_batch_source(loader: TensorLoader | TorchLoader | DataLoader, world_size: int = 1,
+                    batch_size: int | None = None) -> BatchSource:
+    """`loader` as the loop's `BatchSource`: a DataLoader is wrapped in a `TorchLoader`."""
+    if isinstance(loader, (TensorLoader, TorchLoader)):
+        return loader
+    if isinstance(loader, DataLoader):
+        return TorchLoader(loader, world_size=world_size, peek_size=batch_size)
+    raise DataError(f"cannot take batches from a {type(loader).__name__}: give a DataLoader or a Dataset")
+
+
+def batch_source(data: Any, batch_size: int, *, shuffle: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, training: bool = False, device: torch.device | None = None,
+                 float_dtype: torch.dtype | None = None) -> BatchSource:
+    """The `BatchSource` the loop iterates for `data` (see `make_loader`), with in-memory tensors
+    moved to `device` once, not per batch."""
+    loader = make_loader(data, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                         training=training, pin_memory=device is not None and device.type == "cuda",
+                         float_dtype=float_dtype)
+    source = as_batch_source(loader, world_size, batch_size)
+    return source.to(device) if device is not None else source
+
+
 def global_batch_size(loader: Any, index: int, local_count: int, world_size: int) -> int:
     """Samples in training step `index` over all ranks, given this rank's `local_count`.
 
     A TensorLoader knows (its tail batch may split unevenly); a DistributedSampler gives every
     rank the same share, so there it is `local_count * world_size`."""
-    if isinstance(loader, TensorLoader):
-        return loader.global_batch_len(index)
-    return local_count * world_size
+    return as_batch_source(loader, world_size).global_batch_len(index, local_count)
 
 
-def num_samples(loader: TensorLoader | DataLoader) -> int:
+def num_samples(loader: TensorLoader | TorchLoader | DataLoader) -> int | None:
     """How many samples one pass over `loader` yields on this process."""
-    if isinstance(loader, TensorLoader):
-        return loader.num_samples
-    return len(loader.dataset)  # type: ignore[arg-type]
+    return as_batch_source(loader).num_samples
+
+
+def input_batches(inputs: Any, batch_size: int) -> Iterator[torch.Tensor]:
+    """The inputs of `inputs` (a tensor, an array, an (X, y) pair or a Dataset) in batches, for
+    prediction. A Dataset's items may be (input, target) pairs or bare inputs."""
+    if isinstance(inputs, Dataset) and in_memory_tensors(inputs) is None:
+        return (b[0] if isinstance(b, (tuple, list)) else b for b in DataLoader(inputs, batch_size=batch_size))
+    tensors = in_memory_tensors(inputs)
+    x = tensors[0] if tensors is not None else as_tensors(inputs, np.zeros(len(inputs)))[0]
+    return (x[i:i + batch_size] for i in range(0, len(x), batch_size))
+
+
+def split_validation(train_data: Any, val_data: Any, val_split: float, seed: int) -> tuple[Any, Any]:
+    """Hold out `val_split` of the training data (the same samples for the same seed)."""
+    if not val_split:
+        return train_data, val_data
+    if val_data is not None:
+        raise ConfigError("give either val_data or val_split, not both")
+    tensors = in_memory_tensors(train_data)
+    n = len(tensors[0]) if tensors is not None else len(train_data)
+    n_val = int(round(n * val_split))
+    if n_val == 0 or n_val == n:
+        raise ConfigError(f"val_split={val_split} of {n} samples leaves an empty training or validation set")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    train_index, val_index = order[n_val:], order[:n_val]
+    if tensors is not None:
+        return TensorDataset(*(t[train_index] for t in tensors)), TensorDataset(*(t[val_index] for t in tensors))
+    return Subset(train_data, train_index.tolist()), Subset(train_data, val_index.tolist())

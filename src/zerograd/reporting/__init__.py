@@ -11,6 +11,7 @@ matplotlib is imported only when something is drawn.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from zerograd.runs import export_csv, load_history, load_steps
@@ -26,7 +27,7 @@ _LAZY = {
     "find_runs": "zerograd.reporting.compare",
     "ProgressPrinter": "zerograd.reporting.progress",
     "TensorBoardLogger": "zerograd.reporting.tensorboard",
-    "summarize_model": "zerograd.reporting.summary",
+    "summarize_model": "zerograd.reporting.model_summary",
 }
 
 __all__ = ["export_csv", "load_history", "load_steps", *_LAZY]
@@ -34,7 +35,5 @@ __all__ = ["export_csv", "load_history", "load_steps", *_LAZY]
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'zerograd.reporting' has no attribute {name!r}")

@@ -19,10 +19,10 @@ from typing import Any
 from rich.table import Table
 
 from zerograd import runs
-from zerograd.engine import History
+from zerograd.console import plain
 from zerograd.errors import ConfigError, RunDirError, did_you_mean
 from zerograd.losses import task_of
-from zerograd.reporting.console import plain
+from zerograd.state import History
 
 HIGHER_IS_BETTER = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1", "r2")
 # Keys that change how a run is shown, not what it learns.
@@ -83,7 +83,8 @@ def expand_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
             continue
         inside = find_runs(path)
         if not inside:
-            raise RunDirError(f"{path} is neither a run directory (no {runs.CONFIG} and {runs.METRICS}) nor a folder of runs")
+            raise RunDirError(f"{path} is neither a run directory (no {runs.CONFIG} and {runs.METRICS}) nor a folder "
+                              "of runs")
         result += inside
     return list(dict.fromkeys(result))
 
@@ -144,7 +145,8 @@ def compare_runs(run_dirs: Iterable[str | Path], *, metric: str | None = None) -
         metric = choose_metric(finals, task)
     elif not any(metric in f for f in finals):
         logged = sorted({k for f in finals for k in f})
-        raise ConfigError(f'no run logged the metric "{metric}"{did_you_mean(metric, logged)}; logged: {", ".join(logged)}')
+        raise ConfigError(f'no run logged the metric "{metric}"{did_you_mean(metric, logged)}; logged: '
+                          f'{", ".join(logged)}')
     higher = higher_is_better(metric)
     rows = [
         ComparedRun(path, config.get("name", path.name), task, metric, _number(final.get(metric)), higher, final,
@@ -249,7 +251,7 @@ def plot_comparison(rows: Sequence[ComparedRun], out: str | Path) -> Path:
     """The runs' validation (else test, else train) loss and main-metric curves, overlaid."""
     from matplotlib import colormaps
 
-    from zerograd.reporting.plots import new_figure, plot_style, save_figure, title_case, _finish_curve_axes
+    from zerograd.reporting.plots import finish_curve_axes, new_figure, plot_style, save_figure, title_case
 
     quantities = ["loss"] + (["accuracy"] if rows and rows[0].task == "classification" else [])
     with plot_style():
@@ -264,10 +266,11 @@ def plot_comparison(rows: Sequence[ComparedRun], out: str | Path) -> Path:
                     xs, ys = zip(*points)
                     ax.plot(xs, ys, color=palette(index), label=run_label(row),
                             marker="o" if len(points) <= 20 else None, markersize=4)
-            _finish_curve_axes(ax, quantity)
+            finish_curve_axes(ax, quantity)
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
-            split = {"val": "validation", "test": "test", "train": "training data"}.get((key or "").partition("_")[0], "")
+            splits = {"val": "validation", "test": "test", "train": "training data"}
+            split = splits.get((key or "").partition("_")[0], "")
             ax.set_title(f"{title_case(quantity)} ({split})" if split else title_case(quantity))
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:

@@ -31,10 +31,13 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from zerograd import runs
 from zerograd.data.loader import in_memory_tensors
-from zerograd.engine import History, predict
+from zerograd.engine import predict
 from zerograd.errors import RunDirError, WriteError, ZerogradWarning
+from zerograd.experiment import build_data, data_spec
+from zerograd.files import write_atomic, writing
 from zerograd.losses import loss_name, task_of
 from zerograd.models import check_trusted
+from zerograd.state import History
 
 PLOTS_DIR = "plots"
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
@@ -76,12 +79,13 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write `figure` as PNG via a temp file, so a crash never leaves half an image."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
-    runs.write_atomic(Path(path), buffer.getvalue())
+    write_atomic(Path(path), buffer.getvalue())
     return Path(path)
 
 
 def title_case(name: str) -> str:
-    return {"loss": "Loss", "f1": "F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²"}.get(name, name.replace("_", " ").capitalize())
+    special = {"loss": "Loss", "f1": "F1", "mae": "MAE", "rmse": "RMSE", "r2": "R²"}
+    return special.get(name, name.replace("_", " ").capitalize())
 
 
 # -- training curves ---------------------------------------------------------------------------
@@ -121,7 +125,7 @@ def plot_curves(history: History, steps: Sequence[dict[str, Any]] = (), *, best_
                     markersize=5)
         if best_epoch is not None and len(epochs) > 1 and best_epoch != epochs[-1]:
             ax.axvline(best_epoch, color="#777777", linestyle=":", linewidth=1.5, label=f"best epoch ({best_epoch})")
-        _finish_curve_axes(ax, name)
+        finish_curve_axes(ax, name)
         if epochs:  # every panel on the same axis, from the start of training
             ax.set_xlim(0, max(epochs) * 1.03)
     if title:
@@ -129,7 +133,7 @@ def plot_curves(history: History, steps: Sequence[dict[str, Any]] = (), *, best_
     return figure
 
 
-def _finish_curve_axes(ax: Any, name: str) -> None:
+def finish_curve_axes(ax: Any, name: str) -> None:
     ax.set_title(title_case(name))
     ax.set_xlabel("epoch")
     ax.set_ylabel(title_case(name))
@@ -286,7 +290,8 @@ def plot_surface(inputs: np.ndarray, targets: np.ndarray, predictions: np.ndarra
     return figure
 
 
-def plot_line_fit(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, *, label: str = "network") -> Figure:
+def plot_line_fit(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.ndarray, *,
+                  label: str = "network") -> Figure:
     figure = new_figure(6.4, 4.6)
     ax = figure.subplots()
     ax.plot(x_line, y_line, color=SPLIT_COLORS["train"], label=label, zorder=1)
@@ -301,7 +306,8 @@ def plot_line_fit(x: np.ndarray, y: np.ndarray, x_line: np.ndarray, y_line: np.n
 def plot_predicted_vs_true(targets: np.ndarray, predictions: np.ndarray, *, split: str = "test") -> Figure:
     figure = new_figure(5.6, 5.2)
     ax = figure.subplots()
-    ax.scatter(targets, predictions, s=10, alpha=0.5, color=SPLIT_COLORS.get({"validation": "val", "training": "train"}.get(split, split), "#4C72B0"))
+    ax.scatter(targets, predictions, s=10, alpha=0.5,
+               color=SPLIT_COLORS.get({"validation": "val", "training": "train"}.get(split, split), "#4C72B0"))
     low, high = float(min(targets.min(), predictions.min())), float(max(targets.max(), predictions.max()))
     ax.plot([low, high], [low, high], color="#555555", linestyle="--", linewidth=1.2, label="perfect prediction")
     ax.set_title(f"Predicted vs true ({split} set)")
@@ -342,7 +348,7 @@ def write_plots(run_dir: str | Path, *, model: Any = None, data: Any = None, dev
     if model is None and (inputs.run_dir / runs.WEIGHTS).is_file():
         check_trusted(inputs.config["model"], trust_code=trust_code, origin=inputs.run_dir / runs.CONFIG)
     out = Path(out_dir) if out_dir is not None else inputs.run_dir / PLOTS_DIR
-    with runs.writing(out):
+    with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with plot_style():
@@ -380,12 +386,8 @@ def _load_model_and_data(run: RunInputs) -> bool:
     if run.model is None:
         if not (run.run_dir / runs.WEIGHTS).is_file():
             return False
-        from zerograd.api import load_run  # api imports this module; import at call time
-
-        run.model, _ = load_run(run.run_dir, trust_code=run.trust_code)
+        run.model, _ = runs.load_run(run.run_dir, trust_code=run.trust_code)
     if run.data is None:
-        from zerograd.experiment import build_data, data_spec
-
         run.data = build_data(data_spec(run.config))
     return True
 
@@ -434,7 +436,10 @@ def _classification_figures(run: RunInputs, device: str) -> Iterator[tuple[str, 
     if len(wrong):
         order = wrong[confidence[wrong].argsort(descending=True)][:16]
         tensors = in_memory_tensors(dataset)
-        picked = tensors[0][order] if tensors is not None else torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in order])
+        if tensors is not None:
+            picked = tensors[0][order]
+        else:
+            picked = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in order])
         mistakes = as_images(picked, info.get("mean"), info.get("std"))
         if mistakes is not None:
             yield "confident_mistakes", plot_image_grid(
@@ -469,7 +474,8 @@ def _regression_figures(run: RunInputs, device: str) -> Iterator[tuple[str, Figu
 def _line_label(model: Any) -> str:
     """'fit: y = 2.000 x + 1.000' for a single Linear(1, 1), else 'network'."""
     weight, bias = getattr(model, "weight", None), getattr(model, "bias", None)
-    if isinstance(weight, torch.Tensor) and weight.numel() == 1 and isinstance(bias, torch.Tensor) and bias.numel() == 1:
+    one_number = [isinstance(t, torch.Tensor) and t.numel() == 1 for t in (weight, bias)]
+    if all(one_number):
         return f"fit: y = {float(weight.detach()):.3f} x + {float(bias.detach()):.3f}"
     return "network"
 

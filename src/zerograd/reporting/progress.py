@@ -25,14 +25,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from zerograd.callbacks import Callback
-from zerograd.engine import LoopState
+from zerograd.callbacks.base import Callback
+from zerograd.console import make_console, plain
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.models import count_parameters
 from zerograd.optim import current_lr
 from zerograd.performance import busy_cores
-from zerograd.reporting.console import make_console, plain
-from zerograd.reporting.summary import ModelSummary, describe_sizes, layer_table_rows
+from zerograd.reporting.model_summary import ModelSummary, describe_sizes, layer_table_rows
+from zerograd.state import LoopState, LossWindow
 
 PROGRESS_MODES = ("bar", "plain", "none")
 SPLIT_NAMES = {"train": "train", "val": "val", "test": "test"}
@@ -57,16 +57,6 @@ def format_value(name: str, value: Any) -> str:
     if name in PERCENT_METRICS:
         return f"{100 * value:.2f}%"
     return f"{value:.4g}"
-
-
-def format_logs(logs: dict[str, float]) -> str:
-    """`train_loss 0.412  test_accuracy 0.853  lr 0.001` from an epoch record (plain, no markup)."""
-    parts = []
-    for key, value in logs.items():
-        if key in ("epoch", "seconds"):
-            continue
-        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-    return "  ".join(parts)
 
 
 def split_logs(logs: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -122,7 +112,8 @@ def plain_batch_interval(batches_per_epoch: int) -> int:
 
 def busy_note(busy: int, threads: int) -> str:
     """The header's warning when other processes keep some of the run's cores busy."""
-    return (f"note: {busy} of the {threads} cores this run uses {'is' if busy == 1 else 'are'} busy with other processes: "
+    return (f"note: {busy} of the {threads} cores this run uses {'is' if busy == 1 else 'are'} busy with other "
+            "processes: "
             f"training is slower (it can be many times slower), the results stay the same; --set "
             f"threads={max(1, threads - busy)} runs faster on a busy machine, with numbers that can differ from "
             f"{threads} threads' in the last bits")
@@ -131,19 +122,6 @@ def busy_note(busy: int, threads: int) -> str:
 def epochs_to_show(epochs: int) -> int:
     """Long runs print about ten epoch lines (every k-th, plus the first and last), not hundreds."""
     return max(1, epochs // 10) if epochs > 20 else 1
-
-
-def loss_is_summed(state: LoopState) -> bool:
-    loss = state.options.loss
-    return isinstance(loss, dict) and loss.get("reduction") == "sum"
-
-
-def running_loss(state: LoopState) -> float:
-    """The epoch's training loss so far, as the epoch record will report it (one host sync)."""
-    totals = state.totals
-    if totals is None or not totals.count:
-        return float("nan")
-    return float(totals.loss_sum) if loss_is_summed(state) else float(totals.loss_sum) / totals.count
 
 
 class ProgressPrinter(Callback):
@@ -175,14 +153,12 @@ class ProgressPrinter(Callback):
         self._stride = 1
         self._epoch_started = self._last_check_time = 0.0
         self._start_batch = self._last_check_batch = 0
-        self._window_totals: Any = None
-        self._window_sum = 0.0
-        self._window_count = 0
+        self._window = LossWindow()
 
     # -- the hooks ---------------------------------------------------------------------------
 
     def on_fit_start(self, state: LoopState) -> None:
-        self._active = state.accelerator.is_main
+        self._active = state.is_main
         if not self._active:
             return
         self.mode = self.effective_mode()
@@ -209,7 +185,7 @@ class ProgressPrinter(Callback):
             self.console.print(f"Epoch {state.epoch + 1}/{state.options.epochs}\n" + "-" * 31)
             interval = plain_batch_interval(state.batches_per_epoch)
             if interval:
-                self._window_totals, self._window_sum, self._window_count = None, 0.0, 0
+                self._window = LossWindow()  # the first line averages the epoch so far
                 # the tutorials print after batch 1, 101, 201, ... (their `batch % 100 == 0`)
                 self._next_check = ((state.batch - 1) // interval + 1) * interval + 1
 
@@ -247,7 +223,7 @@ class ProgressPrinter(Callback):
             self._progress = None
         self._next_check = _NEVER
 
-    def __enter__(self) -> "ProgressPrinter":
+    def __enter__(self) -> ProgressPrinter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -307,18 +283,11 @@ class ProgressPrinter(Callback):
     def _print_batch_line(self, state: LoopState) -> None:
         interval = plain_batch_interval(state.batches_per_epoch)
         self._next_check = state.batch + interval
-        totals = state.totals
-        if totals is None:
-            return
-        if totals is not self._window_totals:  # a new epoch's running sums
-            self._window_totals, self._window_sum, self._window_count = totals, 0.0, 0
-        loss_sum = float(totals.loss_sum)
-        count = state.batch if loss_is_summed(state) else totals.count
-        window = (loss_sum - self._window_sum) / max(1, count - self._window_count)
-        self._window_sum, self._window_count = loss_sum, count
+        window = self._window.read(state)  # the mean loss since the previous line
         size = self._epoch_samples(state)
         width = len(str(size))
-        self.console.print(f"loss: {window:>7f}  [{self._samples_done(state):>{width}d}/{size:>{width}d}]", soft_wrap=True)
+        self.console.print(f"loss: {window:>7f}  [{self._samples_done(state):>{width}d}/{size:>{width}d}]",
+                           soft_wrap=True)
 
     def _refresh_bar(self, state: LoopState) -> None:
         now = time.perf_counter()
@@ -330,7 +299,7 @@ class ProgressPrinter(Callback):
         self._last_check_batch, self._last_check_time = state.batch, now
         if self._progress is None or self._task is None:
             return
-        loss = running_loss(state)
+        loss = state.running_loss()
         done = self._samples_done(state)
         seconds = now - self._epoch_started
         rate = (state.batch - self._start_batch) * state.options.batch_size / seconds if seconds > 0 else 0.0
@@ -369,7 +338,3 @@ class ProgressPrinter(Callback):
     @staticmethod
     def _shows_epoch(epoch: int, epochs: int) -> bool:
         return epoch % epochs_to_show(epochs) == 0 or epoch in (1, epochs)
-
-
-# The foundation's name for the per-epoch printer; same constructor (console, title=...).
-EpochPrinter = ProgressPrinter

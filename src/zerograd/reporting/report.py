@@ -9,8 +9,8 @@ URIs, the CSS is inline, and there is no JavaScript.
 """
 from __future__ import annotations
 
-import base64
 import html
+import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,19 +18,32 @@ from typing import Any
 
 from zerograd import runs
 from zerograd.errors import RunDirError
+from zerograd.files import image_data_uri, write_atomic
 from zerograd.reporting.compare import (
-    ComparedRun, compare_runs, find_runs, format_cell, format_metric, format_seconds, is_run_dir, metric_columns,
+    ComparedRun,
+    compare_runs,
+    find_runs,
+    format_cell,
+    format_metric,
+    format_seconds,
+    is_run_dir,
+    metric_columns,
     plot_comparison,
 )
 from zerograd.reporting.plots import PLOTS_DIR, write_plots
+from zerograd.reporting.sweep_section import is_sweep_dir, load_sweep, sweep_section_html
+from zerograd.version import __version__
 
 REPORT = "report.html"
 MODEL_SUMMARY = "model_summary.txt"
 PLOT_CAPTIONS: dict[str, tuple[str, str]] = {
-    "curves": ("Training curves", "Loss and metrics per epoch: training data (in-sample) against validation and test data (out-of-sample)."),
+    "curves": ("Training curves", "Loss and metrics per epoch: training data (in-sample) against validation and test "
+                                  "data (out-of-sample)."),
     "lr": ("Learning rate", "The learning rate the optimizer used over training."),
-    "confusion_matrix": ("Confusion matrix", "Rows: the true class; columns: the predicted class. Colour: share of the true class."),
-    "predictions": ("Predictions", "Test images with the predicted label; wrong predictions in red with the true label."),
+    "confusion_matrix": ("Confusion matrix", "Rows: the true class; columns: the predicted class. Colour: share of the "
+                                             "true class."),
+    "predictions": ("Predictions", "Test images with the predicted label; wrong predictions in red with the true "
+                                   "label."),
     "confident_mistakes": ("Most confident mistakes", "The wrong predictions the network was surest of."),
     "surface": ("Fitted surface", "The training data, the true function and the surface the network learned."),
     "fit": ("Fitted line", "The data and the line the network learned."),
@@ -47,7 +60,8 @@ header h1 { margin: 0 0 4px; font-size: 28px; }
 header p { margin: 2px 0; color: var(--muted); }
 h2 { font-size: 20px; margin: 36px 0 12px; padding-bottom: 6px; border-bottom: 2px solid var(--line); }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 20px; }
-.card { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 10px 16px; min-width: 150px; }
+.card { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 10px 16px;
+        min-width: 150px; }
 .card .label { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); }
 .card .value { font-size: 22px; font-weight: 650; }
 .card.main { border-color: var(--accent); }
@@ -61,8 +75,10 @@ th { background: var(--panel); position: sticky; top: 0; }
 td.text, th.text { text-align: left; }
 td.wrap { white-space: normal; overflow-wrap: anywhere; }
 tr.best td { font-weight: 650; background: #eef3fb; }
-.scroll { max-height: 460px; overflow: auto; border: 1px solid var(--line); border-radius: 8px; display: inline-block; max-width: 100%; }
-pre { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; overflow: auto; font-size: 13px; }
+.scroll { max-height: 460px; overflow: auto; border: 1px solid var(--line); border-radius: 8px; display: inline-block;
+          max-width: 100%; }
+pre { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; overflow: auto;
+      font-size: 13px; }
 a { color: var(--accent); }
 footer { margin-top: 48px; color: var(--muted); font-size: 12px; }
 """
@@ -83,7 +99,8 @@ def write_report(path: str | Path, out: str | Path | None = None, *, replot: boo
         return write_run_report(directory, out, replot=replot, trust_code=trust_code)
     inside = find_runs(directory)
     if not inside:
-        raise RunDirError(f"{directory} is neither a run directory ({runs.CONFIG} and {runs.METRICS}) nor a folder of runs")
+        raise RunDirError(f"{directory} is neither a run directory ({runs.CONFIG} and {runs.METRICS}) nor a folder of "
+                          "runs")
     return write_sweep_report(directory, inside, out, replot=replot, trust_code=trust_code)
 
 
@@ -94,7 +111,7 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None, *, repl
     if replot or not any(plots_dir.glob("*.png")):
         write_plots(run_dir, trust_code=trust_code)
     target = Path(out) if out else run_dir / REPORT
-    runs.write_atomic(target, render_run_report(run_dir))
+    write_atomic(target, render_run_report(run_dir))
     return target
 
 
@@ -127,10 +144,6 @@ def ordered_plots(plots_dir: Path) -> list[Path]:
     return known + [found[stem] for stem in sorted(found)]
 
 
-def image_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 def _figure(path: Path) -> str:
     title, caption = PLOT_CAPTIONS.get(path.stem, (path.stem.replace("_", " ").capitalize(), ""))
     return (f'<figure id="{html.escape(path.stem)}"><img src="{image_data_uri(path)}" alt="{html.escape(title)}">'
@@ -153,11 +166,13 @@ def _run_header(run_dir: Path, config: dict[str, Any], summary: dict[str, Any]) 
 
 def _summary_cards(summary: dict[str, Any], last: dict[str, Any]) -> str:
     final = summary.get("final") or {k: v for k, v in last.items() if k not in ("epoch", "lr", "seconds")}
-    main = next((k for k in ("test_accuracy", "val_accuracy", "test_loss", "val_loss", "train_loss") if k in final), None)
+    main = next((k for k in ("test_accuracy", "val_accuracy", "test_loss", "val_loss", "train_loss") if k in final),
+                None)
     cards = []
     if main is not None:
         cards.append(_card(main.replace("_", " "), format_metric(main, final[main]), main=True))
-    cards += [_card(k.replace("_", " "), format_metric(k, v)) for k, v in final.items() if k != main and isinstance(v, (int, float))]
+    cards += [_card(k.replace("_", " "), format_metric(k, v)) for k, v in final.items()
+              if k != main and isinstance(v, (int, float))]
     if "epochs_completed" in summary:
         cards.append(_card("epochs", str(summary["epochs_completed"])))
     if "train_seconds" in summary:
@@ -195,7 +210,8 @@ def _table_number(column: str, value: Any) -> str:
 
 def _key_value_table(values: dict[str, Any]) -> str:
     rows = "".join(
-        f'<tr><th class="text">{html.escape(str(k))}</th><td class="text wrap">{html.escape(_summary_value(v))}</td></tr>'
+        f'<tr><th class="text">{html.escape(str(k))}</th>'
+        f'<td class="text wrap">{html.escape(_summary_value(v))}</td></tr>'
         for k, v in values.items()
     )
     return f"<table>{rows}</table>"
@@ -210,8 +226,6 @@ def _summary_value(value: Any) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    from zerograd import __version__
-
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -259,15 +273,12 @@ def write_sweep_report(directory: str | Path, run_dirs: Iterable[str | Path] | N
     best_plots = ordered_plots(rows[0].run_dir / PLOTS_DIR)
     if best_plots:
         body.append(f"<h2>Best run: {html.escape(rows[0].run_dir.name)}</h2>" + "".join(_figure(p) for p in best_plots))
-    runs.write_atomic(target, _page(f"{name} · zerograd report", "".join(body)))
+    write_atomic(target, _page(f"{name} · zerograd report", "".join(body)))
     return target
 
 
 def _sweep_section(directory: Path) -> tuple[str | None, str]:
     """(the sweep's ranking metric, its report section) for a `zerograd sweep` directory, else (None, "")."""
-    # `from zerograd import sweep` would give the function zerograd.sweep, not this module
-    from zerograd.sweep import is_sweep_dir, load_sweep, sweep_section_html
-
     if not is_sweep_dir(directory):
         return None, ""
     return load_sweep(directory).get("metric"), sweep_section_html(directory)
@@ -293,6 +304,4 @@ def _comparison_html(rows: Sequence[ComparedRun], base: Path, *, links: bool = T
 
 
 def _relative(path: Path, base: Path) -> str:
-    import os
-
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()

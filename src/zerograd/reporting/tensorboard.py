@@ -10,10 +10,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from zerograd.callbacks import Callback
-from zerograd.engine import LoopState
+from zerograd.cadence import StepGrid
+from zerograd.callbacks.base import Callback
 from zerograd.errors import ConfigError, ZerogradWarning
 from zerograd.optim import current_lr
+from zerograd.state import LoopState
 
 TENSORBOARD_DIR = "tensorboard"
 INSTALL_HINT = "pip install 'zerograd[tensorboard]'"
@@ -24,7 +25,8 @@ def summary_writer_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        raise ConfigError(f"tensorboard: true needs the tensorboard package ({error}); install it with: {INSTALL_HINT}") from None
+        raise ConfigError(f"tensorboard: true needs the tensorboard package ({error}); "
+                          f"install it with: {INSTALL_HINT}") from None
     return SummaryWriter
 
 
@@ -47,22 +49,21 @@ class TensorBoardLogger(Callback):
         self.log_dir = Path(log_dir)
         self.every_steps = every_steps
         self.writer: Any = None
-        self._next_step = every_steps if every_steps > 0 else float("inf")
+        self._steps = StepGrid(every_steps)
 
     def on_fit_start(self, state: LoopState) -> None:
-        self._next_step = float("inf")
-        if state.accelerator.is_main:
+        self._steps.stop()
+        if state.is_main:
             try:
                 self.writer = self.writer_class(log_dir=str(self.log_dir))
             except OSError as error:
                 self._give_up(error)
                 return
-            self._next_step = state.global_step + self.every_steps if self.every_steps > 0 else float("inf")
+            self._steps.start(state.global_step)
 
     def on_batch_end(self, state: LoopState) -> None:
-        if state.global_step < self._next_step:
+        if not self._steps.due(state.global_step):  # the common case: one comparison
             return
-        self._next_step = state.global_step + self.every_steps
         try:
             self.writer.add_scalar("lr/step", current_lr(state.optimizer), state.global_step)
         except OSError as error:
@@ -75,7 +76,8 @@ class TensorBoardLogger(Callback):
             for key, value in logs.items():
                 if key == "epoch" or not isinstance(value, (int, float)):
                     continue
-                self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value, state.global_step)
+                self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value,
+                                       state.global_step)
             self.writer.add_scalar("epoch", logs["epoch"], state.global_step)
             self.writer.flush()
         except OSError as error:
@@ -93,7 +95,8 @@ class TensorBoardLogger(Callback):
                 self._give_up(error)
 
     def _give_up(self, error: OSError) -> None:
-        self.writer, self._next_step = None, float("inf")  # (a writer that failed is not closed: closing writes again)
+        self.writer = None  # (a writer that failed is not closed: closing writes again)
+        self._steps.stop()
         reason = error.strerror or str(error)
         warnings.warn(f"could not write TensorBoard files in {self.log_dir}: {reason}; TensorBoard logging stopped, "
                       "training goes on (metrics.jsonl has the same numbers)", ZerogradWarning, stacklevel=2)

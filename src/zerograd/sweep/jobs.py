@@ -21,12 +21,15 @@ import yaml
 
 from zerograd import config as configs
 from zerograd import runs
+from zerograd.api import train
 from zerograd.callbacks import Callback
-from zerograd.engine import LoopState
 from zerograd.errors import ConfigError, TrainingError, ZerogradError, did_you_mean
 from zerograd.losses import task_of
 from zerograd.metrics import DEFAULT_METRICS
-from zerograd.sweep.space import Dimension, _plain_text
+from zerograd.reporting.compare import higher_is_better
+from zerograd.reporting.sweep_section import value_text
+from zerograd.state import LoopState
+from zerograd.sweep.space import Dimension
 
 PREFIXES = ("val_", "test_", "train_")  # the order in which a metric is looked for
 # Keys that do not change what a run learns (threads depends on --jobs): a finished run that
@@ -40,14 +43,13 @@ DEFAULT_MIN_RUNS = 3
 
 def metric_mode(key: str) -> str:
     """'max' for accuracy-like metrics, 'min' for losses and errors (as the run comparison ranks)."""
-    from zerograd.reporting.compare import higher_is_better
-
     return "max" if higher_is_better(key) else "min"
 
 
 def default_metric(config: dict[str, Any]) -> str:
     """The main metric of a config, without its prefix: accuracy for classification, else loss."""
-    return "accuracy" if task_of(config["loss"]) == "classification" and "accuracy" in _logged_metrics(config) else "loss"
+    classes = task_of(config["loss"]) == "classification"
+    return "accuracy" if classes and "accuracy" in _logged_metrics(config) else "loss"
 
 
 def resolve_metric(name: str, keys: Sequence[str]) -> str:
@@ -58,7 +60,8 @@ def resolve_metric(name: str, keys: Sequence[str]) -> str:
     for prefix in PREFIXES:
         if prefix + name in keys:
             return prefix + name
-    raise ConfigError(f'the metric "{name}" is not logged by these runs{did_you_mean(name, keys)}; logged: {", ".join(keys)}')
+    raise ConfigError(f'the metric "{name}" is not logged by these runs{did_you_mean(name, keys)}; logged: '
+                      f'{", ".join(keys)}')
 
 
 def check_metric_name(name: str, config: dict[str, Any]) -> None:
@@ -104,17 +107,18 @@ class MedianStopping(Callback):
         self.key = self.key or resolve_metric(self.metric, list(logs))
         mode, epoch = metric_mode(self.key), int(logs["epoch"])
         self.best = _better(self.best, logs.get(self.key), mode)
-        others = [b for b in (_best_until(r, self.key, epoch, mode) for r in self.references if len(r) >= epoch) if b is not None]
+        bests = (_best_until(r, self.key, epoch, mode) for r in self.references if len(r) >= epoch)
+        others = [b for b in bests if b is not None]
         if len(others) >= self.min_runs and _worse(self.best, statistics.median(others), mode):
             state.request_stop("median_stop")
 
 
-def _finite(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _better(current: float | None, value: Any, mode: str) -> float | None:
-    if not _finite(value):
+    if not finite_number(value):
         return current
     if current is None:
         return float(value)
@@ -176,11 +180,10 @@ class Outcome:
 
 def train_job(job: Job) -> Outcome:
     """Train one job in this process (also the function the worker processes run)."""
-    from zerograd.api import train  # lazily: zerograd/__init__ imports this module
-
     hooks: list[Callback] = []
     if job.median_stop:
-        hooks.append(MedianStopping(Path(job.run_dir).parent, job.metric, min_runs=job.median_stop, run_dir=job.run_dir))
+        hooks.append(MedianStopping(Path(job.run_dir).parent, job.metric, min_runs=job.median_stop,
+                                    run_dir=job.run_dir))
     try:
         run = train(job.config, out=job.run_dir, quiet=True, callbacks=hooks)
     except ZerogradError as error:
@@ -190,7 +193,7 @@ def train_job(job: Job) -> Outcome:
 
 def run_name(index: int, params: Mapping[str, Any], seed: int) -> str:
     """'003-lr=0.01-batch_size=100-seed0': sortable, readable, a valid file name."""
-    parts = [f"{key}={_plain_text(value)}" for key, value in params.items()]
+    parts = [f"{key}={value_text(value)}" for key, value in params.items()]
     slug = re.sub(r"[^A-Za-z0-9.=_+-]+", "_", "-".join(parts))[:100]
     return f"{index:03d}-{slug}-seed{seed}" if slug else f"{index:03d}-seed{seed}"
 
@@ -227,7 +230,8 @@ def clear_run_dir(run_dir: Path) -> None:
 class Plan:
     """Which job to train next. Grid and random search know all their jobs up front."""
 
-    def __init__(self, points: list[dict[str, Any]], seeds: list[int], make_job: Callable[[int, dict, int], Job]) -> None:
+    def __init__(self, points: list[dict[str, Any]], seeds: list[int],
+                 make_job: Callable[[int, dict, int], Job]) -> None:
         # Seed-major: every configuration once before any repeats, so early results span the grid
         # (and the median stopping rule compares against different configurations).
         self.queue = deque(make_job(i, p, s) for s in seeds for i, p in enumerate(points))
@@ -250,7 +254,8 @@ class OptunaPlan(Plan):
                  *, mode: str, sweep_seed: int, known: dict[int, dict[str, Any]]) -> None:
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna, self.space, self.n, self.seeds, self.make_job, self.known = optuna, space, n, seeds, make_job, known
+        self.optuna, self.space, self.n, self.seeds = optuna, space, n, seeds
+        self.make_job, self.known = make_job, known
         self.study = optuna.create_study(direction="maximize" if mode == "max" else "minimize",
                                          sampler=optuna.samplers.TPESampler(seed=sweep_seed))
         self.distributions = {key: dim.optuna_distribution() for key, dim in space.items()}
@@ -279,7 +284,7 @@ class OptunaPlan(Plan):
         values.append(value)
         if len(values) < len(self.seeds):
             return
-        finite = [v for v in values if _finite(v)]
+        finite = [v for v in values if finite_number(v)]
         if finite:
             self.study.tell(trial, statistics.fmean(finite))
         else:
@@ -362,7 +367,8 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def execute(plan: Plan, pool: Executor, jobs: int, on_result: Callable[[Job, Outcome], None]) -> list[tuple[Job, Outcome]]:
+def execute(plan: Plan, pool: Executor, jobs: int,
+            on_result: Callable[[Job, Outcome], None]) -> list[tuple[Job, Outcome]]:
     """Train the plan's jobs, at most `jobs` at a time; finished ones are read back, not trained."""
     results: list[tuple[Job, Outcome]] = []
     running: dict[Future, Job] = {}

@@ -8,10 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zerograd import runs
+from zerograd.files import write_atomic
+from zerograd.reporting.compare import compare_runs, plot_comparison
+from zerograd.reporting.sweep_section import value_text
 from zerograd.sweep.results import SweepResult
-from zerograd.sweep.space import Dimension, _plain_text
-
+from zerograd.sweep.space import Dimension
 
 # --------------------------------------------------------------------------- plots
 
@@ -25,8 +26,8 @@ def plot_metric_vs_params(result: SweepResult, space: Mapping[str, Dimension], o
         if not points:
             continue
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points)
-        labels = [] if numeric else list(dict.fromkeys(_plain_text(x) for x, _ in points))
-        position = (lambda x: x) if numeric else (lambda x: labels.index(_plain_text(x)))
+        labels = [] if numeric else list(dict.fromkeys(value_text(x) for x, _ in points))
+        position = (lambda x: x) if numeric else (lambda x, labels=labels: labels.index(value_text(x)))
         fig = Figure(figsize=(6, 4), dpi=100)
         ax = fig.add_subplot()
         ax.scatter([position(x) for x, _ in points], [v for _, v in points], alpha=0.5, label="runs")
@@ -48,12 +49,13 @@ def plot_metric_vs_params(result: SweepResult, space: Mapping[str, Dimension], o
         path = out_dir / f"metric_vs_{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
-        runs.write_atomic(path, buffer.getvalue())  # via a temp file; a full disk: a WriteError naming it
+        write_atomic(path, buffer.getvalue())  # via a temp file; a full disk: a WriteError naming it
         paths.append(path)
     return paths
 
 
-def _means_by_value(points: list[tuple[Any, float]], position: Callable[[Any], float]) -> dict[float, tuple[float, float]]:
+def _means_by_value(points: list[tuple[Any, float]],
+                    position: Callable[[Any], float]) -> dict[float, tuple[float, float]]:
     by_x: dict[float, list[float]] = {}
     for x, value in points:
         by_x.setdefault(position(x), []).append(value)
@@ -76,8 +78,6 @@ def _spans_decades(values: Sequence[float]) -> bool:
 def plot_overlay(result: SweepResult, out_dir: Path) -> Path | None:
     """Every run's validation (else test, else train) curves in one plot, drawn by the reporting
     module's run comparison, best run first."""
-    from zerograd.reporting.compare import compare_runs, plot_comparison
-
     run_dirs = [result.dir / r.name for r in result.runs if r.value is not None]
     if not run_dirs:
         return None

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import statistics
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from zerograd import config as configs
-from zerograd import runs
-from zerograd.errors import RunDirError
-from zerograd.reporting.console import make_console, plain
-from zerograd.sweep.jobs import Job, Outcome, _finite
-from zerograd.sweep.space import _plain_text
-
-SWEEP_FILE, RESULTS_CSV, RESULTS_JSON, RESULTS_MD, BEST_YAML, PLOTS = (
-    "sweep.json", "results.csv", "results.json", "results.md", "best.yaml", "plots")
-
+from zerograd.console import make_console, plain
+from zerograd.files import write_atomic
+from zerograd.reporting.sweep_section import BEST_YAML, ConfigResult, config_row_cells, format_score, format_value
+from zerograd.sweep.jobs import Job, Outcome, finite_number
 
 # --------------------------------------------------------------------------- results
 
@@ -41,22 +35,6 @@ class RunResult:
     seconds: float
     final: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-@dataclass
-class ConfigResult:
-    """One configuration, over its seeds: the mean and std of the metric."""
-
-    index: int
-    params: dict[str, Any]
-    mean: float | None
-    std: float | None
-    values: list[float]
-    runs: list[str]
-    epochs: float
-    seconds: float
-    stopped: int
-    failed: int
 
 
 @dataclass
@@ -82,7 +60,7 @@ def run_result(job: Job, outcome: Outcome, metric: str) -> RunResult:
         return RunResult(job.name, job.index, job.params, job.seed, None, "failed", 0, 0.0, error=outcome.error)
     summary = outcome.summary
     value = summary["final"].get(metric)
-    return RunResult(job.name, job.index, job.params, job.seed, value if _finite(value) else None,
+    return RunResult(job.name, job.index, job.params, job.seed, value if finite_number(value) else None,
                      summary.get("stop_reason", "completed"), summary.get("epochs_completed", 0),
                      summary.get("train_seconds", 0.0), summary["final"])
 
@@ -106,40 +84,20 @@ def rank_configurations(results: list[RunResult], mode: str) -> list[ConfigResul
     return sorted(rows, key=lambda r: (r.mean is None, sign * (r.mean or 0.0), r.index))
 
 
-def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return _plain_text(value)
-
-
-def format_score(row: ConfigResult) -> str:
-    if row.mean is None:
-        return "-"
-    return f"{row.mean:.4g} ± {row.std:.2g}" if len(row.values) > 1 else f"{row.mean:.4g}"
-
-
-def _notes(row: ConfigResult) -> str:
-    notes = [f"{row.stopped} stopped early"] if row.stopped else []
-    return ", ".join(notes + ([f"{row.failed} failed"] if row.failed else []))
-
-
-def _row_cells(rank: int, row: ConfigResult, keys: Sequence[str]) -> list[str]:
-    """One configuration's cells, shared by the terminal table, results.md and the report."""
-    return [str(rank), *(format_value(row.params.get(k)) for k in keys), format_score(row),
-            str(len(row.runs)), f"{row.epochs:g}", f"{row.seconds:.1f}", _notes(row)]
-
-
 def results_table(result: SweepResult, limit: int | None = None) -> Table:
     """The configurations as a rich table, best first (the best row in bold)."""
-    table = Table(title=plain(f"sweep {result.dir}: {result.metric} ({'higher' if result.mode == 'max' else 'lower'} is better)"))
+    table = Table(title=plain(f"sweep {result.dir}: {result.metric} ({'higher' if result.mode == 'max' else 'lower'} "
+                              "is better)"))
     table.add_column("#", justify="right")
     for key in result.keys:
         table.add_column(plain(key), justify="right")
-    table.add_column(plain(result.metric) + (" mean ± std" if any(len(r.values) > 1 for r in result.configs) else ""), justify="right")
+    table.add_column(plain(result.metric) + (" mean ± std" if any(len(r.values) > 1 for r in result.configs) else ""),
+                     justify="right")
     for name in ("runs", "epochs", "time s", "notes"):
         table.add_column(name, justify="right" if name != "notes" else "left")
     for rank, row in enumerate(result.configs[:limit], start=1):
-        table.add_row(*map(plain, _row_cells(rank, row, result.keys)), style="bold green" if rank == 1 and row.mean is not None else None)
+        table.add_row(*map(plain, config_row_cells(rank, row, result.keys)),
+                      style="bold green" if rank == 1 and row.mean is not None else None)
     return table
 
 
@@ -147,7 +105,7 @@ def results_markdown(result: SweepResult) -> str:
     header = ["#", *result.keys, f"{result.metric} (mean ± std)", "runs", "epochs", "time s", "notes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, row in enumerate(result.configs, start=1):
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _row_cells(rank, row, result.keys)) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in config_row_cells(rank, row, result.keys)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +119,8 @@ def print_result(result: SweepResult, console: Console | None = None) -> None:
         return
     chosen = "  ".join(f"{k}={format_value(v)}" for k, v in best.params.items())
     console.print(plain(f"best: {chosen}  {result.metric} {format_score(best)}"))
-    console.print(plain(f"best config: {result.files[BEST_YAML]}  (train it: zerograd train {result.files[BEST_YAML]})"))
+    best_yaml = result.files[BEST_YAML]
+    console.print(plain(f"best config: {best_yaml}  (train it: zerograd train {best_yaml})"))
     console.print(plain(f"sweep directory: {result.dir}"))
 
 
@@ -169,11 +128,13 @@ def write_results_csv(path: Path, result: SweepResult) -> None:
     finals = [k for k in dict.fromkeys(k for r in result.runs for k in r.final) if k != result.metric]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["run", "config", *result.keys, "seed", "status", result.metric, "epochs", "train_seconds", *finals, "error"])
+    writer.writerow(["run", "config", *result.keys, "seed", "status", result.metric, "epochs", "train_seconds",
+                     *finals, "error"])
     for r in sorted(result.runs, key=lambda r: r.name):
         writer.writerow([r.name, r.index, *(_csv_cell(r.params.get(k)) for k in result.keys), r.seed, r.status,
-                         _csv_cell(r.value), r.epochs, r.seconds, *(_csv_cell(r.final.get(k)) for k in finals), r.error or ""])
-    runs.write_atomic(path, buffer.getvalue())
+                         _csv_cell(r.value), r.epochs, r.seconds, *(_csv_cell(r.final.get(k)) for k in finals),
+                         r.error or ""])
+    write_atomic(path, buffer.getvalue())
 
 
 def _csv_cell(value: Any) -> Any:
@@ -192,7 +153,7 @@ def best_config_yaml(result: SweepResult, config: dict[str, Any], command: str) 
     return header + configs.dump(config)
 
 
-def _results_json(result: SweepResult) -> dict[str, Any]:
+def results_json(result: SweepResult) -> dict[str, Any]:
     best = result.best
     return {
         "metric": result.metric, "mode": result.mode, "keys": result.keys,
@@ -202,64 +163,3 @@ def _results_json(result: SweepResult) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- reading a finished sweep
-
-def load_sweep(sweep_dir: str | Path) -> dict[str, Any]:
-    """A finished sweep's description and results (sweep.json + results.json), e.g. for a report."""
-    path = Path(sweep_dir)
-    if not (path / SWEEP_FILE).is_file():
-        raise RunDirError(f"{path} is not a sweep directory ({SWEEP_FILE} is missing); `zerograd sweep` writes one")
-    description = runs.read_json_object(path / SWEEP_FILE)
-    description["results"] = runs.read_json_object(path / RESULTS_JSON) or None
-    return description
-
-
-def is_sweep_dir(path: str | Path) -> bool:
-    return (Path(path) / SWEEP_FILE).is_file()
-
-
-def sweep_section_html(sweep_dir: str | Path) -> str:
-    """The sweep's part of `zerograd report SWEEP_DIR`: what was searched, the configurations
-    ranked by the sweep's metric (mean ± std over seeds), the best config and the sweep's plots."""
-    import html
-
-    from zerograd.reporting.report import image_data_uri
-
-    path = Path(sweep_dir)
-    if not is_sweep_dir(path):
-        return ""
-    described = load_sweep(path)
-    results = described.get("results")
-    parts = [f"<h2>Sweep</h2><p>{html.escape(described.get('search', 'grid'))} search, status "
-             f"{html.escape(str(described.get('status')))}; resume or repeat it with:</p>"
-             f"<pre>{html.escape(described.get('command', ''))} --out {html.escape(str(path))}</pre>"]
-    if results:
-        try:
-            parts.append(_configs_html(results))
-        except (KeyError, TypeError, ValueError, AttributeError) as error:  # a results.json zerograd did not write
-            raise RunDirError(f"{path / RESULTS_JSON} does not hold a sweep's results ({type(error).__name__}: {error}); "
-                              "run the sweep again to rewrite it") from None
-    if (path / BEST_YAML).is_file():
-        parts.append(f"<h3>Best configuration ({BEST_YAML})</h3><pre>{html.escape((path / BEST_YAML).read_text())}</pre>")
-    for plot in sorted((path / PLOTS).glob("*.png")):
-        what = "curves of every run" if plot.stem == "curves" else plot.stem.replace("metric_vs_", "the metric against ")
-        parts.append(f'<figure><img src="{image_data_uri(plot)}" alt="{html.escape(plot.stem)}">'
-                     f"<figcaption>Sweep: {html.escape(what)}.</figcaption></figure>")
-    return "".join(parts)
-
-
-def _configs_html(results: dict[str, Any]) -> str:
-    import html
-
-    keys, metric = results["keys"], results["metric"]
-    head = "".join(f'<th class="text">{html.escape(k)}</th>' for k in keys)
-    rows = []
-    for rank, row in enumerate(results["configs"], start=1):
-        config = ConfigResult(**row)
-        text = {*range(1, len(keys) + 1), len(keys) + 5}  # left-aligned: the swept values and the notes
-        cells = "".join(f'<td{" class=text" if i in text else ""}>{html.escape(c)}</td>'
-                        for i, c in enumerate(_row_cells(rank, config, keys)))
-        rows.append(f'<tr{" class=best" if rank == 1 and config.mean is not None else ""}>{cells}</tr>')
-    return (f'<h3>Configurations, best first by {html.escape(metric)} ({"higher" if results["mode"] == "max" else "lower"} is better)</h3>'
-            f'<div class="scroll"><table><thead><tr><th>#</th>{head}<th>{html.escape(metric)} (mean ± std)</th><th>runs</th>'
-            f'<th>epochs</th><th>time s</th><th class="text">notes</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')

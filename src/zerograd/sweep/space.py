@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 import random
 import re
@@ -14,7 +13,7 @@ from typing import Any
 import yaml
 
 from zerograd.errors import ConfigError, did_you_mean
-
+from zerograd.reporting.sweep_section import value_text
 
 # --------------------------------------------------------------------------- search spaces
 
@@ -94,7 +93,10 @@ def parse_space(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Di
     (or a mapping of key to such text, or to a list of choices) -> one `Dimension` per key."""
     if not items:
         return {}
-    pairs = items.items() if isinstance(items, Mapping) else (_split_assignment(t, "--space", "lr=log(1e-4,1e-1)") for t in items)
+    if isinstance(items, Mapping):
+        pairs = items.items()
+    else:
+        pairs = (_split_assignment(t, "--space", "lr=log(1e-4,1e-1)") for t in items)
     space = {}
     for key, spec in pairs:
         space[str(key)] = spec if isinstance(spec, Dimension) else _parse_dimension(str(key), spec)
@@ -103,7 +105,7 @@ def parse_space(items: Sequence[str] | Mapping[str, Any] | None) -> dict[str, Di
 
 def _parse_dimension(key: str, spec: Any) -> Dimension:
     if isinstance(spec, (list, tuple)):
-        return Dimension(key, "choice", choices=tuple(spec), text=f"choice({','.join(map(_plain_text, spec))})")
+        return Dimension(key, "choice", choices=tuple(spec), text=f"choice({','.join(map(value_text, spec))})")
     text = str(spec).strip()
     match = re.fullmatch(r"(\w+)\((.*)\)", text)
     if not match:  # a plain comma list is a choice
@@ -161,13 +163,3 @@ def random_points(space: Mapping[str, Dimension], n: int, sweep_seed: int = 0) -
     """`n` configurations sampled from `space`; the first k are the same for every n >= k."""
     rng = random.Random(sweep_seed)
     return [{key: dim.sample(rng) for key, dim in space.items()} for _ in range(n)]
-
-
-def _plain_text(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "x".join(map(_plain_text, value))
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)

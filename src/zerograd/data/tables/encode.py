@@ -60,7 +60,7 @@ class TableEncoder:
 
     @classmethod
     def fit(cls, table: RawTable, features: Sequence[str], *, standardize: bool = True,
-            rows: np.ndarray | None = None) -> "TableEncoder":
+            rows: np.ndarray | None = None) -> TableEncoder:
         """Fitted on `rows` of `table` (all rows when None): the training rows."""
         columns = [_fit_column(name, table.columns[name] if rows is None else table.columns[name][rows], table.source,
                                standardize) for name in features]
@@ -68,14 +68,14 @@ class TableEncoder:
 
     @classmethod
     def fit_transform(cls, table: RawTable, features: Sequence[str], rows: np.ndarray, n_train: int, *,
-                      standardize: bool = True) -> tuple["TableEncoder", np.ndarray]:
+                      standardize: bool = True) -> tuple[TableEncoder, np.ndarray]:
         """(encoder fitted on the first `n_train` of `rows`, [len(rows), width] float32 inputs of
         all `rows` in that order): the training rows first, then the others, in one array."""
         encoder = cls.fit(table, features, standardize=standardize, rows=rows[:n_train])
         return encoder, encoder.transform(table, rows)
 
     @classmethod
-    def fit_array(cls, inputs: np.ndarray, *, standardize: bool = True) -> "TableEncoder":
+    def fit_array(cls, inputs: np.ndarray, *, standardize: bool = True) -> TableEncoder:
         values = np.asarray(inputs)
         if values.ndim == 2:
             names = [f"x{i}" for i in range(values.shape[1])]
@@ -161,7 +161,7 @@ class TableEncoder:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TableEncoder":
+    def from_dict(cls, data: dict[str, Any]) -> TableEncoder:
         """Also reads the preprocessing.json of runs written before target scaling existed."""
         columns = [Column(**c) for c in data.get("columns", [])]
         scale = data.get("target_scale") or {}

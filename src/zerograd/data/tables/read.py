@@ -46,7 +46,7 @@ class RawTable:
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
-    def take(self, index: np.ndarray) -> "RawTable":
+    def take(self, index: np.ndarray) -> RawTable:
         return RawTable(self.names, {k: v[index] for k, v in self.columns.items()}, self.source, self.notes)
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from zerograd import runs
-from zerograd.callbacks import Callback
-from zerograd.engine import LoopState
+from zerograd.callbacks.base import Callback
 from zerograd.errors import ConfigError, WriteError, ZerogradWarning
+from zerograd.files import write_atomic
+from zerograd.reporting.model_summary import ModelSummary, sample_batch, split_sizes, summarize_model
 from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
-from zerograd.reporting.summary import ModelSummary, sample_batch, split_sizes, summarize_model
+from zerograd.reporting.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
+from zerograd.state import LoopState
 
 DEFAULT_LOG_EVERY = 50
 MODEL_SUMMARY = "model_summary.txt"
@@ -61,8 +63,6 @@ class RunReporters(Callback):
                                            summary=self.summary, samples_per_epoch=sizes.get("train"))
         self.tensorboard: Callback | None = None
         if self.options["tensorboard"]:
-            from zerograd.reporting.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
-
             self.tensorboard = TensorBoardLogger(self.run_dir / TENSORBOARD_DIR, every_steps=self.options["log_every"])
 
     @property
@@ -75,8 +75,8 @@ class RunReporters(Callback):
         return [c for c in (self, self.printer, self.tensorboard) if c is not None]
 
     def on_fit_start(self, state: LoopState) -> None:
-        if state.accelerator.is_main:
-            runs.write_atomic(self.run_dir / MODEL_SUMMARY, self.summary.to_text())
+        if state.is_main:
+            write_atomic(self.run_dir / MODEL_SUMMARY, self.summary.to_text())
 
     def finish(self, model: Any, *, device: str = "auto") -> list[Path]:
         """After training (main process): metrics.csv, steps.csv and the plots; returns the plots.
@@ -92,7 +92,7 @@ class RunReporters(Callback):
             return []  # the plots would fail alike
         if not self.options["plots"]:
             return []
-        from zerograd.reporting.plots import write_plots_safely  # matplotlib loads only when plotting
+        from zerograd.reporting.plots import write_plots_safely  # matplotlib: imported only when plotting
 
         return write_plots_safely(self.run_dir, model=model, data=self.experiment.data, device=device)
 
@@ -101,7 +101,7 @@ class RunReporters(Callback):
             if callback is not None:
                 callback.close()  # type: ignore[attr-defined]
 
-    def __enter__(self) -> "RunReporters":
+    def __enter__(self) -> RunReporters:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

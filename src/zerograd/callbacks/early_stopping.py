@@ -1,35 +1,14 @@
-"""Hook points of the training loop (the Keras set, kept small).
-
-A callback overrides any of: `on_fit_start(state)`, `on_epoch_start(state)`,
-`on_batch_end(state)`, `on_epoch_end(state, logs)`, `on_fit_end(state)`. `state` is the loop's
-`LoopState` (model, optimizer, epoch, step, history); `logs` is the epoch's plain-number record.
-A callback stops training with `state.request_stop("reason")`.
-"""
+"""Stop when the monitored metric stops improving, and put the best epoch's weights back."""
 from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
+from zerograd.callbacks.base import Callback
 from zerograd.errors import ConfigError, did_you_mean
-from zerograd.metrics import resolve_mode
-
-if TYPE_CHECKING:
-    from zerograd.engine import LoopState
-
-
-class Callback:
-    """Base class with every hook a no-op."""
-
-    def on_fit_start(self, state: "LoopState") -> None: ...
-
-    def on_epoch_start(self, state: "LoopState") -> None: ...
-
-    def on_batch_end(self, state: "LoopState") -> None: ...
-
-    def on_epoch_end(self, state: "LoopState", logs: dict[str, float]) -> None: ...
-
-    def on_fit_end(self, state: "LoopState") -> None: ...
+from zerograd.options import check_early_stopping, early_stopping_options
+from zerograd.state import LoopState
 
 
 class EarlyStopping(Callback):
@@ -39,18 +18,19 @@ class EarlyStopping(Callback):
     weights of the best epoch are put back (Keras' `restore_best_weights=True`).
 
     `mode` "auto" watches accuracy/precision/recall/f1/r2 for a rise and anything else (losses,
-    errors) for a fall."""
+    errors) for a fall. After `fit`, `best_epoch` is the best epoch (1-based) and `restored_epoch`
+    the epoch whose weights were put back (None when none were)."""
+
+    order: ClassVar[int] = -50
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 3,
                  min_delta: float = 0.0, restore_best: bool = True) -> None:
-        mode = resolve_mode(mode, monitor, what="early_stopping mode")
-        if patience < 0:
-            raise ConfigError(f"early_stopping patience must be >= 0, got {patience}")
-        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.monitor, self.mode, self.patience = monitor, check_early_stopping(monitor, mode, patience), patience
         self.min_delta, self.restore_best = abs(min_delta), restore_best
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.best_weights: dict[str, Any] | None = None
+        self.restored_epoch: int | None = None
         self.wait = 0
 
     def improved(self, value: float) -> bool:
@@ -60,7 +40,7 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def on_epoch_end(self, state: "LoopState", logs: dict[str, float]) -> None:
+    def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
         if self.monitor not in logs:
             raise ConfigError(
                 f'early_stopping monitors "{self.monitor}", which this run does not log'
@@ -75,28 +55,22 @@ class EarlyStopping(Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 state.request_stop("early_stopping")
-        state.best_epoch = self.best_epoch
 
-    def on_fit_end(self, state: "LoopState") -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         if self.restore_best and self.best_weights is not None:
             state.raw_model.load_state_dict(self.best_weights)
-            state.restored_epoch = self.best_epoch
+            self.restored_epoch = self.best_epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        """Everything a resumed run needs, the best weights included (they are put back at the end)."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
-
-
-EARLY_STOPPING_KEYS = ("monitor", "mode", "patience", "min_delta", "restore_best")
+        self.best_weights = state.get("best_weights")
 
 
 def early_stopping_from(spec: dict[str, Any] | bool | None) -> EarlyStopping | None:
-    if not spec:
-        return None
-    options = {} if spec is True else dict(spec)
-    for key in options:
-        if key not in EARLY_STOPPING_KEYS:
-            raise ConfigError(f'early_stopping has no option "{key}"{did_you_mean(key, EARLY_STOPPING_KEYS)}; valid: {", ".join(EARLY_STOPPING_KEYS)}')
-    return EarlyStopping(**options)
+    """The `EarlyStopping` an `early_stopping:` option asks for (None: none)."""
+    options = early_stopping_options(spec)
+    return None if options is None else EarlyStopping(**options)

@@ -39,7 +39,7 @@ class ModelSummary:
         header = ("layer", "type", "output shape", "parameters")
         rows = [(r.name, r.kind, r.output_shape, f"{r.parameters:,}") for r in self.layers]
         widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-        line = "  ".join("{:<%d}" % w for w in widths[:-1]) + "  {:>%d}" % widths[-1]
+        line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + f"  {{:>{widths[-1]}}}"
         rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
         lines = [line.format(*header), rule, *(line.format(*row) for row in rows), rule]
         lines.append(f"total parameters: {self.total_parameters:,} ({self.trainable_parameters:,} trainable)")
@@ -81,7 +81,8 @@ def summarize_model(model: nn.Module, sample: torch.Tensor | None = None,
     def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
         own = 0 if id(module) in counted else sum(p.numel() for p in module.parameters(recurse=False))
         counted.add(id(module))
-        rows.append(LayerRow(names.get(module) or type(module).__name__, type(module).__name__, format_shape(output), own))
+        rows.append(LayerRow(names.get(module) or type(module).__name__, type(module).__name__, format_shape(output),
+                             own))
 
     leaves = [m for m in model.modules() if not list(m.children())] or [model]
     error = ""

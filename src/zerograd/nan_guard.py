@@ -25,17 +25,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from zerograd.errors import ConfigError, TrainingError, ZerogradWarning
+from zerograd.accelerator import Accelerator
+from zerograd.errors import TrainingError, ZerogradWarning
+from zerograd.state import EpochTotals, LoopState
 
-if TYPE_CHECKING:
-    from zerograd.accelerator import Accelerator
-    from zerograd.engine import LoopState
-
-ON_NAN = ("error", "skip")
 SKIPPED_WARN = 0.05  # on_nan: skip warns when an epoch left out at least this fraction of its batches
 GROWTH = 1e4  # how many times its start the loss per sample may grow before the run counts as diverged
 FLOOR = 1e-3  # a start below this (a loss of about 0) counts as this
@@ -56,45 +53,44 @@ class Explosion:
 
 
 class LossWatch:
-    """Looks at the epoch's running loss sums (`EpochTotals`) every `check_every` batches and at
-    the end of each epoch; `look` returns an `Explosion` when the loss has blown up."""
+    """Looks at the epoch's running loss sums (`totals`) every `check_every` batches and at the
+    end of each epoch; `look` returns an `Explosion` when the loss has blown up."""
 
-    def __init__(self, acc: "Accelerator", *, check_every: int = 64) -> None:
+    def __init__(self, acc: Accelerator, totals: EpochTotals, *, check_every: int = 64) -> None:
         self.acc = acc
+        self.totals = totals
         self.check_every = check_every
         self._start: torch.Tensor | None = None  # the loss per sample of the first batch, on the device
         self._start_samples = 0
-        self._base: tuple[Any, float, int, int] = (None, 0.0, 0, 0)  # (totals, loss sum, count, batch) at the last look
+        self._base: tuple[int, float, int, int] = (-1, 0.0, 0, 0)  # (epoch, loss sum, count, batch) at the last look
         self._since = 0
 
-    def due(self, state: "LoopState") -> bool:
+    def due(self) -> bool:
         """Called before each batch is recorded: notes the start after the first batch (no sync);
         True every `check_every` batches, when it is time to `look` (never under DDP, which looks
         only at the end of an epoch, on every rank at once)."""
-        self._note_start(state)
+        self._note_start()
         self._since += 1
         return self._since >= self.check_every and not self.acc.distributed
 
-    def _note_start(self, state: "LoopState") -> None:
+    def _note_start(self) -> None:
         """The loss per sample of the run's first recorded batch (a device-side copy: no sync)."""
-        totals = state.totals
-        if self._start is None and totals is not None and totals.count:
+        totals = self.totals
+        if self._start is None and totals.count:
             self._start = (totals.loss_sum.detach().float() / totals.count).clone()
             self._start_samples = totals.count
 
-    def look(self, state: "LoopState") -> Explosion | None:
+    def look(self, state: LoopState) -> Explosion | None:
         """The window since the last look (a host sync); at the end of an epoch the caller looks too."""
         self._since = 0
-        totals = state.totals
-        if totals is None:
-            return None
-        last_totals, base_sum, base_count, base_batch = self._base
-        if last_totals is not totals:  # a new epoch's running sums
+        totals = self.totals
+        base_epoch, base_sum, base_count, base_batch = self._base
+        if base_epoch != state.epoch:  # a new epoch's running sums
             base_sum, base_count, base_batch = 0.0, 0, 0
-        self._note_start(state)
+        self._note_start()
         start_now = self._start if self._start is not None else torch.full((), math.nan, device=totals.loss_sum.device)
         loss_sum, start = torch.stack((totals.loss_sum.detach().float(), start_now)).tolist()
-        self._base = (totals, loss_sum, totals.count, state.batch)
+        self._base = (state.epoch, loss_sum, totals.count, state.batch)
         window_sum, window_count = loss_sum - base_sum, float(totals.count - base_count)
         if self.acc.distributed:  # every rank decides on the same numbers (and every rank joins the all-reduce)
             known = math.isfinite(start)
@@ -130,25 +126,34 @@ class NonFiniteGuard:
     ever holds NaN weights), still naming the exact batch. "skip" must know before the backward
     pass, so it syncs every batch."""
 
-    def __init__(self, policy: str, acc: "Accelerator", *, check_every: int = 64, every_batch: bool | None = None) -> None:
+    def __init__(self, policy: str, acc: Accelerator, totals: EpochTotals, *, check_every: int = 64,
+                 every_batch: bool | None = None) -> None:
         self.policy = policy
         self.acc = acc
         self.every_batch = policy == "skip" or (acc.device.type == "cpu" if every_batch is None else every_batch)
         self.check_every = check_every
-        self.watch = LossWatch(acc, check_every=check_every)
+        self.watch = LossWatch(acc, totals, check_every=check_every)
+        self.skipped = 0  # batches this epoch left out (on_nan: skip)
         self._flags: torch.Tensor | None = None
         self._where: list[tuple[int, int, int]] = []  # (epoch, batch index, step) of each pending flag
 
-    def loss_usable(self, loss: torch.Tensor, state: "LoopState", index: int) -> bool:
+    def start_epoch(self) -> None:
+        self.skipped = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = state["skipped"]
+
+    def loss_usable(self, loss: torch.Tensor, state: LoopState, index: int) -> bool:
         """True when the batch may be trained on; raises in "error" mode once a NaN/Inf is seen."""
-        if self.watch.due(state):
+        if self.watch.due():
             self.verify(state)
         value = loss.detach()
         if self.policy == "skip":
-            finite = torch.isfinite(value).all()
-            if self.acc.distributed:  # all ranks must skip together, or DDP's all-reduce would hang
-                finite = self.acc.all_reduce_sum((~finite).float()) == 0
-            if bool(finite):
+            # all ranks skip together, or DDP's all-reduce of the gradients would hang
+            if not self.acc.any_rank(~torch.isfinite(value).all()):
                 return True
             self._skip(state, index)
             return False
@@ -166,7 +171,7 @@ class NonFiniteGuard:
             self.verify(state)
         return True
 
-    def gradients_usable(self, optimizer: torch.optim.Optimizer, state: "LoopState") -> bool:
+    def gradients_usable(self, optimizer: torch.optim.Optimizer, state: LoopState) -> bool:
         """In "skip" mode, a step whose gradients hold NaN/Inf is skipped too (with a gradient
         scaler the scaler already does that)."""
         if self.policy != "skip" or self.acc.scaler is not None:
@@ -178,21 +183,18 @@ class NonFiniteGuard:
         self._skip(state, state.batch)
         return False
 
-    def _skip(self, state: "LoopState", index: int) -> None:
+    def _skip(self, state: LoopState, index: int) -> None:
         """Count a left-out batch; once more than half the epoch's are, it cannot train on most of
         its data and the run has diverged (every rank counts the same, so all stop together)."""
-        totals = state.totals
-        if totals is None:
-            return
-        totals.skipped += 1
+        self.skipped += 1
         batches = state.batches_per_epoch
-        if batches and 2 * totals.skipped > batches:
-            every = totals.skipped >= batches
+        if batches and 2 * self.skipped > batches:
+            every = self.skipped >= batches
             raise divergence_error(
-                state, "the loss of every batch" if every else f"the loss (or gradients) of {totals.skipped:,} of the "
+                state, "the loss of every batch" if every else f"the loss (or gradients) of {self.skipped:,} of the "
                 f"epoch's {batches:,} batches, more than half,", "NaN/Inf", index=index, skipping=True)
 
-    def verify(self, state: "LoopState") -> None:
+    def verify(self, state: LoopState) -> None:
         """Look at the deferred checks now (a sync): raise for the first NaN/Inf batch, then for a
         loss that exploded (not under DDP, where only the epoch's end looks: on every rank at once)."""
         pending, self._where = self._where, []
@@ -204,7 +206,7 @@ class NonFiniteGuard:
         if not self.acc.distributed:
             self._look(state)
 
-    def check_epoch(self, state: "LoopState") -> None:
+    def check_epoch(self, state: LoopState) -> None:
         """At the end of an epoch: pending checks and the loss, the weights (NaN gradients leave the
         loss finite until the next batch; the epoch's last one has none; in "skip" mode a finite step
         can still overflow them), and how many batches were skipped."""
@@ -212,21 +214,21 @@ class NonFiniteGuard:
         if self.acc.distributed:
             self._look(state)
         check_finite_weights(state)
-        batches = state.batches_per_epoch
-        skipped = state.totals.skipped if state.totals is not None else 0
+        batches, skipped = state.batches_per_epoch, self.skipped
         if self.policy == "skip" and batches and skipped >= max(1.0, SKIPPED_WARN * batches) and self.acc.is_main:
             warnings.warn(f"epoch {state.epoch + 1}: on_nan: skip left out {skipped:,} of {batches:,} batches "
-                          f"({skipped / batches:.0%}) for a NaN/Inf loss or gradients; the epoch trained on the rest only. "
+                          f"({skipped / batches:.0%}) for a NaN/Inf loss or gradients; the epoch trained on the rest "
+                          "only. "
                           f"Check the inputs for NaN/Inf, or lower the lr (lr {state.options.lr:g})",
                           ZerogradWarning, stacklevel=2)
 
-    def _look(self, state: "LoopState") -> None:
+    def _look(self, state: LoopState) -> None:
         explosion = self.watch.look(state)
         if explosion is not None:
             raise explosion_error(state, explosion)
 
 
-def check_finite_weights(state: "LoopState") -> None:
+def check_finite_weights(state: LoopState) -> None:
     """Refuse to go on with NaN/Inf weights (e.g. after NaN gradients with a finite loss)."""
     params = [p for p in state.raw_model.parameters() if p.is_floating_point()]
     if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
@@ -234,12 +236,13 @@ def check_finite_weights(state: "LoopState") -> None:
         raise divergence_error(state, "the weights", "NaN/Inf", epoch=finished_epoch)
 
 
-def divergence_error(state: "LoopState", what: str, kind: str, *, epoch: int | None = None, index: int | None = None,
+def divergence_error(state: LoopState, what: str, kind: str, *, epoch: int | None = None, index: int | None = None,
                      step: int | None = None, skipping: bool = False) -> TrainingError:
     """The error for a run whose loss or weights became NaN/Inf: where, what to resume from, why."""
     epoch = state.epoch if epoch is None else epoch
     step = state.global_step if step is None else step
-    where = f"epoch {epoch + 1}" + (f", batch {index + 1}" if index is not None else "") + f" (after {step} optimizer steps)"
+    batch = f", batch {index + 1}" if index is not None else ""
+    where = f"epoch {epoch + 1}{batch} (after {step} optimizer steps)"
     if skipping:
         action = "Skipping batches cannot help when most batches fail."
     elif state.options.on_nan == "skip":
@@ -250,7 +253,7 @@ def divergence_error(state: "LoopState", what: str, kind: str, *, epoch: int | N
                          f"Likely causes: {_causes(state)}. {action}")
 
 
-def explosion_error(state: "LoopState", explosion: Explosion) -> TrainingError:
+def explosion_error(state: LoopState, explosion: Explosion) -> TrainingError:
     """The error for a loss that blew up by orders of magnitude while staying finite."""
     batches = (f"batch {explosion.first_batch + 1}" if explosion.first_batch == explosion.last_batch
                else f"batches {explosion.first_batch + 1}-{explosion.last_batch + 1}")
@@ -265,20 +268,15 @@ def explosion_error(state: "LoopState", explosion: Explosion) -> TrainingError:
     )
 
 
-def _last_good(state: "LoopState") -> str:
+def _last_good(state: LoopState) -> str:
     return (f"the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint
             else "no checkpoint was written before it")
 
 
-def _causes(state: "LoopState") -> str:
+def _causes(state: LoopState) -> str:
     lr = state.options.lr
     return (f"a learning rate too high for this model (lr {lr:g}: try {lr / 10:g}, or clip_grad_norm: 1.0), "
             "NaN/Inf or unscaled values in the inputs (normalize them), or a log or division of zero in the model")
-
-
-def check_on_nan(value: str) -> None:
-    if value not in ON_NAN:
-        raise ConfigError(f'on_nan must be "error" (stop with a message) or "skip" (leave the batch out), got {value!r}')
 
 
 def _kind(value: torch.Tensor) -> str:

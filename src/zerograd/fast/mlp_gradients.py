@@ -72,7 +72,7 @@ class ManualMLP:
         self._seed: torch.Tensor | None = None  # the 1 that starts the backward pass, made once
 
     @classmethod
-    def for_model(cls, model: nn.Module, loss_fn: nn.Module, precision: str = "fp32") -> "ManualMLP | None":
+    def for_model(cls, model: nn.Module, loss_fn: nn.Module, precision: str = "fp32") -> ManualMLP | None:
         """A `ManualMLP` for `model` and `loss_fn` when they are covered (see the module's
         docstring), None otherwise. Each batch is still checked with `accepts`."""
         if precision != "fp32":  # autocast's casts are part of the maths under bf16/fp16
@@ -88,7 +88,8 @@ class ManualMLP:
         if inputs.dim() != 2 and not (plan.flatten and inputs.dim() > 2):
             return False
         if plan.loss == "mse":
-            return targets.dtype == inputs.dtype and targets.dim() == 2 and targets.shape[1] == plan.layers[-1].linear.out_features
+            width = plan.layers[-1].linear.out_features
+            return targets.dtype == inputs.dtype and targets.dim() == 2 and targets.shape[1] == width
         return targets.dtype == torch.int64 and targets.dim() == 1
 
     @torch.no_grad()

@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from zerograd.data.images import choose_mode, choose_size, scan_folder, split_folders, stratified_split
+from zerograd.data.image_decode import choose_mode, choose_size
+from zerograd.data.images import scan_folder, split_folders, stratified_split
 from zerograd.data.tabular import TABLE_SUFFIXES, TASK_ALIASES, load_table_data
 from zerograd.errors import ConfigError, DataError, ZerogradWarning, did_you_mean
 from zerograd.layers import is_import_path, resolve_import
@@ -90,7 +91,8 @@ def _table_config(path: Path, target: str | None, model: str | None, task: str |
         "epochs": epochs or _default_epochs("table", len(splits.train), batch),
     }
     described = f"{len(splits.class_names)} classes" if splits.class_names else f"{outputs} value(s)"
-    inputs = f"{splits.input_shape[0]} input values per row" if len(splits.input_shape) == 1 else f"inputs of shape {splits.input_shape}"
+    inputs = (f"{splits.input_shape[0]} input values per row" if len(splits.input_shape) == 1
+              else f"inputs of shape {splits.input_shape}")
     target_text = splits.target or ("the last column" if path.suffix.lower() == ".npy" else "the targets array")
     notes = [f"data: {path} with {inputs}; target {target_text}: {described}"]
     notes += [note for note in splits.notes if note.startswith(("task:", "column"))]
@@ -115,7 +117,8 @@ def _model_spec(model: str | None, kind: str, input_shape: list[int], outputs: i
     if name in MODELS:
         return {"name": name, **_sizes_for(MODELS[name], input_shape, outputs)}
     choices = sorted({*BUILTIN_MODELS, *MODELS})
-    raise ConfigError(f'unknown model "{name}"{did_you_mean(name, choices)}; choose from {", ".join(choices)}, or give package.module:Class')
+    raise ConfigError(f'unknown model "{name}"{did_you_mean(name, choices)}; choose from {", ".join(choices)}, or give '
+                      'package.module:Class')
 
 
 def small_cnn(classes: int, side: int) -> list[Any]:

@@ -8,26 +8,23 @@ cross-entropy, one-hot targets for NLL, [N] targets against [N, 1] outputs under
 inputs, an empty data set, a batch larger than the data set. Things that train but are probably
 unintended (log_softmax before cross-entropy) are `ZerogradWarning`s.
 
-What can go wrong while training (NaN/Inf, a loss that explodes) is watched in `divergence.py`.
+What can go wrong while training (NaN/Inf, a loss that explodes) is watched in `nan_guard.py`.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
 
-from zerograd.accelerator import unwrap
-from zerograd.data.loader import TensorLoader
-from zerograd.errors import DataError, ZerogradError, ZerogradWarning
+from zerograd.accelerator import Accelerator, unwrap
+from zerograd.data.loader import BatchSource
+from zerograd.errors import DataError, ZerogradWarning
 from zerograd.losses import BinaryCrossEntropyWithLogits, loss_name
-
-if TYPE_CHECKING:
-    from zerograd.accelerator import Accelerator
-    from zerograd.engine import FitOptions
+from zerograd.options import FitOptions
+from zerograd.rng import preserved_rng
 
 CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
 
@@ -35,34 +32,32 @@ CLASS_INDEX_LOSSES = ("cross_entropy", "nll")
 # ----------------------------------------------------------------------------------------------
 # Pre-flight
 
-def preflight(model: nn.Module, loader: Any, loss_fn: nn.Module, *, task: str, acc: "Accelerator",
-              opts: "FitOptions", source: Any = None) -> None:
+def preflight(model: nn.Module, source: BatchSource, loss_fn: nn.Module, *, task: str, acc: Accelerator,
+              opts: FitOptions, given: Any = None) -> None:
     """Check the training data, then one batch through `model` and `loss_fn`; see the module doc.
-    `source` is the training data as the user gave it (for its `classes` and dtype)."""
-    check_sizes(loader, opts)
-    model_dtype = _parameter_dtype(model)
-    note_float64(loader, source, model_dtype)
-    whole = loader.tensors if isinstance(loader, TensorLoader) else None
+    `given` is the training data as the user gave it (for its `classes` and dtype)."""
+    check_sizes(source)
+    model_dtype = parameter_dtype(model)
+    note_float64(given)
+    whole = source.in_memory()
     if whole is not None:
         check_finite_data(whole)
-    batch = first_batch(loader, opts.batch_size)
+    batch = first_batch(source)
     if batch is None:
         return
     inputs, targets = acc.to_device(batch)
     if whole is None:
         check_finite_data((inputs, targets), first_batch_only=True)
-    from zerograd.checkpoint import capture_rng, restore_rng
-
     raw = unwrap(model)
-    was_training, rng = raw.training, capture_rng()
+    was_training = raw.training
     try:
         raw.eval()  # no dropout draws, no BatchNorm statistics updated by this look-ahead
-        with torch.no_grad(), acc.autocast():
+        with preserved_rng(acc.device), torch.no_grad(), acc.autocast():
             outputs = forward_or_explain(raw, inputs, model_dtype)
             name = loss_name(opts.loss)
             if name in CLASS_INDEX_LOSSES:
                 labels = whole[1] if whole is not None and len(whole) > 1 else targets
-                check_class_targets(raw, outputs, targets, labels, name, loss_fn, source)
+                check_class_targets(raw, outputs, targets, labels, name, loss_fn, given)
             elif isinstance(loss_fn, BinaryCrossEntropyWithLogits):  # reshapes [N] <-> [N, 1] itself
                 check_binary_targets(outputs, targets, name)
             else:
@@ -73,11 +68,10 @@ def preflight(model: nn.Module, loader: Any, loss_fn: nn.Module, *, task: str, a
                           "model for a log or division of zero", ZerogradWarning, stacklevel=3)
     finally:
         raw.train(was_training)
-        restore_rng(rng)
 
 
-def check_sizes(loader: Any, opts: "FitOptions") -> None:
-    n, batch_size = _num_samples(loader), _batch_size(loader, opts)
+def check_sizes(source: BatchSource) -> None:
+    n, batch_size = source.num_samples, source.batch_size
     if n is None:
         return
     if n == 0:
@@ -89,19 +83,13 @@ def check_sizes(loader: Any, opts: "FitOptions") -> None:
         )
 
 
-def note_float64(loader: Any, source: Any, model_dtype: torch.dtype | None) -> None:
-    """float64 inputs for a float32 model are converted, with a note (the copy costs memory)."""
-    given = source[0] if isinstance(source, (tuple, list)) and len(source) == 2 else None
-    if given is not None and str(getattr(given, "dtype", "")) in ("float64", "torch.float64"):
+def note_float64(given: Any) -> None:
+    """float64 input arrays are converted to float32 (what models compute in), with a note (the
+    copy costs memory). (float64 tensors are converted, with their own note, by `data.loader`.)"""
+    inputs = given[0] if isinstance(given, (tuple, list)) and len(given) == 2 else None
+    if inputs is not None and str(getattr(inputs, "dtype", "")) in ("float64", "torch.float64"):
         warnings.warn("the inputs are float64; zerograd converted them to float32 (what models compute in). "
                       "Pass float32 arrays (x.astype('float32')) to skip the copy", ZerogradWarning, stacklevel=4)
-        return
-    if isinstance(loader, TensorLoader) and model_dtype == torch.float32:
-        converted = tuple(t.float() if t.dtype == torch.float64 else t for t in loader.tensors)
-        if any(a is not b for a, b in zip(converted, loader.tensors)):
-            loader.tensors = converted
-            warnings.warn("the training data is float64; zerograd converted it to float32 for the float32 model. "
-                          "Give float32 tensors (x.float()) to skip the copy", ZerogradWarning, stacklevel=4)
 
 
 def check_finite_data(tensors: tuple[torch.Tensor, ...], *, first_batch_only: bool = False) -> None:
@@ -122,35 +110,15 @@ def check_finite_data(tensors: tuple[torch.Tensor, ...], *, first_batch_only: bo
             )
 
 
-def first_batch(loader: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The first `batch_size` training samples, read without advancing the loader or any RNG."""
-    if callable(getattr(loader, "first_batch", None)):  # loaders that transform their batches (image folders)
-        batch: Any = loader.first_batch()
-    elif isinstance(loader, TensorLoader):
-        batch = tuple(t[:loader.batch_size] for t in loader.tensors)
-    elif isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset) and hasattr(loader.dataset, "__len__"):
-        size = min(loader.batch_size or batch_size, len(loader.dataset))  # type: ignore[arg-type]
-        samples = [_read_sample(loader.dataset, i) for i in range(size)]
-        try:
-            batch = loader.collate_fn(samples)
-        except (RuntimeError, TypeError, ValueError) as error:
-            raise DataError(f"the training samples cannot be stacked into a batch: {_first_line(error)} "
-                            "(do all samples have the same shape?)") from None
-    else:
+def first_batch(source: BatchSource) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first training batch, read without advancing the loader or any RNG, as (inputs, targets)."""
+    batch = source.first_batch()
+    if batch is None:
         return None
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise DataError(f"each training sample must be an (input, target) pair; the data gives {type(batch).__name__}"
                         f"{' of ' + str(len(batch)) if isinstance(batch, (tuple, list)) else ''}")
     return batch[0], batch[1]
-
-
-def _read_sample(dataset: Any, index: int) -> Any:
-    try:
-        return dataset[index]
-    except ZerogradError:
-        raise
-    except Exception as error:  # a user's Dataset can fail in any way; say where
-        raise DataError(f"reading training sample {index} failed: {type(error).__name__}: {_first_line(error)}") from None
 
 
 def forward_or_explain(model: nn.Module, inputs: torch.Tensor, model_dtype: torch.dtype | None) -> torch.Tensor:
@@ -186,8 +154,8 @@ def explain_forward_error(model: nn.Module, inputs: torch.Tensor, model_dtype: t
         wanted = first.weight.dim()  # conv2d weights are 4-D, and so are its batched inputs
         if inputs.dim() != wanted:
             return (f"the inputs are {per_sample} per sample but the model starts with {type(first).__name__}, which "
-                    f"takes [N, channels, ...] batches of {wanted - 2}-D maps: reshape them (e.g. x.view(-1, 1, 28, 28) "
-                    f"for flat 28x28 images) [{detail}]")
+                    f"takes [N, channels, ...] batches of {wanted - 2}-D maps: reshape them "
+                    f"(e.g. x.view(-1, 1, 28, 28) for flat 28x28 images) [{detail}]")
         if inputs.shape[1] != first.in_channels:
             return (f"the inputs have {inputs.shape[1]} channels but the model's first layer {type(first).__name__} "
                     f"takes {first.in_channels}: set in_channels: {inputs.shape[1]} or convert the images [{detail}]")
@@ -202,7 +170,8 @@ def check_class_targets(model: nn.Module, outputs: torch.Tensor, targets: torch.
                         f"[N, classes]: make the last layer as wide as the number of classes")
     classes = outputs.shape[1]
     if outputs.dim() > 2 and targets.dim() == 1:
-        raise DataError(f"the model outputs {_shape(outputs.shape[1:])} per sample but {name} with one label per sample "
+        raise DataError(f"the model outputs {_shape(outputs.shape[1:])} per sample but {name} with one label per "
+                        "sample "
                         f"needs one row of {classes} class scores: did you forget to flatten (nn.Flatten()) before the "
                         f"last Linear layer?")
     if targets.is_floating_point():
@@ -223,12 +192,14 @@ def _check_float_class_targets(outputs: torch.Tensor, targets: torch.Tensor, nam
     if name == "cross_entropy" and targets.shape == outputs.shape:
         return  # class probabilities (soft labels): cross_entropy takes those
     if name == "nll" and targets.dim() == 2:
-        raise DataError(f"the targets are {_shape(targets.shape)} floats (one-hot or probabilities) but nll takes class "
+        raise DataError(f"the targets are {_shape(targets.shape)} floats (one-hot or probabilities) but nll takes "
+                        "class "
                         f"indices [N]: use y.argmax(dim=1) (or loss: cross_entropy with float probabilities)")
     whole = bool(torch.all(targets == targets.round()))
     hint = ("convert them with y.long()" if whole else
             "they are not whole numbers: for predicting numbers use a regression loss such as loss: mse")
-    raise DataError(f"{name} takes class indices as integers (int64), but the targets are {_dtype(targets.dtype)}; {hint}")
+    raise DataError(f"{name} takes class indices as integers (int64), but the targets are {_dtype(targets.dtype)}; "
+                    f"{hint}")
 
 
 def _check_label_range(labels: torch.Tensor, classes: int, name: str, ignore_index: int, source: Any) -> None:
@@ -242,13 +213,15 @@ def _check_label_range(labels: torch.Tensor, classes: int, name: str, ignore_ind
                         f"map the labels to 0..classes-1 first")
     if high >= classes:
         raise DataError(f"the labels go up to {high} ({high + 1} classes) but the model outputs {classes} score"
-                        f"{'s' * (classes > 1)} per sample: make its last layer {high + 1} wide (e.g. sizes: [..., {high + 1}])")
+                        f"{'s' * (classes > 1)} per sample: make its last layer {high + 1} wide "
+                        f"(e.g. sizes: [..., {high + 1}])")
     declared = getattr(source, "classes", None)
     if declared and len(declared) != classes:
         raise DataError(f"the data set has {len(declared)} classes but the model outputs {classes} scores per sample: "
                         f"make its last layer {len(declared)} wide")
     if not declared and high + 1 < classes:
-        warnings.warn(f"the model outputs {classes} class scores per sample but the labels only use 0..{high}; if there "
+        warnings.warn(f"the model outputs {classes} class scores per sample but the labels only use 0..{high}; if "
+                      "there "
                       f"are {high + 1} classes, make the last layer {high + 1} wide", ZerogradWarning, stacklevel=5)
 
 
@@ -257,17 +230,20 @@ def _check_output_kind(model: nn.Module, outputs: torch.Tensor, name: str) -> No
     applies log_softmax itself), nll wants log-probabilities (a model ending in log_softmax)."""
     rows = outputs.float().reshape(outputs.shape[0], outputs.shape[1], -1)
     sums = rows.exp().sum(dim=1)
+    ones = torch.ones_like(sums)
     log_probs = isinstance(_last_module(model), nn.LogSoftmax) or (
-        outputs.shape[1] > 1 and bool((rows <= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)))
-    probs = outputs.shape[1] > 1 and bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(dim=1), torch.ones_like(sums), atol=1e-3))
+        outputs.shape[1] > 1 and bool((rows <= 0).all()) and bool(torch.allclose(sums, ones, atol=1e-3)))
+    probs = outputs.shape[1] > 1 and bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(dim=1), ones, atol=1e-3))
     if name == "cross_entropy" and log_probs:
         warnings.warn("the model ends in log_softmax and cross_entropy applies log_softmax again (a double softmax: it "
-                      "trains, but worse); use loss: nll with this model, or drop the log_softmax", ZerogradWarning, stacklevel=5)
+                      "trains, but worse); use loss: nll with this model, or drop the log_softmax", ZerogradWarning,
+                      stacklevel=5)
     elif name == "cross_entropy" and (probs or isinstance(_last_module(model), nn.Softmax)):
         warnings.warn("the model ends in softmax but cross_entropy expects raw scores (logits) and applies the softmax "
                       "itself; drop the model's softmax", ZerogradWarning, stacklevel=5)
     elif name == "nll" and not log_probs:
-        warnings.warn("nll expects log-probabilities (a model ending in log_softmax) but the outputs are raw scores; use "
+        warnings.warn("nll expects log-probabilities (a model ending in log_softmax) but the outputs are raw scores; "
+                      "use "
                       "loss: cross_entropy, or end the model in log_softmax", ZerogradWarning, stacklevel=5)
 
 
@@ -297,7 +273,8 @@ def check_regression_targets(outputs: torch.Tensor, targets: torch.Tensor, name:
     except RuntimeError:
         broadcast = None
     if broadcast is not None:
-        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: {name} "
+        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: "
+                        f"{name} "
                         f"would broadcast them to {_shape(broadcast)}, comparing every output with every target, and "
                         f"train on a wrong loss without any error; {fix}")
     raise DataError(f"the model outputs {_shape(outputs.shape)} per batch but the targets are {_shape(targets.shape)}; "
@@ -308,11 +285,13 @@ def check_binary_targets(outputs: torch.Tensor, targets: torch.Tensor, name: str
     """bce_with_logits (zerograd's): one target in [0, 1] per output logit; [N] against [N, 1] and
     integer 0/1 labels are fine, the loss reshapes and converts them (no broadcasting)."""
     if outputs.numel() != targets.numel():
-        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: {name} "
+        raise DataError(f"the model outputs {_shape(outputs.shape)} but the targets are {_shape(targets.shape)}: "
+                        f"{name} "
                         "needs one target (0 or 1) per output logit; for more than two classes use loss: cross_entropy")
     low, high = float(targets.min()), float(targets.max())
     if low < 0 or high > 1:
-        raise DataError(f"{name} targets must lie in [0, 1] (0/1 labels or probabilities) but they range from {low:g} to "
+        raise DataError(f"{name} targets must lie in [0, 1] (0/1 labels or probabilities) but they range from {low:g} "
+                        "to "
                         f"{high:g}: map the labels to 0 and 1 (e.g. y = (y > 0).float()), or for several classes use "
                         "loss: cross_entropy")
 
@@ -325,22 +304,7 @@ def loss_or_explain(loss_fn: nn.Module, outputs: torch.Tensor, targets: torch.Te
                         f"{_shape(targets.shape)} ({_dtype(targets.dtype)}): {_first_line(error)}") from None
 
 
-def _num_samples(loader: Any) -> int | None:
-    if isinstance(loader, TensorLoader):
-        return loader.num_samples
-    dataset = getattr(loader, "dataset", None)
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        return None
-    return len(dataset)  # type: ignore[arg-type]
-
-
-def _batch_size(loader: Any, opts: "FitOptions") -> int | None:
-    if isinstance(loader, TensorLoader):
-        return loader.batch_size
-    return getattr(loader, "batch_size", opts.batch_size)
-
-
-def _parameter_dtype(model: nn.Module) -> torch.dtype | None:
+def parameter_dtype(model: nn.Module) -> torch.dtype | None:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
 
 

@@ -62,7 +62,8 @@ def _dense_grads(params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]] | No
 
 
 def _plain_fused_group(group: dict[str, Any], *flags: str) -> bool:
-    return bool(group.get("fused")) and not any(group.get(flag) for flag in flags) and not isinstance(group["lr"], Tensor)
+    flagged = any(group.get(flag) for flag in flags)
+    return bool(group.get("fused")) and not flagged and not isinstance(group["lr"], Tensor)
 
 
 class _LeanStep:
@@ -80,7 +81,7 @@ class _LeanStep:
         scaled = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
         calls = None if closure is not None or scaled else self._fused_calls()
         if calls is None:
-            torch_step = _unhooked(getattr(super(_LeanStep, self).step, "__func__"))
+            torch_step = _unhooked(super().step.__func__)
             return torch_step(self, closure)
         with torch.no_grad():  # as in torch's step: the update is no part of any graph
             self._run(calls)
