@@ -40,7 +40,8 @@ def test_a_process_past_its_timeout_is_killed_and_says_so() -> None:
 
 
 def test_output_and_exit_status_come_back() -> None:
-    finished = run_process([sys.executable, "-c", "import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(3)"])
+    finished = run_process([sys.executable, "-c",
+                            "import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(3)"])
     assert finished.returncode == 3 and "to out" in finished.output and "to err" in finished.output
 
 
@@ -92,7 +93,8 @@ def test_the_tutorial_script_does_not_import_zerograd() -> None:
     """The whole-process baseline is the tutorial's script: torch, numpy, PIL, nothing of ours."""
     traced = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "bench" / "tutorial.py"), "--help"],
                             capture_output=True, text=True, check=True)
-    imported = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines() if line.startswith("import time:")}
+    imported = {line.rsplit("|", 1)[1].strip() for line in traced.stderr.splitlines()
+                if line.startswith("import time:")}
     assert "torch" in imported and not {name for name in imported if name.split(".")[0] == "zerograd"}
 
 

@@ -207,7 +207,8 @@ def test_a_run_on_the_gpu_resumes_exactly_and_loads_on_the_cpu(tmp_path: Path) -
     with pytest.raises(Crash):
         train(CHECKPOINT_CONFIG, out=tmp_path / "run", quiet=True, callbacks=[CrashAt(18)])
     resume(tmp_path / "run", quiet=True)
-    want, got = load_file(tmp_path / "reference" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    want = load_file(tmp_path / "reference" / "model.safetensors")
+    got = load_file(tmp_path / "run" / "model.safetensors")
     assert want.keys() == got.keys()
     assert not [k for k in want if not torch.equal(want[k], got[k])], "the resumed run ended with other weights"
     predictor = zerograd.load(tmp_path / "run", device="cpu")  # a GPU run is usable on a machine without one

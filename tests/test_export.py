@@ -52,8 +52,9 @@ ZOO = {
     "mlp": {"name": "mlp", "sizes": [784, 16, 2], "dropout": 0.5},
     "tutorial_cnn": {"name": "tutorial_cnn", "num_classes": 2},
     "compact_cnn": {"name": "compact_cnn", "num_classes": 2, "channels": [4, 8], "hidden": 16, "batch_norm": True},
-    "layer_list": [{"conv2d": 4}, "batchnorm", "relu", {"maxpool2d": 2}, {"conv2d": {"out_channels": 4, "kernel_size": 3}},
-                   {"avgpool2d": 2}, {"dropout": 0.5}, {"linear": 8}, "relu", {"linear": 2}],
+    "layer_list": [{"conv2d": 4}, "batchnorm", "relu", {"maxpool2d": 2},
+                   {"conv2d": {"out_channels": 4, "kernel_size": 3}}, {"avgpool2d": 2}, {"dropout": 0.5},
+                   {"linear": 8}, "relu", {"linear": 2}],
 }
 
 
@@ -95,7 +96,8 @@ def own_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "nets.py").write_text(textwrap.dedent(NETS))
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(40, 4))
-    (folder / "rows.csv").write_text("a,b,c,d,y\n" + "".join(",".join(f"{v:.4f}" for v in row) + f",{int(row[0] > 0)}\n" for row in rows))
+    lines = "".join(",".join(f"{v:.4f}" for v in row) + f",{int(row[0] > 0)}\n" for row in rows)
+    (folder / "rows.csv").write_text("a,b,c,d,y\n" + lines)
     runs = {}
     for name in ("Branchy", "Gamma"):
         config = {"name": name, "data": {"train": str(folder / "rows.csv"), "target": "y"},
@@ -145,7 +147,8 @@ def test_a_torch_export_program_carries_the_preprocessing_and_is_read_back_from_
     extra = {"zerograd.preprocessing": "", "zerograd.run": ""}
     program = torch.export.load(result.path, extra_files=extra)
     preprocessing = json.loads(extra["zerograd.preprocessing"])
-    assert preprocessing == json.loads((digit_run / "preprocessing.json").read_text()) and preprocessing["style"] == "digit"
+    assert preprocessing == json.loads((digit_run / "preprocessing.json").read_text())
+    assert preprocessing["style"] == "digit"
     assert extra["zerograd.run"] == str(digit_run)
     model = zerograd.load(digit_run)
     for batch in (1, 5):
@@ -173,12 +176,14 @@ def test_onnx_export_matches_pytorch_on_new_inputs(shapes_run: Path, shapes_fold
     metadata = {p.key: p.value for p in document.metadata_props}
     assert json.loads(metadata["zerograd.preprocessing"])["class_names"] == ["circle", "square", "triangle"]
     # the batch dimension is a named symbol in the file, not a number
-    assert [d.dim_param or d.dim_value for d in document.graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, 16, 16]
+    dims = document.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, 16, 16]
 
 
 def test_torchscript_is_a_legacy_format_with_a_warning(shapes_run: Path, tmp_path: Path) -> None:
-    with pytest.warns(ZerogradWarning, match=r"--format torchscript is a legacy format: TorchScript is deprecated in PyTorch; "
-                                             r"prefer --format export \(torch.export, .pt2\) or --format onnx"):
+    with pytest.warns(ZerogradWarning, match=r"--format torchscript is a legacy format: TorchScript is deprecated in "
+                                             r"PyTorch; prefer --format export \(torch.export, .pt2\) or "
+                                             r"--format onnx"):
         result = export_run(shapes_run, "torchscript", tmp_path / "shapes.pt")
     extra = {"zerograd.preprocessing": ""}
     with warnings.catch_warnings():
@@ -190,12 +195,14 @@ def test_torchscript_is_a_legacy_format_with_a_warning(shapes_run: Path, tmp_pat
         assert torch.allclose(loaded(x), zerograd.load(shapes_run).model(x), rtol=1e-4, atol=1e-5)
 
 
-def test_the_cli_writes_into_the_run_directory_by_default(shapes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_writes_into_the_run_directory_by_default(shapes_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shutil.copytree(shapes_run, run)
     assert main(["export", str(run), "--format", "export"]) == 0
     out, err = capsys.readouterr()
-    assert (run / "model.pt2").is_file() and f"exported {run / 'model.pt2'} (export)" in out and "largest difference" in out
+    assert (run / "model.pt2").is_file()
+    assert f"exported {run / 'model.pt2'} (export)" in out and "largest difference" in out
     assert err == ""
     assert main(["export", str(run), "--format", "torchscript"]) == 0
     out, err = capsys.readouterr()
@@ -210,7 +217,8 @@ def test_unknown_formats_and_missing_toolchains_are_clear_errors(shapes_run: Pat
     assert capsys.readouterr().err == ('zerograd: error: unknown export format "onx" (did you mean "onnx"?); '
                                        'choose from onnx (model.onnx), export (model.pt2), torchscript (model.pt)\n')
     for typed, meant in (("pt2", "export"), (".PT", "torchscript"), ("Export", "export")):
-        with pytest.raises(ExportError, match=f'^unknown export format "{typed}" \\(did you mean "{meant}"\\?\\); choose from '):
+        with pytest.raises(ExportError, match=f'^unknown export format "{typed}" \\(did you mean "{meant}"\\?\\); '
+                                              'choose from '):
             export_run(shapes_run, typed)
     real_import = builtins.__import__
 
@@ -226,15 +234,16 @@ def test_unknown_formats_and_missing_toolchains_are_clear_errors(shapes_run: Pat
 
 
 @pytest.mark.parametrize(("model", "format", "message"), [
-    ("Branchy", "export", "torch.export of the model failed: the model branches on a tensor's values (data-dependent control "
-                          "flow such as `if x.sum() > 0`), which torch.export cannot capture; rewrite it with torch.where or "
-                          "torch.cond; the legacy --format torchscript (a trace) may still work"),
+    ("Branchy", "export", "torch.export of the model failed: the model branches on a tensor's values (data-dependent "
+                          "control flow such as `if x.sum() > 0`), which torch.export cannot capture; rewrite it with "
+                          "torch.where or torch.cond; the legacy --format torchscript (a trace) may still work"),
     ("Branchy", "onnx", "ONNX export failed in its first step, torch.export: the model branches on a tensor's values"),
     ("Gamma", "onnx", "ONNX export (torch.onnx, dynamo exporter) of the model failed: No ONNX function found for "
                       "<OpOverload(op='prims.lgamma', overload='default')>"),
 ])
 def test_a_model_that_does_not_export_is_one_line_naming_the_format_and_another(
-        own_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, format: str, message: str) -> None:
+        own_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, format: str,
+        message: str) -> None:
     out = tmp_path / "model.file"
     assert main(["export", str(own_runs[model]), "--format", format, "--out", str(out), "--trust-code"]) == 2
     captured = capsys.readouterr()
@@ -255,7 +264,8 @@ def test_an_export_that_disagrees_with_pytorch_writes_nothing(own_runs: dict[str
     assert older.read_bytes() == b"an earlier export"
 
 
-def test_an_export_that_fails_at_another_batch_size_is_refused(shapes_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_export_that_fails_at_another_batch_size_is_refused(shapes_run: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     real = export.export_program
 
     def frozen_batch(model, example, metadata):
@@ -263,13 +273,15 @@ def test_an_export_that_fails_at_another_batch_size_is_refused(shapes_run: Path,
 
         def run_fixed(x: np.ndarray) -> np.ndarray:
             if len(x) != len(example):
-                raise RuntimeError(f"Expected input at *args[0].shape[0] to be equal to {len(example)}, but got {len(x)}")
+                raise RuntimeError(f"Expected input at *args[0].shape[0] to be equal to {len(example)}, "
+                                   f"but got {len(x)}")
             return run(x)
 
         return content, run_fixed
 
     monkeypatch.setattr(export, "export_program", frozen_batch)
-    with pytest.raises(ExportError, match=r"^the exported torch.export program fails on a batch of 1 \(Expected input at "
-                                          r"\*args\[0\].shape\[0\] to be equal to 2, but got 1\); nothing was written to "):
+    with pytest.raises(ExportError, match=r"^the exported torch.export program fails on a batch of 1 \(Expected input "
+                                          r"at \*args\[0\].shape\[0\] to be equal to 2, but got 1\); nothing was "
+                                          r"written to "):
         export_run(shapes_run, "export", tmp_path / "frozen.pt2")
     assert not (tmp_path / "frozen.pt2").exists()

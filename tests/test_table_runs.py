@@ -43,7 +43,8 @@ def test_a_regression_run_predicts_in_the_targets_own_units(diabetes_run: tuple[
     assert float(raw[0, 0]) * scale["std"][0] + scale["mean"][0] == pytest.approx(predictions[0], rel=1e-5)
 
 
-def test_a_run_written_before_target_scaling_still_predicts(diabetes_run: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+def test_a_run_written_before_target_scaling_still_predicts(diabetes_run: tuple[Path, pd.DataFrame],
+                                                            tmp_path: Path) -> None:
     """A preprocessing.json without target_scale (the old encoder's keys): the model's outputs are
     the prediction, as they were."""
     import shutil

@@ -126,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_argument(serve)
     serve.set_defaults(handler=cmd_serve)
 
-    export = commands.add_parser("export", help="export a run's model to ONNX or torch.export (.pt2), checked against PyTorch")
+    export = commands.add_parser("export", help="export a run's model to ONNX or torch.export (.pt2), checked against "
+                                                "PyTorch")
     export.add_argument("run_dir", metavar="RUN_DIR")
     export.add_argument("--format", default="onnx",
-                        help="onnx (default), export (a torch.export program, .pt2) or torchscript (legacy: deprecated in PyTorch)")
+                        help="onnx (default), export (a torch.export program, .pt2) or torchscript (legacy: "
+                             "deprecated in PyTorch)")
     export.add_argument("--out", help="the file to write (default RUN_DIR/model.onnx, model.pt2 or model.pt)")
     add_trust_argument(export)
     export.set_defaults(handler=cmd_export)

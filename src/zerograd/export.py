@@ -46,7 +46,8 @@ CHECK_BATCHES = (1, 5)
 RTOL, ATOL = 1e-4, 1e-5
 # The torch loggers that report on the exporters' own work (progress, skipped torchvision ops, shape
 # specialisation notes): not about the user's model, so kept off the terminal.
-EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo",
+                    "torch.fx.experimental.symbolic_shapes")
 
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # the ONNX exporter colours its messages
 
@@ -73,7 +74,8 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     `zerograd.load` (a model class of the user's own is code)."""
     if format not in FORMATS:
         typed = format.lower().lstrip(".")  # "EXPORT", ".pt2": the format of that file
-        hint = next((f' (did you mean "{name}"?)' for name, file in FORMATS.items() if typed in (name, file.split(".")[1])),
+        hint = next((f' (did you mean "{name}"?)' for name, file in FORMATS.items()
+                     if typed in (name, file.split(".")[1])),
                     did_you_mean(typed, FORMATS))
         choices = ", ".join(f"{name} ({file})" for name, file in FORMATS.items())
         raise ExportError(f'unknown export format "{format}"{hint}; choose from {choices}')
@@ -86,7 +88,8 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(EXAMPLE_BATCH, *predictor.input_shape, generator=generator)
     inputs = [torch.randn(n, *predictor.input_shape, generator=generator) for n in CHECK_BATCHES]
-    metadata = {"zerograd.preprocessing": json.dumps(predictor.preprocessing), "zerograd.run": str(predictor.run_dir or "")}
+    metadata = {"zerograd.preprocessing": json.dumps(predictor.preprocessing),
+                "zerograd.run": str(predictor.run_dir or "")}
     exporter = {"onnx": export_onnx, "export": export_program, "torchscript": export_torchscript}[format]
     content, run = exporter(model, example, metadata)
     worst = 0.0
@@ -121,7 +124,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, metadata: dict[str, str
         import onnxruntime
         import onnxscript  # noqa: F401  (the exporter needs it; import it here to name it if missing)
     except ImportError as error:
-        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({error}); install them: pip install 'zerograd[export]'") from None
+        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime ({error}); install them: "
+                          "pip install 'zerograd[export]'") from None
     try:
         with quiet():
             program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["output"],
@@ -227,7 +231,8 @@ def quiet() -> Iterator[None]:
         logger.setLevel(logging.ERROR)
     try:
         # (torch.export prints a failed capture's partial graph straight to stderr)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
+              contextlib.redirect_stderr(io.StringIO())):
             warnings.simplefilter("ignore")
             yield
     finally:

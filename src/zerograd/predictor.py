@@ -167,7 +167,8 @@ class Predictor:
             raise DataError(f"{path} is an image, but this run was trained on {self.kind} data of shape "
                             f"{self.input_shape}")
         if self._image is None:
-            raise DataError(f"{path}: give this run .npy arrays" + (" or table files (.csv, .parquet, .feather)" if self._table is not None else ""))
+            tables = " or table files (.csv, .parquet, .feather)" if self._table is not None else ""
+            raise DataError(f"{path}: give this run .npy arrays{tables}")
         return self._prepare_image_input(self.read_image(path))
 
     def read_image(self, source: str | Path | bytes, *, max_pixels: int | None = None) -> Image.Image:

@@ -51,8 +51,8 @@ def test_texts_too_varied_for_categories_and_empty_columns_are_left_out(tmp_path
                           "empty": [None] * 200, "y": np.arange(200) % 2})
     splits = load_table_data(frame, target="y")
     assert splits.encoder.feature_names == ["x"]
-    assert "column 'ticket': 120 different texts in 200 rows, too many for categories (at most 50); left out (name it " \
-           "in features to use it)" in splits.notes
+    assert "column 'ticket': 120 different texts in 200 rows, too many for categories (at most 50); left out " \
+           "(name it in features to use it)" in splits.notes
     assert "column 'empty': no value in any row; left out (name it in features to use it)" in splits.notes
 
 
@@ -125,7 +125,8 @@ def test_the_split_is_stratified_recorded_and_moved_by_the_seed(iris: pd.DataFra
     assert sorted(np.concatenate([rows["train"], rows["val"], rows["test"]]).tolist()) == list(range(150))
     labels = iris["species"].cat.codes.to_numpy()
     for part, dataset in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-        assert dataset.tensors[1].tolist() == labels[rows[part]].tolist()  # the rows recorded are the rows in the tensors
+        # the rows recorded are the rows in the tensors
+        assert dataset.tensors[1].tolist() == labels[rows[part]].tolist()
     record = json.loads(json.dumps(splits.split_record()))
     assert record["seed"] == 0 and record["stratified"] and record["rows"]["test"] == rows["test"].tolist()
     again = load_table_data(iris, target="species", val_split=0.2, seed=0)
@@ -156,8 +157,9 @@ def test_a_classification_of_too_many_values_is_refused_unless_asked() -> None:
     """Problem 8 of the issue: `--task classify` on a continuous target made 214 classes."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=300), "price": rng.integers(0, 214, 300)})
-    with pytest.raises(DataError, match=r"the target 'price' holds \d+ different values in 300 rows, too many to be classes "
-                                        r"\(a measurement, a count or an ID\?\); to predict the values use regression"):
+    with pytest.raises(DataError, match=r"the target 'price' holds \d+ different values in 300 rows, too many to be "
+                                        r"classes \(a measurement, a count or an ID\?\); to predict the values use "
+                                        r"regression"):
         load_table_data(frame, target="price", task="classify")
     assert load_table_data(frame, target="price").task == "regression"  # as inferred without --task
     distinct = frame["price"].nunique()
@@ -171,7 +173,8 @@ def test_a_classification_of_too_many_values_is_refused_unless_asked() -> None:
 
 def test_text_labels_that_are_names_are_no_classes() -> None:
     frame = pd.DataFrame({"x": np.arange(40.0), "who": [f"person {i}" for i in range(40)]})
-    with pytest.raises(DataError, match="the target 'who' holds 40 different values in 40 rows, too many to be classes"):
+    with pytest.raises(DataError, match="the target 'who' holds 40 different values in 40 rows, too many to be "
+                                        "classes"):
         load_table_data(frame, target="who")
     with pytest.raises(DataError, match="give task: classification with max_classes: 40"):
         load_table_data(frame, target="who", max_classes=40)  # the opt-in goes with the task asked for
@@ -187,13 +190,15 @@ def test_small_tables_with_a_few_classes_are_fine() -> None:
 
 def test_unseen_categories_are_warned_of_naming_the_column_and_values(iris: pd.DataFrame) -> None:
     splits = load_table_data(iris.assign(colour=["red", "blue", "purple"] * 50), target="species")
-    rows = [[5.0, 3.0, 1.5, 0.2, "green"], [6.0, 3.0, 4.5, 1.5, "red"], [6.5, 3.0, 5.5, 2.0, "green"], [6.5, 3, 5.5, 2, None]]
+    rows = [[5.0, 3.0, 1.5, 0.2, "green"], [6.0, 3.0, 4.5, 1.5, "red"], [6.5, 3.0, 5.5, 2.0, "green"],
+            [6.5, 3, 5.5, 2, None]]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         encoded = splits.encoder.transform_array(rows)
     assert encoded[0, 4:].tolist() == [0.0, 0.0, 0.0] and encoded[1, 4:].tolist() == [0.0, 0.0, 1.0]
-    assert zerograd_warnings(caught) == ["column 'colour' holds 1 value not seen in training ('green'; 2 rows); encoded "
-                                         "as no category (all zeros). Known: blue, purple, red"]  # the missing one: quiet
+    # the missing value (None) is quiet
+    assert zerograd_warnings(caught) == ["column 'colour' holds 1 value not seen in training ('green'; 2 rows); "
+                                         "encoded as no category (all zeros). Known: blue, purple, red"]
 
 
 def test_json_of_the_old_table_encoder_still_loads() -> None:

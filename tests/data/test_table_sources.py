@@ -69,7 +69,8 @@ def test_dataframe_columns_of_any_kind(tmp_path: Path) -> None:
     })
     splits = load_table_data(frame, target="y", test_split=0.0)
     assert [c.kind for c in splits.encoder.columns] == ["number", "category", "category", "number"]
-    assert splits.encoder.columns[1].values == ["blue", "green", "red"] and splits.encoder.columns[2].values == ["False", "True"]
+    assert splits.encoder.columns[1].values == ["blue", "green", "red"]
+    assert splits.encoder.columns[2].values == ["False", "True"]
     assert splits.train.tensors[0][2, 0].item() == 0.0  # the missing count: the training mean
     assert splits.encoder.columns[3].mean == pytest.approx(np.mean([1.5, 2.5, 4]))
 
@@ -94,7 +95,8 @@ def test_a_parquet_files_pandas_index_is_not_a_column(tmp_path: Path) -> None:
 
 def test_a_damaged_parquet_file_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not really parquet")
-    with pytest.raises(DataError, match=r"bad.parquet is not a Parquet file zerograd can read \(.*\); write it with pandas"):
+    with pytest.raises(DataError, match=r"bad.parquet is not a Parquet file zerograd can read \(.*\); "
+                                        r"write it with pandas"):
         load_table_data(tmp_path / "bad.parquet")
 
 
@@ -121,7 +123,8 @@ def test_decimal_commas_with_thousands_points_and_thousands_commas(tmp_path: Pat
     table = read_csv(tmp_path / "eu.csv")
     assert table.columns["price"][:3].tolist() == [1234.5, 12.25, 7.0]
     (tmp_path / "us.csv").write_text('price,y\n"1,234",0\n"12,345.5",1\n7,0\n')
-    with pytest.warns(ZerogradWarning, match=r"column 'price' holds numbers written with thousands separators \(e.g. '1,234'\); they are read as 1234"):
+    with pytest.warns(ZerogradWarning, match=r"column 'price' holds numbers written with thousands separators "
+                                             r"\(e.g. '1,234'\); they are read as 1234"):
         table = read_csv(tmp_path / "us.csv")
     assert table.columns["price"].tolist() == [1234.0, 12345.5, 7.0]
 
@@ -147,10 +150,11 @@ def test_a_utf8_bom_does_not_stick_to_the_first_column_name(tmp_path: Path) -> N
 
 def test_a_named_encoding_reads_latin1_and_cp1252(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_bytes("city,temp\nK\u00f6ln,21\nZ\u00fcrich \u20ac,20\n".encode("cp1252"))
-    with pytest.raises(DataError, match=r"t.csv, line 2: byte 0xf6 is not UTF-8 text; save the file as UTF-8 .* or name its "
-                                         r"encoding \(e.g. encoding='latin-1'\)"):
+    with pytest.raises(DataError, match=r"t.csv, line 2: byte 0xf6 is not UTF-8 text; save the file as UTF-8 .* "
+                                         r"or name its encoding \(e.g. encoding='latin-1'\)"):
         read_csv(tmp_path / "t.csv")
-    assert read_csv(tmp_path / "t.csv", encoding="cp1252").columns["city"].tolist() == ["K\u00f6ln", "Z\u00fcrich \u20ac"]
+    assert (read_csv(tmp_path / "t.csv", encoding="cp1252").columns["city"].tolist()
+            == ["K\u00f6ln", "Z\u00fcrich \u20ac"])
     assert read_csv(tmp_path / "t.csv", encoding="latin-1").columns["city"][0] == "K\u00f6ln"
     with pytest.raises(ConfigError, match="unknown encoding 'latin-9000'"):
         read_csv(tmp_path / "t.csv", encoding="latin-9000")

@@ -31,12 +31,14 @@ def flowers(tmp_path: Path) -> Path:
     rows = []
     for i in range(100):
         k = i % 2
-        rows.append([round(1 + 3 * k + rng.normal(0, 0.3), 3), round(10 * k + rng.normal(0, 1), 3), ["red", "blue"][k], ["setosa", "virginica"][k]])
+        rows.append([round(1 + 3 * k + rng.normal(0, 0.3), 3), round(10 * k + rng.normal(0, 1), 3), ["red", "blue"][k],
+                     ["setosa", "virginica"][k]])
     return write_csv(tmp_path / "flowers.csv", ["length", "width", "colour", "species"], rows)
 
 
 def test_csv_columns_are_numbers_or_texts_and_the_delimiter_is_sniffed(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "t.csv", ["a", "b", "c"], [[1, "x", 2.5], [2, "y", None], [3, "x", "NA"]], delimiter=";")
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "c"], [[1, "x", 2.5], [2, "y", None], [3, "x", "NA"]],
+                     delimiter=";")
     table = read_csv(path)
     assert table.names == ["a", "b", "c"]
     assert table.columns["a"].tolist() == [1.0, 2.0, 3.0]
@@ -135,7 +137,8 @@ def test_regression_targets_are_float_columns(tmp_path: Path) -> None:
     "kwargs, error, message",
     [
         ({"target": "pirce"}, ConfigError, 'has no column "pirce" (did you mean "price"?)'),
-        ({"target": "price", "task": "classification"}, DataError, "fractional numbers (0.5), which are not classes; for regression use loss: mse"),
+        ({"target": "price", "task": "classification"}, DataError,
+         "fractional numbers (0.5), which are not classes; for regression use loss: mse"),
         ({"target": "price", "task": "clasify"}, ConfigError, 'data task must be one of'),
         ({"target": "price", "features": ["x", "price"]}, ConfigError, "cannot also be a feature"),
         ({"target": "price", "test_split": 1.5}, ConfigError, "test_split must be a fraction in [0, 1)"),
@@ -166,7 +169,8 @@ def test_validation_rows_are_held_out_before_fitting(tmp_path: Path) -> None:
     splits = load_table_data(path, target="y", test_split=0.2, val_split=0.25, seed=1)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (60, 20, 20)
     column = splits.encoder.columns[0]
-    seen = {round(float(v) * column.std + column.mean) for part in (splits.train, splits.val, splits.test) for v in part.tensors[0][:, 0]}
+    seen = {round(float(v) * column.std + column.mean) for part in (splits.train, splits.val, splits.test)
+            for v in part.tensors[0][:, 0]}
     assert seen == set(range(100))  # the three parts are disjoint and cover every row
 
 
@@ -184,11 +188,13 @@ def test_npy_last_column_is_the_target_by_default(tmp_path: Path) -> None:
 def test_npz_with_train_and_test_arrays(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (30, 8, 8)).astype(np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=images[:20], y_train=np.arange(20) % 2, x_test=images[20:], y_test=np.arange(10) % 2)
+    np.savez(tmp_path / "d.npz", x_train=images[:20], y_train=np.arange(20) % 2, x_test=images[20:],
+             y_test=np.arange(10) % 2)
     splits = load_table_data(tmp_path / "d.npz")
     assert splits.input_shape == [8, 8] and len(splits.train) == 20 and len(splits.test) == 10
     train = splits.train.tensors[0].double()
-    assert abs(float(train.mean())) < 1e-5 and float(train.std(correction=0)) == pytest.approx(1.0, abs=1e-4)  # one scale for all pixels
+    # one scale for all pixels
+    assert abs(float(train.mean())) < 1e-5 and float(train.std(correction=0)) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_npz_keys_are_found_or_named(tmp_path: Path) -> None:

@@ -57,9 +57,9 @@ from zerograd.errors import ConfigError, DataError
 TABLE_SUFFIXES = TABLE_FILE_SUFFIXES + ARRAY_SUFFIXES
 
 __all__ = [
-    "MISSING", "TABLE_FILE_SUFFIXES", "TABLE_SUFFIXES", "TASKS", "TASK_ALIASES", "Column", "RawTable", "TableEncoder", "TableSplits",
-    "encode_targets", "from_frame", "infer_task", "load_numpy", "load_table_data", "read_arrays", "read_csv",
-    "read_table_file",
+    "MISSING", "TABLE_FILE_SUFFIXES", "TABLE_SUFFIXES", "TASKS", "TASK_ALIASES", "Column", "RawTable", "TableEncoder",
+    "TableSplits", "encode_targets", "from_frame", "infer_task", "load_numpy", "load_table_data", "read_arrays",
+    "read_csv", "read_table_file",
 ]
 
 
@@ -99,7 +99,8 @@ class TableSplits:
         return list(self.encoder.target_mean), list(self.encoder.target_std)
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"kind": "table", "task": self.task, "target": self.target, "class_names": self.class_names, **self.encoder.to_dict()}
+        return {"kind": "table", "task": self.task, "target": self.target, "class_names": self.class_names,
+                **self.encoder.to_dict()}
 
     def split_record(self) -> dict[str, Any]:
         """Which rows went where, and how (JSON-ready: the run directory's record of the split)."""
@@ -167,10 +168,12 @@ def load_table_data(
     if task == "classification":
         # The classes are those of the whole training table: a rare class may miss the training part.
         classes, class_names = class_indices(targets, None, table.source)
-        check_class_count(len(class_names), len(table), target_name, table.source, asked=asked, max_classes=max_classes)
+        check_class_count(len(class_names), len(table), target_name, table.source, asked=asked,
+                          max_classes=max_classes)
     parts = split_rows(len(table), test_split if test_table is None else 0.0, val_split, seed, classes)
     order = np.concatenate([parts["train"], parts["val"], parts["test"]])
-    encoder, inputs = TableEncoder.fit_transform(table, feature_names, order, len(parts["train"]), standardize=standardize)
+    encoder, inputs = TableEncoder.fit_transform(table, feature_names, order, len(parts["train"]),
+                                                 standardize=standardize)
     notes += missing_notes(table, feature_names)
     if task == "regression":
         values = regression_values(targets, table.source)
@@ -183,7 +186,8 @@ def load_table_data(
     if test_table is not None:
         y_test = (torch.from_numpy(class_indices(test_table.columns[target_name], class_names, test_table.source)[0])
                   if task == "classification" else
-                  torch.from_numpy(encoder.scale_targets(regression_values(test_table.columns[target_name], test_table.source))))
+                  torch.from_numpy(encoder.scale_targets(regression_values(test_table.columns[target_name],
+                                                                           test_table.source))))
         sets[2] = TensorDataset(torch.from_numpy(encoder.transform(test_table)), y_test)
     train_set, val_set, test_set = sets
     stratified = classes is not None and (len(parts["val"]) > 0 or len(parts["test"]) > 0)
@@ -192,8 +196,8 @@ def load_table_data(
     if test_table is not None:
         rows["test"] = np.arange(len(test_table))
     counts = split_counts(classes, parts, class_names) if classes is not None and class_names is not None else None
-    return TableSplits(train_set, val_set, test_set, task, class_names, encoder, target_name, notes, rows, seed, stratified,
-                       table.source, test_table.source if test_table is not None else None, counts)
+    return TableSplits(train_set, val_set, test_set, task, class_names, encoder, target_name, notes, rows, seed,
+                       stratified, table.source, test_table.source if test_table is not None else None, counts)
 
 
 def _read_source(source: Any, target: str | int | None, encoding: str) -> tuple[RawTable, str | int | None]:
@@ -252,7 +256,8 @@ def _array_splits(train: str | Path, target: str | int | None, test: str | Path 
     classes, class_names = None, None
     if task == "classification":
         classes, class_names = class_indices(targets, None, str(train))
-        check_class_count(len(class_names), len(targets), "the targets", str(train), asked=asked, max_classes=max_classes)
+        check_class_count(len(class_names), len(targets), "the targets", str(train), asked=asked,
+                          max_classes=max_classes)
     parts = split_rows(len(inputs), test_split if test_arrays is None else 0.0, val_split, seed, classes)
     encoder = TableEncoder.fit_array(inputs[parts["train"]], standardize=standardize)
     if task == "regression" and scale_targets:
@@ -278,8 +283,9 @@ def _array_splits(train: str | Path, target: str | int | None, test: str | Path 
         rows["test"] = np.arange(len(test_arrays[0]))
     counts = split_counts(classes, parts, class_names) if classes is not None and class_names is not None else None
     target_name = None if target is None else str(target)
-    return TableSplits(train_set, val_set, test_set, task, class_names, encoder, target_name, notes, rows, seed, stratified,
-                       str(train), str(test) if test is not None else (str(train) if test_arrays is not None else None), counts)
+    return TableSplits(train_set, val_set, test_set, task, class_names, encoder, target_name, notes, rows, seed,
+                       stratified, str(train),
+                       str(test) if test is not None else (str(train) if test_arrays is not None else None), counts)
 
 
 def _split_note(train: TensorDataset, val: TensorDataset | None, test: TensorDataset | None, test_file: bool,
@@ -289,5 +295,6 @@ def _split_note(train: TensorDataset, val: TensorDataset | None, test: TensorDat
         sizes.append(f"{len(val)} validation rows")
     if test is not None:
         sizes.append(f"{len(test)} test rows" + ("" if test_file else " held out"))
-    how = f" (seed {seed}{', stratified by class' if stratified else ''})" if val is not None or (test is not None and not test_file) else ""
+    held_out = val is not None or (test is not None and not test_file)
+    how = f" (seed {seed}{', stratified by class' if stratified else ''})" if held_out else ""
     return "data: " + ", ".join(sizes) + how

@@ -19,7 +19,8 @@ X_KEYS = ("x", "inputs", "features", "data", "images")
 Y_KEYS = ("y", "targets", "target", "labels", "label")
 
 
-def read_arrays(path: str | Path, target: str | int | None) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+def read_arrays(path: str | Path,
+                target: str | int | None) -> tuple[np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """(inputs, targets, optional (test inputs, test targets)) from a .npy or .npz file.
 
     A .npy file is one 2-D array whose `target` column (default: the last) holds the targets.
@@ -42,11 +43,14 @@ def read_arrays(path: str | Path, target: str | int | None) -> tuple[np.ndarray,
     y_key = str(target) if target is not None else next((lower[k] for k in Y_KEYS if k in lower), None)
     if y_key not in arrays:
         wanted = f'the target key "{target}"' if target is not None else "a targets array (y, targets or labels)"
-        raise DataError(f"{path} holds {', '.join(arrays)} but not {wanted}; give target: KEY{did_you_mean(str(target), arrays) if target is not None else ''}")
+        hint = did_you_mean(str(target), arrays) if target is not None else ""
+        raise DataError(f"{path} holds {', '.join(arrays)} but not {wanted}; give target: KEY{hint}")
     others = [k for k in arrays if k != y_key]
-    x_key = next((lower[k] for k in X_KEYS if k in lower and lower[k] != y_key), others[0] if len(others) == 1 else None)
+    x_key = next((lower[k] for k in X_KEYS if k in lower and lower[k] != y_key),
+                 others[0] if len(others) == 1 else None)
     if x_key is None:
-        raise DataError(f"{path} holds {', '.join(arrays)}; zerograd cannot tell which array holds the inputs; name it x")
+        raise DataError(f"{path} holds {', '.join(arrays)}; zerograd cannot tell which array holds the inputs; "
+                        "name it x")
     return arrays[x_key], arrays[y_key], None
 
 
@@ -73,9 +77,11 @@ def load_numpy(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
                         "with np.save (one array) or np.savez (several)") from None
 
 
-def _split_target_column(array: np.ndarray, target: str | int | None, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _split_target_column(array: np.ndarray, target: str | int | None,
+                         path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if array.ndim != 2:
-        raise DataError(f"{path} holds one array of shape {list(array.shape)}; a single array must be 2-D (rows of features with a target column), or use an .npz with x and y")
+        raise DataError(f"{path} holds one array of shape {list(array.shape)}; a single array must be 2-D (rows of "
+                        "features with a target column), or use an .npz with x and y")
     if array.dtype.kind not in "biuf":
         raise DataError(f"{path} holds {array.dtype} values; zerograd reads numeric arrays (allow_pickle is off)")
     try:
@@ -102,8 +108,9 @@ def array_gaps(inputs: np.ndarray, source: str | Path) -> list[str]:
     infinite = np.isinf(inputs)
     if infinite.any():
         count = int(infinite.sum())
-        warnings.warn(f"{source}: {count} input value{'s are' if count > 1 else ' is'} inf/-inf ({_column_names(infinite)}); "
-                      "they are read as missing values (filled with the training mean)", ZerogradWarning, stacklevel=4)
+        warnings.warn(f"{source}: {count} input value{'s are' if count > 1 else ' is'} inf/-inf "
+                      f"({_column_names(infinite)}); they are read as missing values (filled with the training mean)",
+                      ZerogradWarning, stacklevel=4)
     return [f"{named}: {int(gaps.sum())} missing values filled with the training mean"]
 
 

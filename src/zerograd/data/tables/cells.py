@@ -43,8 +43,8 @@ class CellReport:
         if self.decimal_comma:
             names, example = _listed(self.decimal_comma)
             value = example.replace(".", "").replace(",", ".")
-            warnings.warn(f"{source}: {names} hold{'s' * (len(self.decimal_comma) == 1)} numbers written with a decimal "
-                          f"comma (e.g. {example!r}); they are read as decimal numbers ({example!r} = {value})",
+            warnings.warn(f"{source}: {names} hold{'s' * (len(self.decimal_comma) == 1)} numbers written with a "
+                          f"decimal comma (e.g. {example!r}); they are read as decimal numbers ({example!r} = {value})",
                           ZerogradWarning, stacklevel=stacklevel)
         if self.thousands:
             names, example = _listed(self.thousands)

@@ -32,7 +32,8 @@ def target_column(table: RawTable, target: str | int | None) -> str:
             raise ConfigError(f"target column {target} is out of range: {table.source} has {len(table.names)} columns")
         return table.names[target]
     if str(target) not in table.columns:
-        raise ConfigError(f'{table.source} has no column "{target}"{did_you_mean(str(target), table.names)}; its columns: {", ".join(table.names)}')
+        raise ConfigError(f'{table.source} has no column "{target}"{did_you_mean(str(target), table.names)}; '
+                          f'its columns: {", ".join(table.names)}')
     return str(target)
 
 
@@ -53,7 +54,8 @@ def choose_features(table: RawTable, target: str, features: str | Sequence[str] 
     chosen, dropped = column_list(features, "features"), column_list(drop, "drop") or []
     for name in [*(chosen or []), *dropped]:
         if name not in table.columns:
-            raise ConfigError(f'{table.source} has no column "{name}"{did_you_mean(name, table.names)}; its columns: {", ".join(table.names)}')
+            raise ConfigError(f'{table.source} has no column "{name}"{did_you_mean(name, table.names)}; '
+                              f'its columns: {", ".join(table.names)}')
     if target in dropped:
         raise ConfigError(f'the target column "{target}" cannot be dropped; give another target to leave it out')
     if chosen is not None and target in chosen:

@@ -124,7 +124,8 @@ class TableEncoder:
         if rows.ndim == 1:
             rows = rows[None, :]
         if rows.ndim != 2 or rows.shape[1] != len(self.columns):
-            raise DataError(f"each row needs {len(self.columns)} values ({', '.join(self.feature_names)}), got shape {list(rows.shape)}")
+            raise DataError(f"each row needs {len(self.columns)} values ({', '.join(self.feature_names)}), "
+                            f"got shape {list(rows.shape)}")
         table = RawTable(self.feature_names, {c.name: rows[:, i] for i, c in enumerate(self.columns)}, "input")
         return self.transform(table)
 
@@ -165,8 +166,10 @@ class TableEncoder:
         """Also reads the preprocessing.json of runs written before target scaling existed."""
         columns = [Column(**c) for c in data.get("columns", [])]
         scale = data.get("target_scale") or {}
-        return cls(columns, float(data.get("mean", 0.0)), float(data.get("std", 1.0)), list(data.get("input_shape", [])),
-                   [float(v) for v in scale["mean"]] if scale else None, [float(v) for v in scale["std"]] if scale else None)
+        return cls(columns, float(data.get("mean", 0.0)), float(data.get("std", 1.0)),
+                   list(data.get("input_shape", [])),
+                   [float(v) for v in scale["mean"]] if scale else None,
+                   [float(v) for v in scale["std"]] if scale else None)
 
 
 def _column_dict(column: Column) -> dict[str, Any]:
@@ -189,8 +192,9 @@ def _fit_column(name: str, values: np.ndarray, source: str, standardize: bool) -
     present = texts[~missing_mask(texts)]
     categories = sorted(present.unique().tolist())
     if len(categories) > MAX_CATEGORIES:
-        raise DataError(f"{source}: column {name!r} holds {len(categories)} different texts (e.g. {categories[0]!r}), too "
-                        "many for a category (one input each); leave it out (drop it, or list the features to use)")
+        raise DataError(f"{source}: column {name!r} holds {len(categories)} different texts "
+                        f"(e.g. {categories[0]!r}), too many for a category (one input each); leave it out (drop it, "
+                        "or list the features to use)")
     words = len(present) - count_numbers(present)
     if 0 < words <= len(present) // 2:  # mostly numbers: a few stray words made it text
         example = present[~present.str.fullmatch(NUMBER_PATTERN).fillna(False)].iloc[0]

@@ -150,7 +150,8 @@ def choose_encoding(head: bytes, encoding: str) -> str:
     try:
         return codecs.lookup(encoding).name
     except (LookupError, TypeError):
-        raise ConfigError(f"unknown encoding {encoding!r}; give one Python knows, e.g. utf-8, latin-1, cp1252, utf-16") from None
+        raise ConfigError(f"unknown encoding {encoding!r}; give one Python knows, e.g. utf-8, latin-1, cp1252, "
+                          "utf-16") from None
 
 
 def not_text_error(path: Path, codec: str) -> DataError:

@@ -46,7 +46,8 @@ def split_rows(n: int, test_split: float, val_split: float, seed: int,
         val = _allocate(sizes - test, n_val, rng)
         part[rank < (test + val)[classes]] = VAL
         part[rank < test[classes]] = TEST
-    return {"test": np.flatnonzero(part == TEST), "val": np.flatnonzero(part == VAL), "train": np.flatnonzero(part == TRAIN)}
+    return {"test": np.flatnonzero(part == TEST), "val": np.flatnonzero(part == VAL),
+            "train": np.flatnonzero(part == TRAIN)}
 
 
 def _rank_within_class(classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -82,5 +83,6 @@ def _allocate(sizes: np.ndarray, total: int, rng: np.random.Generator) -> np.nda
 
 def split_counts(classes: np.ndarray, rows: dict[str, np.ndarray], class_names: list[str]) -> dict[str, dict[str, int]]:
     """Rows of each class in each part, e.g. {"test": {"setosa": 10, ...}, ...}."""
-    return {part: {name: int(count) for name, count in zip(class_names, np.bincount(classes[index], minlength=len(class_names)))}
+    return {part: {name: int(count)
+                   for name, count in zip(class_names, np.bincount(classes[index], minlength=len(class_names)))}
             for part, index in rows.items() if len(index)}

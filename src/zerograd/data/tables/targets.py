@@ -7,9 +7,8 @@ is refused unless asked for explicitly (`max_classes`).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import torch
 
 from zerograd.data.tables.cells import column_texts, missing_mask
 from zerograd.errors import ConfigError, DataError, did_you_mean
@@ -83,8 +82,8 @@ def _labels(values: np.ndarray, source: str) -> tuple[np.ndarray, list[str]]:
         missing = int((~np.isfinite(numbers)).sum())
         if not missing and not np.all(numbers == np.round(numbers)):
             raise DataError(
-                f"{source}: the target holds fractional numbers ({numbers[numbers != np.round(numbers)][0]:g}), which are "
-                "not classes; for regression use loss: mse (or --task regress)")
+                f"{source}: the target holds fractional numbers ({numbers[numbers != np.round(numbers)][0]:g}), "
+                "which are not classes; for regression use loss: mse (or --task regress)")
         if missing:
             raise _missing_targets(source, missing)
         codes, distinct = pd.factorize(numbers, sort=True)
@@ -113,7 +112,8 @@ def check_class_count(classes: int, rows: int, target: str, source: str, *, aske
     """Refuse a classification with more classes than a table of `rows` rows has room for (more
     than MAX_CLASSES, or more than FEW_CLASSES that are most of the rows), unless `asked` (the task
     was given as classification) with `max_classes` at least `classes`."""
-    if max_classes is not None and (isinstance(max_classes, bool) or not isinstance(max_classes, int) or max_classes < 2):
+    if max_classes is not None and (isinstance(max_classes, bool) or not isinstance(max_classes, int)
+                                    or max_classes < 2):
         raise ConfigError(f"max_classes must be a whole number of at least 2, got {max_classes!r}")
     plausible = classes <= MAX_CLASSES and not (classes > FEW_CLASSES and classes > rows / 2)
     allowed = classes <= max_classes if max_classes is not None else plausible
@@ -122,9 +122,9 @@ def check_class_count(classes: int, rows: int, target: str, source: str, *, aske
     if max_classes is not None and classes > max_classes:
         raise DataError(f"{source}: the target {target!r} holds {classes} classes, more than max_classes={max_classes}")
     raise DataError(f"{source}: the target {target!r} holds {classes} different values in {rows} rows, too many to be "
-                    f"classes (a measurement, a count or an ID?); to predict the values use regression (--task regress, "
-                    f"loss: mse), or to train a classifier on {classes} classes anyway give task: classification with "
-                    f"max_classes: {classes}")
+                    f"classes (a measurement, a count or an ID?); to predict the values use regression "
+                    f"(--task regress, loss: mse), or to train a classifier on {classes} classes anyway give task: "
+                    f"classification with max_classes: {classes}")
 
 
 def regression_values(targets: np.ndarray, source: str) -> np.ndarray:
@@ -141,11 +141,10 @@ def regression_values(targets: np.ndarray, source: str) -> np.ndarray:
     return numbers
 
 
-def encode_targets(targets: np.ndarray, task: str, class_names: list[str] | None, source: str) -> tuple[Any, list[str] | None]:
+def encode_targets(targets: np.ndarray, task: str, class_names: list[str] | None,
+                   source: str) -> tuple[torch.Tensor, list[str] | None]:
     """Class indices (int64 tensor [N]) and the class names, or float32 values [N, k] for regression
     (not standardised: see `TableEncoder.scale_targets`)."""
-    import torch
-
     if task == "regression":
         return torch.from_numpy(regression_values(targets, source).astype(np.float32)), None
     indices, names = class_indices(targets, class_names, source)
