@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = experiment.data.train.tensors
     manual = None
     if not args.autograd and config["fused_mlp"]:
-        manual = ManualMLP.for_model(model, loss_fn, config["precision"])  # what fit does (engine._train_epoch)
+        manual = ManualMLP.for_model(model, loss_fn, config["precision"])  # what fit does (train_step.choose_step)
     batches = torch.randperm(len(x)).split(config["batch_size"])
     phases = {"batch": 0.0, "zero_grad": 0.0, "forward+loss": 0.0, "backward": 0.0, "step": 0.0}
     clock = time.thread_time if args.threads == 1 else time.perf_counter
