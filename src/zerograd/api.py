@@ -222,6 +222,10 @@ def build_summary(experiment: Experiment, result: FitResult) -> dict[str, Any]:
         "input_shape": data.input_shape,
         "class_names": data.class_names,
     }
+    if result.init is not None:  # `init`: where the weights came from, what was loaded, skipped and new
+        summary["init"] = result.init
+    if result.averaged is not None:  # ema / swa: the saved weights and the final figures are the averaged ones
+        summary["weights"] = result.averaged
     if data.summary_extras is not None:  # figures of the data set's own (the line's learned w and b)
         extras = data.summary_extras(result.model)
         summary |= extras

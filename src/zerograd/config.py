@@ -23,7 +23,8 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
 META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard",
              "progress", "plots", "log_every")
 TOP_KEYS = META_KEYS + TRAIN_KEYS
-NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping")
+NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping", "fine_tune", "ema", "swa",
+               "lr_groups")
 
 
 def recipe_names() -> list[str]:
@@ -152,7 +153,9 @@ def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | Non
                               '"zerograd recipes")')
     defaults = FitOptions().to_dict()
     options = {key: config.get(key, defaults[key]) for key in TRAIN_KEYS}
-    FitOptions.from_kwargs(options)  # type and range checks, with clear messages
+    # type and range checks, with clear messages; a fine_tune plan fills in epochs and unfreeze_after
+    checked = FitOptions.from_kwargs(options, given=[key for key in config if key in options])
+    options |= {key: getattr(checked, key) for key in ("epochs", "unfreeze_after")}
     resolved = {"name": config.get("name", "custom"), "description": config.get("description", "")}
     resolved |= {"data": config["data"], "model": config["model"]}
     resolved |= {key: config[key] for key in META_KEYS if key in config and key not in resolved and key != "extends"}

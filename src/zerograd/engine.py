@@ -28,13 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from zerograd.accelerator import Accelerator
+from zerograd.accelerator import Accelerator, unwrap
+from zerograd.callbacks.averaging import evaluated, weight_averaging_from, with_swa
 from zerograd.callbacks.base import Callback
 from zerograd.callbacks.early_stopping import EarlyStopping, early_stopping_from
+from zerograd.callbacks.init_weights import InitFrom
 from zerograd.data.loader import BatchSource, batch_source, input_batches, split_validation
 from zerograd.distributed import check_global_batch
 from zerograd.errors import DataError
 from zerograd.fast.heap import retained_heap
+from zerograd.finetune import Freezing, parameter_groups
 from zerograd.losses import build_loss, is_summed, task_of
 from zerograd.metrics import Metric, build_metrics
 from zerograd.nan_guard import NonFiniteGuard, check_finite_weights
@@ -82,6 +85,8 @@ class FitResult:
     best_epoch: int | None  # early stopping's best epoch (None without early stopping)
     restored_epoch: int | None  # the epoch whose weights early stopping put back at the end
     step: str  # the step strategy: "autograd" or "hand-derived MLP gradients"
+    init: dict[str, Any] | None = None  # `init`: where the weights came from, what was loaded, skipped and new
+    averaged: str | None = None  # ema/swa: the averaged weights the model holds, e.g. "ema (decay 0.999, ...)"
 
 
 def run_fit(model: nn.Module, train_data: Any, *, eval_data: Any = None, val_data: Any = None,
@@ -113,15 +118,21 @@ class _Training:
         self.val_source = self._eval_source(val_data)
         self.test_source = self._eval_source(eval_data)
 
+        # freeze / fine_tune: no gradients for the frozen parameters from the first step on (and DDP's
+        # all-reduce, set up next, leaves them out); which train is a function of the epoch (finetune.py)
+        self.freezing = Freezing.from_options(model, opts)
+        if self.freezing is not None:
+            self.freezing.apply(0)
         self.model = acc.prepare_model(model, compile=opts.compile, channels_last=opts.channels_last)
         if acc.rank > 0:  # after DDP's broadcast of rank 0's weights: each rank draws its own dropout masks
             seed_everything(rank_seed(opts.seed, acc.rank))  # (the data order has a generator of its own)
-        self.optimizer = build_optimizer(model.parameters(), opts.optimizer, lr=opts.lr, momentum=opts.momentum,
+        groups = parameter_groups(model, lr=opts.lr, lr_groups=opts.lr_groups, lr_decay=opts.lr_decay)
+        self.optimizer = build_optimizer(groups, opts.optimizer, lr=opts.lr, momentum=opts.momentum,
                                          weight_decay=opts.weight_decay, device=acc.device)
         batches = len(self.source)
-        self.schedule = build_schedule(self.optimizer, opts.schedule,
-                                       steps_per_epoch=math.ceil(batches / opts.accumulate),
-                                       epochs=opts.epochs)
+        self.schedule = with_swa(build_schedule(self.optimizer, opts.schedule,  # swa: SWALR from its start epoch
+                                                steps_per_epoch=math.ceil(batches / opts.accumulate),
+                                                epochs=opts.epochs), self.optimizer, opts)
         train_loss = acc.prepare_loss(self.loss_fn)  # DDP: 0, not NaN, for a rank's empty share of a tiny tail batch
         self.totals = EpochTotals(acc.device, build_metrics(opts.metrics, self.task), summed=is_summed(train_loss))
         self.state = LoopState(self.model, self.optimizer, acc, opts, self.schedule, batches_per_epoch=batches,
@@ -130,6 +141,8 @@ class _Training:
         self.train_loss = train_loss
         self.step = choose_step(self.model, train_loss, acc, self.source, fused_mlp=opts.fused_mlp)
         self.window = AccumulationWindow(opts.accumulate, batches, summed=self.totals.summed)
+        self.averaging = weight_averaging_from(opts, model, acc, train_data)  # ema / swa (callbacks/averaging.py)
+        self.state.averaged = self.averaging.weights if self.averaging is not None else None
 
         if opts.preflight:  # one batch through model and loss: a clear error now, not a traceback later
             preflight(self.model, self.source, self.loss_fn, task=self.task, acc=acc, opts=opts, given=given_train)
@@ -138,9 +151,9 @@ class _Training:
             inputs = None if sample is None else acc.to_device(sample)[0]
             opts.threads = auto_threads(self.model, inputs, acc.device, opts.batch_size // acc.world_size)
             torch.set_num_threads(opts.threads)  # kept in the options: the run records the count it used
-        stopper = early_stopping_from(opts.early_stopping)
+        own = (early_stopping_from(opts.early_stopping), InitFrom(opts.init) if opts.init else None, self.averaging)
         # stable: callbacks of the same `order` keep the order they were given in
-        self.callbacks = sorted(([stopper] if stopper else []) + callbacks, key=lambda c: getattr(c, "order", 0))
+        self.callbacks = sorted([c for c in own if c is not None] + callbacks, key=lambda c: getattr(c, "order", 0))
         self.state.checkpoint = self._checkpoint_parts()
 
     def _eval_source(self, data: Any) -> BatchSource | None:
@@ -169,6 +182,7 @@ class _Training:
         for callback in callbacks:
             callback.on_fit_start(state)  # may restore a checkpoint: epoch, batch, weights
         while state.epoch < opts.epochs and not state.stop_requested:
+            self.freeze_for_epoch()
             for callback in callbacks:
                 callback.on_epoch_start(state)
             started = time.perf_counter()
@@ -180,10 +194,11 @@ class _Training:
             state.train_seconds += logs["seconds"]
             if state.stop_requested and state.batch:  # stopped inside the epoch (e.g. a signal)
                 break
-            for prefix, source in (("val_", self.val_source), ("test_", self.test_source)):
-                if source is not None:
-                    metrics = build_metrics(opts.metrics, self.task)
-                    logs |= evaluate_source(self.model, source, self.loss_fn, metrics, self.acc, prefix=prefix)
+            with evaluated(self.averaging):  # ema / swa: the averaged weights are what is evaluated
+                for prefix, source in (("val_", self.val_source), ("test_", self.test_source)):
+                    if source is not None:
+                        metrics = build_metrics(opts.metrics, self.task)
+                        logs |= evaluate_source(self.model, source, self.loss_fn, metrics, self.acc, prefix=prefix)
             if self.schedule is not None:
                 self.schedule.after_epoch(logs)
             state.history.append(logs)
@@ -193,6 +208,14 @@ class _Training:
         for callback in callbacks:
             callback.on_fit_end(state)
         return self._result()
+
+    def freeze_for_epoch(self) -> None:
+        """freeze / unfreeze_after: which parameters train this epoch. Under DDP the model is
+        wrapped again when that changes, so that its gradient all-reduce covers those that now train."""
+        if self.freezing is not None and self.freezing.apply(self.state.epoch) and self.acc.distributed:
+            opts = self.opts
+            self.model = self.state.model = self.acc.prepare_model(unwrap(self.model), compile=opts.compile,
+                                                                   channels_last=opts.channels_last)
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training data; the epoch's train loss and metrics ({} when a
@@ -238,10 +261,11 @@ class _Training:
     def _result(self) -> FitResult:
         state = self.state
         stopper = next((c for c in self.callbacks if isinstance(c, EarlyStopping)), None)
+        init = next((c.record for c in self.callbacks if isinstance(c, InitFrom)), None)
         return FitResult(state.history, state.raw_model, self.opts, self.acc, state.epoch, state.batch,
                          state.global_step, state.train_seconds, state.stop_reason,
                          stopper.best_epoch if stopper else None, stopper.restored_epoch if stopper else None,
-                         self.step.name)
+                         self.step.name, init, self.averaging.applied if self.averaging is not None else None)
 
 
 def stateful_callbacks(callbacks: Sequence[Callback]) -> dict[str, Callback]:

@@ -5,6 +5,7 @@ keyword arguments against the builder's signature so a typo is caught before tra
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from torch import nn
 
 from zerograd.errors import ConfigError, did_you_mean
 from zerograd.layers import build_layer_list, check_kwargs, import_model, is_import_path, require_trust
+from zerograd.transfer import init_from
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -140,6 +142,64 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def timm_model(architecture: str, input_shape: Sequence[int] | None = None, *, pretrained: bool | str | None = None,
+               **kwargs: Any) -> nn.Module:
+    """`{name: "timm:resnet18", num_classes: 10, pretrained: FILE}`: a timm architecture (timm's
+    `create_model` keyword arguments pass through; `in_chans` comes from image inputs). `pretrained`:
+    a weights file, loaded by name (a head for other classes keeps its new weights, and a warning
+    says so); `true` lets timm download its own weights (the one download zerograd allows, because
+    it was asked for); nothing or false: random weights."""
+    timm = _import_library("timm", "pip install timm; it brings torchvision")
+    if input_shape is not None and len(input_shape) == 3:
+        kwargs.setdefault("in_chans", int(input_shape[0]))
+    try:
+        model = timm.create_model(architecture, pretrained=pretrained is True, **kwargs)
+    except RuntimeError as error:
+        if "unknown model" not in str(error).lower():
+            raise
+        raise ConfigError(f'timm has no model "{architecture}"{did_you_mean(architecture, timm.list_models())}; '
+                          "see timm.list_models()") from None
+    except TypeError as error:
+        raise ConfigError(f"bad options for timm model {architecture}: {error}") from None
+    except Exception as error:  # the download timm was asked for failed (offline, say)
+        if pretrained is not True:
+            raise
+        raise ConfigError(
+            f"could not get timm's pretrained weights for {architecture} ({type(error).__name__}: {str(error)[:160]}); "
+            f"where there is a network, save them to a file (e.g. save_file(timm.create_model('{architecture}', "
+            f"pretrained=True).state_dict(), '{architecture}.safetensors') with safetensors.torch.save_file), "
+            f'put it beside your config and give it: model: {{name: "timm:{architecture}", pretrained: '
+            f"{architecture}.safetensors}}") from None
+    if isinstance(pretrained, str) and pretrained:
+        init_from(model, pretrained)
+    elif pretrained not in (None, False, True):
+        raise ConfigError(f"pretrained must be a weights file, true (timm downloads its own) or false, got "
+                          f"{pretrained!r}")
+    return model
+
+
+def _import_library(name: str, install: str) -> Any:
+    """A model library, imported when a config names one of its models (it is heavy, and optional)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f'the model library "{name}" is not installed; install it ({install}) to build its '
+                          "models") from None
+    except Exception as error:  # installed but broken (e.g. a dependency built for another torch)
+        raise ConfigError(f'the model library "{name}" could not be imported ({type(error).__name__}: '
+                          f"{str(error)[:160]}); reinstall it to match this torch ({torch.__version__})") from None
+
+
+# Model libraries a config may name as `LIBRARY:architecture` ("timm:resnet18"). Their models are
+# a library's, not code of the config's: they are built without --trust-code, like the zoo's.
+MODEL_LIBRARIES: dict[str, Callable[..., nn.Module]] = {"timm": timm_model}
+
+
+def library_model(name: Any) -> bool:
+    """Whether `name` is `LIBRARY:architecture` of a model library zerograd knows."""
+    return isinstance(name, str) and name.partition(":")[0] in MODEL_LIBRARIES and ":" in name
+
+
 def build_model(spec: str | dict[str, Any] | list[Any], input_shape: Sequence[int] | None = None, *,
                 trust_code: bool = True, origin: str | Path | None = None) -> nn.Module:
     """Build a zoo model from `"name"` or `{name: ..., **kwargs}`, a layer list `[{linear: 64}, relu, ...]`
@@ -161,6 +221,9 @@ def build_model(spec: str | dict[str, Any] | list[Any], input_shape: Sequence[in
     name = kwargs.pop("name")
     if not isinstance(name, str):
         raise ConfigError(f"the model's name must be a text (a zoo model or package.module:Class), got {name!r}")
+    if library_model(name):
+        library, _, architecture = name.partition(":")
+        return MODEL_LIBRARIES[library](architecture, input_shape, **kwargs)
     if is_import_path(name):
         return import_model(name, kwargs)
     if name not in MODELS:
@@ -174,7 +237,7 @@ def imported_class(spec: Any) -> str | None:
     """The `module:Class` (or `file.py:Class`) a model spec would import; None for zoo models and
     layer lists."""
     name = spec.get("name") if isinstance(spec, dict) else spec
-    return name if is_import_path(name) else None
+    return name if is_import_path(name) and not library_model(name) else None
 
 
 def check_trusted(spec: Any, *, trust_code: bool, origin: str | Path | None = None) -> None:

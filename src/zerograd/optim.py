@@ -6,12 +6,14 @@ kernel for all parameters instead of a Python loop over them, the same maths.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
+from torch.optim.swa_utils import SWALR
 
 from zerograd import fast
 from zerograd.errors import ConfigError, did_you_mean
@@ -166,7 +168,8 @@ def _onecycle(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: 
                          "train more epochs, use a smaller batch or a larger pct_start")
     scheduler = lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=options.get("max_lr", optimizer.param_groups[0]["lr"]),
+        # per param group (lr_groups, lr_decay): each group's peak keeps its ratio to the run's lr
+        max_lr=[options.get("max_lr", run_lr(optimizer)) * g.get("lr_scale", 1.0) for g in optimizer.param_groups],
         total_steps=total,
         pct_start=pct_start,
         div_factor=options.get("div_factor", 25.0),
@@ -183,8 +186,7 @@ def _warmup_cosine_schedule(optimizer: torch.optim.Optimizer, options: dict[str,
         warmup = int(round(options.get("warmup_fraction", 0.05) * total))
     if warmup < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup}")
-    base_lr = optimizer.param_groups[0]["lr"]
-    min_factor = options.get("min_lr", 0.0) / base_lr
+    min_factor = options.get("min_lr", 0.0) / run_lr(optimizer)
     return Schedule(lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total, min_factor)), "step")
 
 
@@ -232,4 +234,79 @@ def _warmup_cosine(warmup: int, total: int, min_factor: float):
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
+    """The lr of the run's `lr` as scheduled (param groups at other rates keep their ratio to it)."""
+    group = optimizer.param_groups[0]
+    scale = group.get("lr_scale", 1.0)
+    return float(group["lr"]) if scale == 1.0 else float(group["lr"]) / scale
+
+
+def run_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The run's `lr` as the optimizer was built with it (before any schedule changed it)."""
+    group = optimizer.param_groups[0]
+    return float(group.get("initial_lr", group["lr"])) / group.get("lr_scale", 1.0)
+
+
+class SWASchedule(Schedule):
+    """`swa: {start_epoch, lr, anneal_epochs}`: the run's own schedule (`inner`, None without one)
+    until epoch `start_epoch` (1-based), then torch's `SWALR`: from that epoch on the lr anneals
+    (cosine) from where it was to the SWA lr over `anneal_epochs` epochs (1: the first averaged
+    epoch trains at the SWA lr) and stays there. Param groups keep their ratio (`lr_scale`)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, inner: Schedule | None, *, start_epoch: int, swa_lr: float,
+                 anneal_epochs: int) -> None:
+        super().__init__(inner.scheduler if inner else None, inner.interval if inner else "epoch",
+                         inner.monitor if inner else None)
+        self.optimizer, self.inner = optimizer, inner
+        self.start_epoch, self.swa_lr, self.anneal_epochs = start_epoch, swa_lr, anneal_epochs
+        self.epochs_done = 0
+        self.swalr: SWALR | None = None
+        if start_epoch <= 1:
+            self._start()
+
+    @property
+    def averaging(self) -> bool:
+        """Whether the epoch in progress (the next one, between epochs) is one SWA averages."""
+        return self.epochs_done + 1 >= self.start_epoch
+
+    def _make_swalr(self) -> SWALR:
+        rates = [self.swa_lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
+        with warnings.catch_warnings():  # (made between epochs, not after an optimizer step: torch would warn)
+            warnings.simplefilter("ignore", UserWarning)
+            return SWALR(self.optimizer, swa_lr=rates, anneal_epochs=self.anneal_epochs,
+                                      anneal_strategy="cos")
+
+    def _start(self) -> None:
+        self.swalr = self._make_swalr()  # (leaves the lr as it is)
+        self._step_swalr()  # the first averaged epoch trains at the first annealed lr
+
+    def _step_swalr(self) -> None:
+        assert self.swalr is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.swalr.step()
+
+    def after_step(self) -> None:
+        self.last_lr = current_lr(self.optimizer)
+        if self.swalr is None and self.inner is not None and self.inner.interval == "step":
+            self.inner.scheduler.step()
+
+    def after_epoch(self, logs: dict[str, float]) -> None:
+        self.epochs_done += 1
+        if self.swalr is not None:
+            self._step_swalr()
+        elif self.averaging:
+            self._start()
+        elif self.inner is not None:
+            self.inner.after_epoch(logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict() if self.inner else None, "epochs_done": self.epochs_done,
+                "swalr": self.swalr.state_dict() if self.swalr else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.inner is not None:
+            self.inner.load_state_dict(state["inner"])
+        self.epochs_done = state["epochs_done"]
+        if state["swalr"] is not None:
+            self.swalr = self.swalr or self._make_swalr()
+            self.swalr.load_state_dict(state["swalr"])

@@ -6,7 +6,9 @@ message naming the key, not after the data has loaded.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,10 @@ from zerograd.optim import check_schedule
 
 ON_NAN = ("error", "skip")
 EARLY_STOPPING_KEYS = ("monitor", "mode", "patience", "min_delta", "restore_best")
+EMA_KEYS = ("decay", "warmup")
+SWA_KEYS = ("start_epoch", "lr", "anneal_epochs")
+FINE_TUNE_KEYS = ("frozen_epochs", "epochs")
+DEFAULT_EMA_DECAY = 0.999
 
 
 @dataclass
@@ -48,18 +54,29 @@ class FitOptions:
     on_nan: str = "error"  # a NaN/Inf loss: "error" stops with a message, "skip" leaves the batch out
     preflight: bool = True  # check data, model and loss on one batch before training
     fused_mlp: bool = True  # plain Linear/activation MLPs: hand-derived gradients, bitwise autograd's (zerograd.fast)
+    # Fine-tuning and weight averaging (zerograd/finetune.py, transfer.py, callbacks/averaging.py)
+    init: str | None = None  # start from a run's weights (RUN_DIR) or a weights file, tensors matched by name
+    freeze: list | str | None = None  # parameter-name patterns (fnmatch, e.g. "features.*") that do not train
+    unfreeze_after: int | None = None  # the frozen parameters train too after this many epochs
+    fine_tune: dict | None = None  # {frozen_epochs, epochs}: the head alone first, then everything (fastai's)
+    lr_groups: dict | None = None  # {"pattern": lr}: the lr of the parameters each pattern matches
+    lr_decay: float | None = None  # discriminative rates: lr x lr_decay^k for the k-th layer before the last
+    ema: dict | bool | float | None = None  # {decay, warmup} or true: evaluate and save an EMA of the weights
+    swa: dict | bool | None = None  # {start_epoch, lr, anneal_epochs} or true: stochastic weight averaging
 
     @classmethod
-    def from_kwargs(cls, options: dict[str, Any]) -> FitOptions:
+    def from_kwargs(cls, options: dict[str, Any], *, given: Collection[str] | None = None) -> FitOptions:
+        """The options, checked. `given`: the keys the user set (default: all of `options`); a
+        `fine_tune` plan sets `epochs` and `unfreeze_after` unless they were given otherwise."""
         names = [f.name for f in dataclasses.fields(cls)]
         for key in options:
             if key not in names:
                 raise ConfigError(f'unknown training option "{key}"{did_you_mean(key, names)}')
         result = cls(**options)
-        result.validate()
+        result.validate(given=options.keys() if given is None else given)
         return result
 
-    def validate(self) -> None:
+    def validate(self, *, given: Collection[str] = ()) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             check_type(f.name, getattr(self, f.name), hints[f.name])
@@ -82,6 +99,11 @@ class FitOptions:
         check_schedule(self.schedule, lr=self.lr, epochs=self.epochs)
         early_stopping_options(self.early_stopping)
         check_on_nan(self.on_nan)
+        check_fine_tuning(self, given)
+        ema_options(self.ema)
+        swa_options(self.swa, epochs=self.epochs, lr=self.lr)
+        if self.ema not in (None, False) and self.swa not in (None, False):
+            raise ConfigError("ema and swa both average the weights; choose one of them")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,3 +153,94 @@ def check_early_stopping(monitor: str, mode: str, patience: int) -> str:
     if patience < 0:
         raise ConfigError(f"early_stopping patience must be >= 0, got {patience}")
     return resolved
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning and weight averaging
+
+
+def check_fine_tuning(opts: FitOptions, given: Collection[str] = ()) -> None:
+    """Check freeze, unfreeze_after, fine_tune, lr_groups and lr_decay. `fine_tune: {frozen_epochs:
+    F, epochs: E}` is set out here as `unfreeze_after: F` over `epochs: F + E`, so that everything
+    after it (the schedule, the progress, config.yaml) sees the whole run."""
+    if opts.fine_tune is not None:
+        plan = fine_tune_options(opts.fine_tune)
+        total = plan["frozen_epochs"] + plan["epochs"]
+        for key, value in (("epochs", total), ("unfreeze_after", plan["frozen_epochs"])):
+            now = getattr(opts, key)
+            if key in given and now is not None and now != value:
+                raise ConfigError(f"fine_tune trains {plan['frozen_epochs']} epochs frozen, then {plan['epochs']} "
+                                  f"unfrozen ({key} {value}), but {key} is {now}; leave {key} out (fine_tune sets it)")
+            setattr(opts, key, value)
+    patterns = [opts.freeze] if isinstance(opts.freeze, str) else opts.freeze or []
+    if not all(isinstance(p, str) and p for p in patterns):
+        raise ConfigError(f"freeze takes parameter-name patterns (e.g. [\"features.*\"]), got {opts.freeze!r}")
+    if opts.unfreeze_after is not None:
+        if opts.freeze is None and opts.fine_tune is None:
+            raise ConfigError("unfreeze_after says when the frozen parameters start to train; it needs freeze: "
+                              "[patterns] (or fine_tune)")
+        if not 1 <= opts.unfreeze_after < opts.epochs:
+            raise ConfigError(f"unfreeze_after must be a number of epochs from 1 to epochs - 1 ({opts.epochs - 1}), "
+                              f"got {opts.unfreeze_after}; leave it out to keep the frozen parameters frozen")
+    for pattern, lr in (opts.lr_groups or {}).items():
+        if not isinstance(pattern, str) or isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+            raise ConfigError(f"lr_groups maps parameter-name patterns to learning rates > 0 (e.g. "
+                              f'{{"features.*": 1e-4}}), got {pattern!r}: {lr!r}')
+    if opts.lr_decay is not None and not 0 < opts.lr_decay <= 1:
+        raise ConfigError(f"lr_decay must be in (0, 1] (each layer's lr is the next one's x lr_decay), "
+                          f"got {opts.lr_decay}")
+    if opts.lr_groups and opts.lr_decay is not None:
+        raise ConfigError("lr_groups and lr_decay both set the learning rates of parts of the model; use one")
+
+
+def fine_tune_options(spec: dict[str, Any]) -> dict[str, int]:
+    """`fine_tune: {frozen_epochs, epochs}` checked: whole numbers, frozen_epochs >= 1, epochs >= 1."""
+    unknown = [key for key in spec if key not in FINE_TUNE_KEYS]
+    if unknown:
+        raise ConfigError(f'fine_tune has no option "{unknown[0]}"{did_you_mean(str(unknown[0]), FINE_TUNE_KEYS)}; '
+                          f'valid: {", ".join(FINE_TUNE_KEYS)}')
+    plan = {"frozen_epochs": spec.get("frozen_epochs", 1), "epochs": spec.get("epochs")}
+    for key, value in plan.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"fine_tune {key} must be a whole number >= 1, got {value!r} (e.g. fine_tune: "
+                              "{frozen_epochs: 1, epochs: 3})")
+    return plan
+
+
+def ema_options(spec: dict[str, Any] | bool | float | None) -> dict[str, Any] | None:
+    """`ema:` as `{decay, warmup}` (None: no EMA). `true` is decay 0.999; a number is the decay."""
+    if spec is None or spec is False:
+        return None
+    options = {} if spec is True else {"decay": spec} if isinstance(spec, (int, float)) else dict(spec)
+    for key in options:
+        if key not in EMA_KEYS:
+            raise ConfigError(f'ema has no option "{key}"{did_you_mean(str(key), EMA_KEYS)}; valid: '
+                              f'{", ".join(EMA_KEYS)}')
+    decay, warmup = options.get("decay", DEFAULT_EMA_DECAY), options.get("warmup", True)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise ConfigError(f"ema decay must be a number in (0, 1), e.g. 0.999, got {decay!r}")
+    if not isinstance(warmup, bool):
+        raise ConfigError(f"ema warmup must be true or false, got {warmup!r}")
+    return {"decay": float(decay), "warmup": warmup}
+
+
+def swa_options(spec: dict[str, Any] | bool | None, *, epochs: int, lr: float) -> dict[str, Any] | None:
+    """`swa:` as `{start_epoch, lr, anneal_epochs}` (None: no SWA). Defaults: the last quarter of the
+    epochs, at the run's lr, reached in one epoch."""
+    if spec is None or spec is False:
+        return None
+    options = {} if spec is True else dict(spec)
+    for key in options:
+        if key not in SWA_KEYS:
+            raise ConfigError(f'swa has no option "{key}"{did_you_mean(str(key), SWA_KEYS)}; valid: '
+                              f'{", ".join(SWA_KEYS)}')
+    start = options.get("start_epoch", max(1, math.ceil(0.75 * epochs)))
+    swa_lr, anneal = options.get("lr", lr), options.get("anneal_epochs", 1)
+    if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= epochs:
+        raise ConfigError(f"swa start_epoch must be an epoch from 1 to epochs ({epochs}), got {start!r}")
+    if isinstance(swa_lr, bool) or not isinstance(swa_lr, (int, float)) or swa_lr <= 0:
+        raise ConfigError(f"swa lr must be a number > 0, got {swa_lr!r}")
+    if isinstance(anneal, bool) or not isinstance(anneal, int) or anneal < 1:
+        raise ConfigError(f"swa anneal_epochs must be a whole number >= 1 (1: the first averaged epoch trains at "
+                          f"swa lr), got {anneal!r}")
+    return {"start_epoch": start, "lr": float(swa_lr), "anneal_epochs": anneal}

@@ -23,7 +23,7 @@ from zerograd.data.images import scan_folder, split_folders, stratified_split
 from zerograd.data.tabular import TABLE_SUFFIXES, TASK_ALIASES, load_table_data
 from zerograd.errors import ConfigError, DataError, ZerogradWarning, did_you_mean
 from zerograd.layers import is_import_path, resolve_import
-from zerograd.models import MODELS
+from zerograd.models import MODELS, library_model
 
 HIDDEN = 64
 TABLE_BATCH, IMAGE_BATCH = 64, 32
@@ -112,6 +112,8 @@ def _model_spec(model: str | None, kind: str, input_shape: list[int], outputs: i
         return {"name": "mlp", "sizes": [features, HIDDEN, HIDDEN, outputs]}
     if name == "linear":
         return [{"linear": outputs}]  # a layer list flattens images first
+    if library_model(name):  # e.g. timm:resnet18 (in_chans comes from the images)
+        return {"name": name, "num_classes": outputs}
     if is_import_path(name):
         return {"name": name, **_sizes_for(resolve_import(name), input_shape, outputs)}
     if name in MODELS:

@@ -122,7 +122,8 @@ class LoopState:
     `accelerator` (device, precision, rank: `is_main` is rank 0), `options`,
     `history`, `epoch` (0-based; the epoch in progress), `batch` (batches done in this epoch),
     `batches_per_epoch`, `global_step` (optimizer steps so far), `train_seconds`,
-    `running_loss()` (the epoch's training loss so far), `last_checkpoint`.
+    `running_loss()` (the epoch's training loss so far), `last_checkpoint`, `evaluated_weights()`
+    (the weights evaluations see: the model's, or with ema/swa the averaged ones).
     Act: `request_stop(reason)` stops training after this batch or epoch.
     """
 
@@ -142,6 +143,8 @@ class LoopState:
     epoch_logs: dict[str, Any] | None = None  # the epoch's record as it started (epoch, lr), for a mid-epoch resume
     last_checkpoint: str | None = None  # set by the checkpoint callbacks; named in error messages
     checkpoint: CheckpointParts | None = field(default=None, repr=False)  # what a checkpoint saves (the engine's)
+    # ema/swa: the averaged weights the evaluations see (None: the model's own; see callbacks/averaging.py)
+    averaged: Callable[[], dict[str, torch.Tensor] | None] | None = field(default=None, repr=False)
     totals: InitVar[EpochTotals | None] = None
 
     def __post_init__(self, totals: EpochTotals | None) -> None:
@@ -156,6 +159,11 @@ class LoopState:
     def is_main(self) -> bool:
         """True on rank 0 (and in a single process): the one that prints and writes files."""
         return self.accelerator.is_main
+
+    def evaluated_weights(self) -> dict[str, torch.Tensor]:
+        """The weights the epoch's evaluation saw: the model's, or with ema/swa the averaged ones."""
+        averaged = self.averaged() if self.averaged is not None else None
+        return averaged if averaged is not None else self.raw_model.state_dict()
 
     def request_stop(self, reason: str) -> None:
         self.stop_requested = True

@@ -50,7 +50,7 @@ class EarlyStopping(Callback):
         if self.improved(value):
             self.best, self.best_epoch, self.wait = value, int(logs["epoch"]), 0
             if self.restore_best:
-                self.best_weights = copy.deepcopy(state.raw_model.state_dict())
+                self.best_weights = copy.deepcopy(state.evaluated_weights())  # ema/swa: the averaged ones
         else:
             self.wait += 1
             if self.wait >= self.patience:

@@ -5,7 +5,7 @@ so they are the shapes the model really produces, also for custom `forward` code
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,11 @@ class LayerRow:
     kind: str
     output_shape: str
     parameters: int
+    frozen: bool = False  # `freeze` / `fine_tune`: its parameters do not train (for now)
+
+    @property
+    def parameters_text(self) -> str:
+        return f"{self.parameters:,}" + (" frozen" if self.frozen else "")
 
 
 @dataclass
@@ -33,16 +38,19 @@ class ModelSummary:
     input_shape: str = ""
     data_sizes: dict[str, int] = field(default_factory=dict)
     error: str = ""
+    frozen_note: str = ""  # e.g. "frozen: 4 layers (1,234 parameters) until epoch 2, then trained"
 
     def to_text(self) -> str:
         """A plain-text table (what `model_summary.txt` holds)."""
         header = ("layer", "type", "output shape", "parameters")
-        rows = [(r.name, r.kind, r.output_shape, f"{r.parameters:,}") for r in self.layers]
+        rows = [(r.name, r.kind, r.output_shape, r.parameters_text) for r in self.layers]
         widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
         line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + f"  {{:>{widths[-1]}}}"
         rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
         lines = [line.format(*header), rule, *(line.format(*row) for row in rows), rule]
         lines.append(f"total parameters: {self.total_parameters:,} ({self.trainable_parameters:,} trainable)")
+        if self.frozen_note:
+            lines.append(self.frozen_note)
         if self.input_shape:
             lines.append(f"input shape: {self.input_shape}")
         if self.data_sizes:
@@ -68,8 +76,11 @@ def format_shape(value: Any) -> str:
 
 
 def summarize_model(model: nn.Module, sample: torch.Tensor | None = None,
-                    data_sizes: dict[str, int] | None = None) -> ModelSummary:
-    """Layers, output shapes and parameter counts of `model`, from one forward pass on `sample`.
+                    data_sizes: dict[str, int] | None = None, *, frozen: Collection[str] = (),
+                    unfreeze_after: int | None = None) -> ModelSummary:
+    """Layers, output shapes and parameter counts of `model`, from one forward pass on `sample`;
+    the layers whose parameters are all in `frozen` (names) are marked, frozen until epoch
+    `unfreeze_after` + 1 (None: for the whole run).
 
     The pass runs under `no_grad` in eval mode (so BatchNorm statistics and dropout are not
     touched) and the model's train/eval mode is given back afterwards.
@@ -77,12 +88,18 @@ def summarize_model(model: nn.Module, sample: torch.Tensor | None = None,
     rows: list[LayerRow] = []
     counted: set[int] = set()
     names = {module: name for name, module in model.named_modules()}
+    frozen = set(frozen)
+
+    def is_frozen(module: nn.Module) -> bool:
+        prefix = names.get(module) or ""
+        own = [f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters(recurse=False)]
+        return bool(own) and all(name in frozen for name in own)
 
     def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
         own = 0 if id(module) in counted else sum(p.numel() for p in module.parameters(recurse=False))
         counted.add(id(module))
         rows.append(LayerRow(names.get(module) or type(module).__name__, type(module).__name__, format_shape(output),
-                             own))
+                             own, is_frozen(module)))
 
     leaves = [m for m in model.modules() if not list(m.children())] or [model]
     error = ""
@@ -103,11 +120,16 @@ def summarize_model(model: nn.Module, sample: torch.Tensor | None = None,
     if not rows:  # no sample, or the pass failed: list the layers without shapes
         counted.clear()
         rows = [LayerRow(names.get(m) or type(m).__name__, type(m).__name__, "?",
-                         sum(p.numel() for p in m.parameters(recurse=False))) for m in leaves]
+                         sum(p.numel() for p in m.parameters(recurse=False)), is_frozen(m)) for m in leaves]
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and name not in frozen)
     shape = format_shape(sample) if sample is not None else ""
-    return ModelSummary(rows, total, trainable, shape, dict(data_sizes or {}), error)
+    note = ""
+    if frozen:
+        count = sum(p.numel() for name, p in model.named_parameters() if name in frozen)
+        when = f"for the first {unfreeze_after} epoch(s), then trained" if unfreeze_after else "for the whole run"
+        note = f"frozen: {count:,} parameters ({len(frozen)} tensors) {when}"
+    return ModelSummary(rows, total, trainable, shape, dict(data_sizes or {}), error, note)
 
 
 def sample_batch(data: Any, size: int = 2) -> torch.Tensor | None:

@@ -253,6 +253,8 @@ class ProgressPrinter(Callback):
             self.console.print(busy_note(busy, threads), soft_wrap=True)
         if self.summary is not None:
             self.console.print(self.layer_table())
+            if self.summary.frozen_note:
+                self.console.print(self.summary.frozen_note, soft_wrap=True)
             if self.summary.data_sizes:
                 self.console.print(f"data: {describe_sizes(self.summary.data_sizes)}"
                                    + (f"  (inputs {self.summary.input_shape})" if self.summary.input_shape else ""))
@@ -268,7 +270,7 @@ class ProgressPrinter(Callback):
             if row is None:
                 table.add_row("…", "", "", "")
             else:
-                table.add_row(plain(row.name), plain(row.kind), plain(row.output_shape), f"{row.parameters:,}")
+                table.add_row(plain(row.name), plain(row.kind), plain(row.output_shape), row.parameters_text)
         return table
 
     def _print_plain_epoch(self, logs: dict[str, Any]) -> None:

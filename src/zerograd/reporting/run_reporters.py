@@ -19,6 +19,7 @@ from zerograd import runs
 from zerograd.callbacks.base import Callback
 from zerograd.errors import ConfigError, WriteError, ZerogradWarning
 from zerograd.files import write_atomic
+from zerograd.finetune import frozen_names
 from zerograd.reporting.model_summary import ModelSummary, sample_batch, split_sizes, summarize_model
 from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
 from zerograd.reporting.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
@@ -56,7 +57,10 @@ class RunReporters(Callback):
         self.options = reporting_options(config, progress)
         data = experiment.data
         sizes = split_sizes(data.train, data.test, config.get("val_split", 0.0) or 0.0, getattr(data, "val", None))
-        self.summary: ModelSummary = summarize_model(experiment.model, sample_batch(data.train), sizes)
+        # freeze / fine_tune: the frozen layers are marked (a pattern that matches nothing fails here, before training)
+        frozen = frozen_names(experiment.model, config.get("freeze"), config.get("fine_tune"))
+        self.summary: ModelSummary = summarize_model(experiment.model, sample_batch(data.train), sizes, frozen=frozen,
+                                                     unfreeze_after=config.get("unfreeze_after"))
         self.printer: ProgressPrinter | None = None
         if not quiet:
             self.printer = ProgressPrinter(title=config.get("name", ""), mode=self.options["progress"],
