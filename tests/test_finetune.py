@@ -85,7 +85,7 @@ def test_fine_tune_freezes_all_but_the_head_and_sets_the_epochs() -> None:
     unset = {k: v for k, v in CONFIG.items() if k != "epochs"}
     config = resolve(unset | {"fine_tune": {"frozen_epochs": 1, "epochs": 4}})
     assert (config["epochs"], config["unfreeze_after"]) == (5, 1)
-    with pytest.raises(ConfigError, match="epochs is 3; leave epochs out"):
+    with pytest.raises(ConfigError, match="epochs is 3; leave epochs out .* or make it 5"):
         fit(classifier(), data(), fine_tune={"frozen_epochs": 1, "epochs": 4}, **OPTIONS)
 
 
@@ -224,3 +224,25 @@ def test_a_model_fine_tuned_from_mnist_beats_the_same_model_from_scratch_on_a_fe
                       threads=1, seed=1, **extra)
         accuracy[side] = history.records[-1]["test_accuracy"]
     assert accuracy["fine-tuned"] > accuracy["scratch"] + 0.02, accuracy  # measured: 0.876 vs 0.846
+
+
+def test_each_lr_group_steps_at_its_own_rate() -> None:
+    one_step = dict(epochs=1, batch_size=120, seed=5, threads=1, optimizer="sgd")
+    start = classifier().state_dict()
+    grouped, plain = classifier(), classifier()
+    fit(grouped, data(), lr=0.01, lr_groups={"5.*": 0.1}, **one_step)
+    fit(plain, data(), lr=0.1, **one_step)  # the same first gradient, all at 0.1
+    moved = lambda model, name: model.state_dict()[name] - start[name]  # noqa: E731
+    torch.testing.assert_close(moved(grouped, "5.weight"), moved(plain, "5.weight"))
+    torch.testing.assert_close(moved(grouped, "0.weight"), moved(plain, "0.weight") / 10)
+
+
+def test_a_library_model_without_its_library_is_one_clear_error() -> None:
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match='the model library "timm" is not installed; install it'):
+            build_model({"name": "timm:resnet18", "num_classes": 10}, [3, 32, 32])
+    else:
+        model = build_model({"name": "timm:resnet18", "num_classes": 10}, [1, 32, 32])
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)

@@ -277,6 +277,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         console.print(f"learned: y = {summary['weight']:.4f} x + {summary['bias']:.4f}")
     if "test_accuracy" in final:
         console.print(f"final test accuracy: {final['test_accuracy']:.4f}")
+    if summary.get("init"):  # where the weights started (what did not fit was a warning at the start)
+        init = summary["init"]
+        console.print(f"init: {init['loaded']} tensors from {plain(init['from'])}", soft_wrap=True)
     if summary.get("weights"):  # ema / swa
         console.print(f"weights: {plain(summary['weights'])}; evaluated and saved", soft_wrap=True)
     if summary.get("stop_reason") == "early_stopping":

@@ -170,7 +170,8 @@ def check_fine_tuning(opts: FitOptions, given: Collection[str] = ()) -> None:
             now = getattr(opts, key)
             if key in given and now is not None and now != value:
                 raise ConfigError(f"fine_tune trains {plan['frozen_epochs']} epochs frozen, then {plan['epochs']} "
-                                  f"unfrozen ({key} {value}), but {key} is {now}; leave {key} out (fine_tune sets it)")
+                                  f"unfrozen ({key} {value}), but {key} is {now}; leave {key} out (fine_tune sets it) "
+                                  f"or make it {value}")
             setattr(opts, key, value)
     patterns = [opts.freeze] if isinstance(opts.freeze, str) else opts.freeze or []
     if not all(isinstance(p, str) and p for p in patterns):
@@ -200,6 +201,9 @@ def fine_tune_options(spec: dict[str, Any]) -> dict[str, int]:
         raise ConfigError(f'fine_tune has no option "{unknown[0]}"{did_you_mean(str(unknown[0]), FINE_TUNE_KEYS)}; '
                           f'valid: {", ".join(FINE_TUNE_KEYS)}')
     plan = {"frozen_epochs": spec.get("frozen_epochs", 1), "epochs": spec.get("epochs")}
+    if plan["epochs"] is None:
+        raise ConfigError("fine_tune needs epochs, the epochs that train everything after the frozen ones (e.g. "
+                          "fine_tune: {frozen_epochs: 1, epochs: 3}: 4 epochs in all)")
     for key, value in plan.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"fine_tune {key} must be a whole number >= 1, got {value!r} (e.g. fine_tune: "
