@@ -19,7 +19,8 @@ def scripted(stopper: EarlyStopping, values: list[float], monitor: str = "val_lo
     number of epochs when it never stopped) and the fake loop state, with the best epoch the
     stopper found."""
     model = nn.Linear(1, 1)
-    state = SimpleNamespace(raw_model=model, best_epoch=None, stop_reason="completed", stopped=False)
+    state = SimpleNamespace(raw_model=model, best_epoch=None, stop_reason="completed", stopped=False,
+                            evaluated_weights=model.state_dict)  # LoopState's: the weights the evaluation saw
     state.request_stop = lambda reason: (setattr(state, "stopped", True), setattr(state, "stop_reason", reason))
     stopped_after = len(values)
     for epoch, value in enumerate(values, start=1):
