@@ -12,8 +12,11 @@ from typing import Any
 
 from zerograd.accelerator import PRECISIONS
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.losses import loss_name
 from zerograd.metrics import resolve_mode
+from zerograd.mixing import check_mixing_loss, mixing_alpha
 from zerograd.optim import check_schedule
+from zerograd.tta import check_tta
 
 ON_NAN = ("error", "skip")
 EARLY_STOPPING_KEYS = ("monitor", "mode", "patience", "min_delta", "restore_best")
@@ -48,6 +51,10 @@ class FitOptions:
     on_nan: str = "error"  # a NaN/Inf loss: "error" stops with a message, "skip" leaves the batch out
     preflight: bool = True  # check data, model and loss on one batch before training
     fused_mlp: bool = True  # plain Linear/activation MLPs: hand-derived gradients, bitwise autograd's (zerograd.fast)
+    mixup: dict | float | bool | None = None  # {alpha: 0.2}: blend pairs of training samples (zerograd.mixing)
+    cutmix: dict | float | bool | None = None  # {alpha: 1.0}: paste a box of one training image into another
+    tta: dict | bool = False  # evaluate on the average over flipped/shifted views of each image (zerograd.tta)
+    profile: bool = False  # time the sections of the run and trace a few steps (zerograd.profiling)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> FitOptions:
@@ -82,6 +89,8 @@ class FitOptions:
         check_schedule(self.schedule, lr=self.lr, epochs=self.epochs)
         early_stopping_options(self.early_stopping)
         check_on_nan(self.on_nan)
+        check_mixing_loss(loss_name(self.loss), mixing_alpha("mixup", self.mixup), mixing_alpha("cutmix", self.cutmix))
+        check_tta(self.tta)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
