@@ -63,8 +63,9 @@ class ProfileReport:
         """(section, seconds, share of the wall time, ms per batch) for the sections a batch pays."""
         per_batch = ("data", "forward", "backward", "optimizer")
         wall = self.wall_seconds or 1.0
+        timed = self.batches - self.traced_batches  # the traced batches count as "traced steps" only
         return [(name, seconds, seconds / wall,
-                 1000 * seconds / self.batches if name in per_batch and self.batches else None)
+                 1000 * seconds / timed if name in per_batch and timed > 0 else None)
                 for name, seconds in self.sections.items()]
 
 
