@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from torch import nn
 
@@ -22,6 +23,7 @@ from zerograd.engine import evaluate, run_fit
 from zerograd.errors import ConfigError, DataError
 from zerograd.mixing import BatchMixer
 from zerograd.profiling import SECTIONS
+from zerograd.sweep import sweep
 from zerograd.tta import TTAModel, tta_views
 
 # ----------------------------------------------------------------------------- mixup / cutmix
@@ -225,10 +227,43 @@ def test_profile_json_sections_add_up_to_the_wall_time(shapes_folder: Path, tmp_
     assert run.profile is not None and run.profile.batches == 9
 
 
-def test_profiling_changes_nothing_it_measures_and_is_off_by_default() -> None:
+def test_profiling_changes_nothing_it_measures_and_is_off_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     plain_model, profiled_model = small_classifier(), small_classifier()
     plain = run_fit(plain_model, classification_data(), epochs=2, batch_size=16, threads=1)
     profiled = run_fit(profiled_model, classification_data(), epochs=2, batch_size=16, threads=1, profile=True)
     assert plain.profile is None and profiled.profile is not None
     assert all(torch.equal(a, b) for a, b in zip(plain_model.state_dict().values(),
                                                   profiled_model.state_dict().values()))
+
+
+def test_a_sweep_with_cv_ranks_by_the_mean_over_the_folds(shapes_folder: Path, tmp_path: Path) -> None:
+    config = image_config(shapes_folder, epochs=1, checkpoint_every=None)
+    result = sweep(config, grid=["lr=0.01,0.3"], cv=2, out=tmp_path / "sweep", quiet=True)
+    assert result.metric == "val_accuracy" and len(result.runs) == 4
+    for ranked in result.configs:
+        assert sorted(Path(r).name.rsplit("-", 1)[1] for r in ranked.runs) == ["fold1", "fold2"]
+        folds = [json.loads((tmp_path / "sweep" / Path(r).name / "summary.json").read_text())["final"]["val_accuracy"]
+                 for r in ranked.runs]
+        assert ranked.mean == pytest.approx(statistics.fmean(folds))
+    assert "cv" not in yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())  # trains on all the data
+    with pytest.raises(ConfigError, match="--cv must be a whole number >= 2"):
+        sweep(config, grid=["lr=0.01"], cv=1, out=tmp_path / "other", quiet=True)
+
+
+def test_the_cli_prints_the_profile_and_runs_a_cross_validation(shapes_folder: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "shapes.yaml"
+    path.write_text(yaml.safe_dump(image_config(shapes_folder, epochs=1, checkpoint_every=None)))
+    assert cli.main(["train", str(path), "--out", str(tmp_path / "run"), "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "where the time went" in out and "backward" in out and "profile.json" in out
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["profile"] is True
+    assert cli.main(["cv", str(path), "--folds", "2", "--jobs", "2", "--out", str(tmp_path / "cv")]) == 0
+    out = capsys.readouterr().out
+    assert "2-fold cross-validation" in out and "cross-validated val_accuracy" in out
+    assert cli.main(["cv", str(path), "--folds", "2", "--out", str(tmp_path / "cv"), "--quiet"]) == 0  # resumes
+    assert "(done before)" not in capsys.readouterr().out  # --quiet: the table only
+    assert cli.main(["evaluate", str(tmp_path / "run"), "--tta"]) == 0
+    assert capsys.readouterr().out.startswith("test_loss ")
+    fit(small_classifier(), classification_data(), epochs=1, batch_size=16, threads=1, profile=True)
+    assert "where the time went" in capsys.readouterr().out  # fit returns the history only: it prints the table

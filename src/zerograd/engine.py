@@ -44,7 +44,7 @@ from zerograd.optim import build_optimizer, build_schedule, current_lr
 from zerograd.options import FitOptions
 from zerograd.performance import auto_threads
 from zerograd.preflight import first_batch, parameter_dtype, preflight
-from zerograd.profiling import Profiler, ProfileReport
+from zerograd.profiling import Profiler, ProfileReport, show_profile
 from zerograd.rng import RandomState, rank_seed, seed_everything
 from zerograd.state import CheckpointParts, EpochTotals, History, LoopState
 from zerograd.train_step import AccumulationWindow, choose_step
@@ -67,7 +67,10 @@ def fit(
     optimizer, schedule, precision, ...). `eval_data` is the held-out test set, reported as
     `test_*` every epoch; `val_data` (or `val_split`) is reported as `val_*`.
     """
-    return run_fit(model, train_data, eval_data=eval_data, val_data=val_data, callbacks=callbacks, **options).history
+    result = run_fit(model, train_data, eval_data=eval_data, val_data=val_data, callbacks=callbacks, **options)
+    if result.profile is not None and result.accelerator.is_main:  # `profile=True`: fit returns the history
+        show_profile(result.profile)  # only, so the table is printed (run_fit(...).profile holds the figures)
+    return result.history
 
 
 @dataclass

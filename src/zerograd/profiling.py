@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.table import Table
+
+from zerograd.console import make_console
 
 SECTIONS = ("setup", "data", "forward", "backward", "optimizer", "evaluation", "callbacks", "checkpoints",
             "traced steps")
@@ -209,6 +212,22 @@ def format_table(report: ProfileReport) -> list[tuple[str, str, str, str]]:
     """The report as text cells: section, seconds, share, ms per batch."""
     return [(name, f"{seconds:.3f}", f"{share:6.1%}", "" if per is None else f"{per:.3f}")
             for name, seconds, share, per in report.rows()]
+
+
+def profile_table(report: ProfileReport) -> Table:
+    """The table `--profile` prints: seconds per section, share of the wall time, ms per batch."""
+    table = Table(title=f"where the time went: {report.wall_seconds:.2f} s on {report.device}"
+                        + (" (synchronized)" if report.synchronized else ""))
+    for name in ("section", "seconds", "share", "ms per batch"):
+        table.add_column(name, justify="left" if name == "section" else "right")
+    for row in format_table(report):
+        table.add_row(*row)
+    return table
+
+
+def show_profile(report: ProfileReport) -> None:
+    """`fit(..., profile=True)` returns the history only, so the figures are printed at its end."""
+    make_console().print(profile_table(report))
 
 
 @contextlib.contextmanager
