@@ -211,6 +211,19 @@ def test_zerograd_cv_refuses_a_single_fold_in_one_line(capsys: pytest.CaptureFix
     assert capsys.readouterr().err.strip() == "zerograd: error: --folds must be a whole number >= 2, got 1"
 
 
+def test_more_folds_than_samples_is_one_error_before_anything_trains(shapes_folder: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "shapes.yaml"
+    path.write_text(yaml.safe_dump(image_config(shapes_folder)))
+    assert cli.main(["cv", str(path), "--folds", "49", "--out", str(tmp_path / "cv")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == ("zerograd: error: 49-fold cross-validation needs at least 49 training samples, "
+                                    "the data has 48; use fewer folds")
+    assert "fold1" not in captured.out and not (tmp_path / "cv").exists()
+    assert cli.main(["sweep", str(path), "--grid", "lr=0.1", "--cv", "49", "--out", str(tmp_path / "sweep")]) == 2
+    assert "the data has 48" in capsys.readouterr().err and not (tmp_path / "sweep").exists()
+
+
 # ----------------------------------------------------------------------------- profiling
 
 

@@ -51,7 +51,7 @@ from zerograd.sweep.jobs import (
     resolve_metric,
     worker_pool,
 )
-from zerograd.sweep.runner import cv_defaults, run_defaults, source_label
+from zerograd.sweep.runner import check_fold_count, cv_defaults, run_defaults, source_label
 
 CV_FILE, CV_TABLE, PLOTS = "cv.json", "cv.md", "plots"
 IDENTITY_KEYS = ("source", "overrides", "folds", "cv_seed")  # changing one makes a different cross-validation
@@ -125,6 +125,7 @@ def cross_validate(
         return Job(fold - 1, {}, config["seed"], str(cv_dir / f"fold{fold}"), config, metric_name)
 
     plan = FoldPlan([make_job(fold) for fold in range(1, folds + 1)])  # every config resolved: a typo fails now
+    check_fold_count(configs.resolve(source, extra | overrides), folds)
     with DirectoryLock(cv_dir, "cv"):  # one cross-validation at a time per folder
         _claim(cv_dir, spec)
         console = make_console()

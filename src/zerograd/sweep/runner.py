@@ -15,8 +15,8 @@ from rich.console import Console
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.console import make_console, plain
-from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
-from zerograd.experiment import DATA_SOURCES, own_data_kind
+from zerograd.errors import ConfigError, DataError, RunDirError, TrainingError, WriteError
+from zerograd.experiment import DATA_SOURCES, build_data, data_spec, own_data_kind
 from zerograd.files import write_atomic, writing
 from zerograd.layers import check_kwargs
 from zerograd.models import MODELS
@@ -108,6 +108,8 @@ def sweep(
 
     plan = _make_plan(spec, dimensions, seed_list, make_job, mode, sweep_dir, folds)  # resolves every config
     _check_before_running(plan, source, spec, dimensions)
+    if cv:
+        check_fold_count(configs.resolve(source, extra | spec["overrides"]), cv)
     # One sweep at a time per folder: a second one would clear and retrain the first's runs.
     with DirectoryLock(sweep_dir, "sweep"):
         _claim_sweep_dir(sweep_dir, spec)
@@ -150,6 +152,15 @@ def cv_defaults(base: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("cross-validation holds out each fold of the training data as the validation set; drop "
                           "val_split")
     return {"data.val_split": 0} if isinstance(base["data"], dict) and own_data_kind(base["data"]) else {}
+
+
+def check_fold_count(config: dict[str, Any], folds: int) -> None:
+    """More folds than training samples would fail every fold's run alike: say so once, before
+    any trains (the data is loaded here once for it)."""
+    size = len(build_data(data_spec(config)).train)
+    if size < folds:
+        raise DataError(f"{folds}-fold cross-validation needs at least {folds} training samples, the data has {size}; "
+                        "use fewer folds")
 
 
 def _build_spec(source: Any, grid: Any, space: Any, n_random: int | None, n_optuna: int | None, seeds: int,
