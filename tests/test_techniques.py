@@ -22,7 +22,7 @@ from zerograd.data.folds import fold_numbers, split_fold
 from zerograd.engine import evaluate, run_fit
 from zerograd.errors import ConfigError, DataError
 from zerograd.mixing import BatchMixer
-from zerograd.profiling import SECTIONS
+from zerograd.profiling import SECTIONS, ProfileReport
 from zerograd.sweep import sweep
 from zerograd.tta import TTAModel, tta_views
 
@@ -280,3 +280,11 @@ def test_the_cli_prints_the_profile_and_runs_a_cross_validation(shapes_folder: P
     assert capsys.readouterr().out.startswith("test_loss ")
     fit(small_classifier(), classification_data(), epochs=1, batch_size=16, threads=1, profile=True)
     assert "where the time went" in capsys.readouterr().out  # fit returns the history only: it prints the table
+
+
+def test_ms_per_batch_leaves_the_traced_batches_out() -> None:
+    report = ProfileReport(2.0, {"data": 0.5, "forward": 1.0, "traced steps": 0.3, "other": 0.2}, batches=15,
+                           device="cpu", synchronized=False, traced_batches=5)
+    rows = {name: per for name, _, _, per in report.rows()}
+    assert rows["data"] == pytest.approx(50.0) and rows["forward"] == pytest.approx(100.0)  # over the 10 timed
+    assert rows["traced steps"] is None and rows["other"] is None
