@@ -14,10 +14,11 @@ from zerograd.options import FitOptions
 from zerograd.predictor import Prediction, Predictor, load
 from zerograd.runs import export_csv, load_history
 from zerograd.state import History, LoopState
-from zerograd.sweep import SweepResult, sweep
+from zerograd.sweep import CVResult, SweepResult, cross_validate, sweep
 from zerograd.version import __version__ as __version__  # (a re-export)
 
 __all__ = [
+    "CVResult",
     "Callback",
     "ConfigError",
     "DataError",
@@ -32,6 +33,7 @@ __all__ = [
     "SweepResult",
     "TrainingError",
     "ZerogradError",
+    "cross_validate",
     "evaluate",
     "evaluate_run",
     "export_csv",

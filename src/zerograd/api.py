@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,18 @@ from zerograd.cadence import Every
 from zerograd.callbacks.base import Callback
 from zerograd.callbacks.checkpointing import Checkpointer, ResumeFrom, settings_from
 from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
+from zerograd.data.images import augmentation_of
 from zerograd.engine import FitResult, evaluate, run_fit
-from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, WriteError
+from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, WriteError, ZerogradWarning
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import imported_class
 from zerograd.performance import auto_threads
+from zerograd.profiling import ProfileReport
 from zerograd.reporting.run_reporters import RunReporters
 from zerograd.rng import seed_everything
 from zerograd.runs import load_run
 from zerograd.state import History
+from zerograd.tta import tta_spec
 
 __all__ = ["Run", "build_summary", "evaluate_run", "load_run", "resume", "train"]
 
@@ -41,6 +45,7 @@ class Run:
     summary: dict[str, Any]
     model: nn.Module
     config: dict[str, Any]
+    profile: ProfileReport | None = None  # where the time went, with `profile: true` (also profile.json)
 
 
 @distributed.in_process_group  # under torchrun: join the job (no-op when the CLI already did)
@@ -137,7 +142,7 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
     summary = build_summary(experiment, result)
     if result.accelerator.is_main:
         _write_final_files(run_dir, result, summary, reporters, every, go_on)
-    return Run(run_dir, result.history, summary, result.model, config)
+    return Run(run_dir, result.history, summary, result.model, config, result.profile)
 
 
 def _trust_flag(config: dict[str, Any]) -> str:
@@ -169,6 +174,12 @@ def _write_final_files(run_dir: Path, result: FitResult, summary: dict[str, Any]
     except WriteError as error:
         raise WriteError(f"{error}; the trained weights are safe in {run_dir / runs.WEIGHTS}. Free some disk space "
                          f"(or make the folder writable), {go_on} to finish the run's files") from None
+    if result.profile is not None:
+        try:
+            runs.write_profile(run_dir, result.profile)
+        except WriteError as error:  # the figures are printed too; the run itself is complete
+            warnings.warn(f"{error}; the profile was not saved (the run's other files are)", ZerogradWarning,
+                          stacklevel=2)
     reporters.finish(result.model, device=str(result.accelerator.device))  # metrics.csv, plots/
 
 
@@ -233,12 +244,15 @@ def build_summary(experiment: Experiment, result: FitResult) -> dict[str, Any]:
     return summary
 
 
-def evaluate_run(run_dir: str | Path, *, device: str = "auto", trust_code: bool = False) -> dict[str, float]:
+def evaluate_run(run_dir: str | Path, *, device: str = "auto", trust_code: bool = False,
+                 tta: bool | dict | None = None) -> dict[str, float]:
     """Loss and metrics of a finished run recomputed from its saved weights, on the test set
-    (`test_*`), or on the training set (`train_*`) for data sets without one."""
+    (`test_*`), or on the training set (`train_*`) for data sets without one. `tta` (None: as the
+    run's config says) averages over views of each image (see `zerograd.tta`)."""
     model, config = load_run(run_dir, trust_code=trust_code)
     data = build_data(data_spec(config))
     prefix, eval_data = ("test_", data.test) if data.test is not None else ("train_", data.train)
     results = evaluate(model, eval_data, loss=config["loss"], metrics=config.get("metrics"),
-                       batch_size=config.get("eval_batch_size", 1000), device=device)
+                       batch_size=config.get("eval_batch_size", 1000), device=device,
+                       tta=tta_spec(tta, config.get("tta")), augmentation=augmentation_of(data.train))
     return {prefix + key: value for key, value in results.items()}

@@ -21,7 +21,8 @@ from zerograd.export import export_run
 from zerograd.lr_find import lr_find_config
 from zerograd.models import check_trusted
 from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
-from zerograd.sweep import add_sweep_arguments
+from zerograd.reporting.profile_table import print_profile
+from zerograd.sweep import add_sweep_arguments, cross_validate, print_cv
 from zerograd.sweep import print_result as print_sweep_result
 from zerograd.sweep import sweep as run_sweep
 
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-load a run's weights and print its test loss and metrics")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--device", default="auto")
+    add_tta_argument(evaluate)
     add_trust_argument(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", metavar="FILE", nargs="+")
     predict.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON object per input")
+    add_tta_argument(predict)
     add_trust_argument(predict)
     predict.set_defaults(handler=cmd_predict)
 
@@ -167,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(sweep)
     sweep.set_defaults(handler=cmd_sweep)
 
+    cv = commands.add_parser("cv", help="k-fold cross-validation: one run per fold, every metric's mean ± std")
+    cv.add_argument("recipe", metavar="RECIPE|FILE.yaml", nargs="?", help="the config every fold trains (or --data)")
+    add_own_data_arguments(cv)
+    add_training_arguments(cv)
+    cv.add_argument("--folds", type=int, default=5, help="number of folds of the training set (default 5)")
+    cv.add_argument("--jobs", type=int, default=1, help="folds trained at once, in separate processes (default 1)")
+    cv.add_argument("--metric", help="the metric to report first (default: accuracy for classification, else loss; "
+                                     "of the validation fold)")
+    cv.add_argument("--cv-seed", type=int, default=0, help="seed of the split into folds (default 0)")
+    cv.set_defaults(handler=cmd_cv)
+
     lr_find = commands.add_parser("lr-find", help="sweep the learning rate up exponentially, plot loss vs lr and "
                                                   "suggest one")
     lr_find.add_argument("recipe", metavar="RECIPE|FILE.yaml", help="a recipe name or a config file")
@@ -187,6 +201,12 @@ def add_trust_argument(parser: argparse.ArgumentParser, when: str = "") -> None:
                              "that runs its code, so only for runs you trust (zerograd's own models need no flag)")
 
 
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average over flipped/shifted views of each image (the run's augmentation; default: as "
+                             "the run's `tta:` says)")
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--lr", type=float)
@@ -203,11 +223,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also write TensorBoard event files to RUN_DIR/tensorboard/ "
                              "(pip install 'zerograd[tensorboard]')")
+    parser.add_argument("--profile", action="store_true", default=None,
+                        help="time where the run's time goes (RUN_DIR/profile.json, printed at the end) and trace a "
+                             "few steps with torch.profiler (RUN_DIR/profile/trace.json, for Perfetto)")
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = dict(configs.parse_assignment(text) for text in args.assignments)
-    for key in ("epochs", "lr", "batch_size", "seed", "device", "progress", "tensorboard"):
+    for key in ("epochs", "lr", "batch_size", "seed", "device", "progress", "tensorboard", "profile"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
@@ -234,6 +257,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         resume=args.resume or runs.resume_after_restart(args.out))
         if distributed.is_main():
             print_summary(run.summary, run.dir)
+            print_profile(run.profile, run.dir)
     return 0
 
 
@@ -245,6 +269,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         run = api.resume(args.run_dir, quiet=args.quiet, progress=args.progress, trust_code=args.trust_code)
         if distributed.is_main():
             print_summary(run.summary, run.dir)
+            print_profile(run.profile, run.dir)
     return 0
 
 
@@ -293,9 +318,18 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(args.recipe, grid=args.grid, space=args.space, random=args.random, optuna=args.optuna,
                        seeds=args.seeds, sweep_seed=args.sweep_seed, overrides=training_overrides(args), out=args.out,
-                       jobs=args.jobs, metric=args.metric, median_stop=args.median_stop, quiet=args.quiet)
+                       jobs=args.jobs, metric=args.metric, median_stop=args.median_stop, quiet=args.quiet,
+                       cv=args.cv)
     if args.quiet:
         print_sweep_result(result)
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    result = cross_validate(train_source(args), folds=args.folds, overrides=training_overrides(args), out=args.out,
+                            jobs=args.jobs, metric=args.metric, cv_seed=args.cv_seed, quiet=args.quiet)
+    if args.quiet:
+        print_cv(result)
     return 0
 
 
@@ -341,13 +375,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    results = api.evaluate_run(args.run_dir, device=args.device, trust_code=args.trust_code)
+    results = api.evaluate_run(args.run_dir, device=args.device, trust_code=args.trust_code, tta=args.tta)
     print("  ".join(f"{k} {v:.4f}" for k, v in results.items()))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model = predictor.load(args.run_dir, trust_code=args.trust_code)
+    model = predictor.load(args.run_dir, trust_code=args.trust_code, tta=args.tta)
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     for path in args.files:

@@ -33,6 +33,7 @@ from zerograd.callbacks.averaging import evaluated, weight_averaging_from, with_
 from zerograd.callbacks.base import Callback
 from zerograd.callbacks.early_stopping import EarlyStopping, early_stopping_from
 from zerograd.callbacks.init_weights import InitFrom
+from zerograd.data.images import augmentation_of
 from zerograd.data.loader import BatchSource, batch_source, input_batches, split_validation
 from zerograd.distributed import check_global_batch
 from zerograd.errors import DataError
@@ -40,14 +41,17 @@ from zerograd.fast.heap import retained_heap
 from zerograd.finetune import Freezing, parameter_groups
 from zerograd.losses import build_loss, is_summed, task_of
 from zerograd.metrics import Metric, build_metrics
+from zerograd.mixing import BatchMixer
 from zerograd.nan_guard import NonFiniteGuard, check_finite_weights
 from zerograd.optim import build_optimizer, build_schedule, current_lr
 from zerograd.options import FitOptions
 from zerograd.performance import auto_threads
 from zerograd.preflight import first_batch, parameter_dtype, preflight
+from zerograd.profiling import Profiler, ProfileReport, show_profile
 from zerograd.rng import RandomState, rank_seed, seed_everything
 from zerograd.state import CheckpointParts, EpochTotals, History, LoopState
 from zerograd.train_step import AccumulationWindow, choose_step
+from zerograd.tta import with_tta
 
 
 def fit(
@@ -66,7 +70,10 @@ def fit(
     optimizer, schedule, precision, ...). `eval_data` is the held-out test set, reported as
     `test_*` every epoch; `val_data` (or `val_split`) is reported as `val_*`.
     """
-    return run_fit(model, train_data, eval_data=eval_data, val_data=val_data, callbacks=callbacks, **options).history
+    result = run_fit(model, train_data, eval_data=eval_data, val_data=val_data, callbacks=callbacks, **options)
+    if result.profile is not None and result.accelerator.is_main:  # `profile=True`: fit returns the history
+        show_profile(result.profile)  # only, so the table is printed (run_fit(...).profile holds the figures)
+    return result.history
 
 
 @dataclass
@@ -87,6 +94,7 @@ class FitResult:
     step: str  # the step strategy: "autograd" or "hand-derived MLP gradients"
     init: dict[str, Any] | None = None  # `init`: where the weights came from, what was loaded, skipped and new
     averaged: str | None = None  # ema/swa: the averaged weights the model holds, e.g. "ema (decay 0.999, ...)"
+    profile: ProfileReport | None = None  # where the time went (`profile: true`)
 
 
 def run_fit(model: nn.Module, train_data: Any, *, eval_data: Any = None, val_data: Any = None,
@@ -105,6 +113,7 @@ class _Training:
     def __init__(self, model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
                  callbacks: list[Callback], opts: FitOptions) -> None:
         acc = Accelerator.create(opts.device, opts.precision)
+        self.profiler = Profiler(acc.device) if opts.profile else None  # where the time goes (profiling.py)
         check_global_batch(opts.batch_size, acc.world_size)  # batch_size is global: per rank = batch / world
         seed_everything(opts.seed)
         self.opts, self.acc = opts, acc
@@ -139,7 +148,10 @@ class _Training:
                                totals=self.totals)
         self.guard = NonFiniteGuard(opts.on_nan, acc, self.totals)
         self.train_loss = train_loss
-        self.step = choose_step(self.model, train_loss, acc, self.source, fused_mlp=opts.fused_mlp)
+        # mixup / cutmix: each training batch blended with a shuffled copy of itself, soft targets (mixing.py)
+        self.mixer = BatchMixer.from_options(opts.mixup, opts.cutmix, seed=opts.seed, model=self.model, acc=acc)
+        self.fused_mlp = opts.fused_mlp and self.mixer is None  # soft targets take autograd's step
+        self.step = choose_step(self.model, train_loss, acc, self.source, fused_mlp=self.fused_mlp)
         self.window = AccumulationWindow(opts.accumulate, batches, summed=self.totals.summed)
         self.averaging = weight_averaging_from(opts, model, acc, train_data)  # ema / swa (callbacks/averaging.py)
         self.state.averaged = self.averaging.weights if self.averaging is not None else None
@@ -154,6 +166,9 @@ class _Training:
         own = (early_stopping_from(opts.early_stopping), InitFrom(opts.init) if opts.init else None, self.averaging)
         # stable: callbacks of the same `order` keep the order they were given in
         self.callbacks = sorted([c for c in own if c is not None] + callbacks, key=lambda c: getattr(c, "order", 0))
+        self.hooks = self.profiler.callbacks(self.callbacks) if self.profiler else self.callbacks  # (timed)
+        # validation and test passes: on the average over views of each image with `tta` (tta.py)
+        self.eval_model = with_tta(self.model, opts.tta, augmentation_of(given_train), self.task)
         self.state.checkpoint = self._checkpoint_parts()
 
     def _eval_source(self, data: Any) -> BatchSource | None:
@@ -178,7 +193,10 @@ class _Training:
         return CheckpointParts(state.raw_model, shared, per_rank, verify)
 
     def run(self) -> FitResult:
-        state, opts, callbacks = self.state, self.opts, self.callbacks
+        state, opts, callbacks = self.state, self.opts, self.hooks
+        evaluate = evaluate_source if self.profiler is None else self.profiler.timed("evaluation", evaluate_source)
+        if self.profiler is not None:
+            self.profiler.mark_setup_done()
         for callback in callbacks:
             callback.on_fit_start(state)  # may restore a checkpoint: epoch, batch, weights
         while state.epoch < opts.epochs and not state.stop_requested:
@@ -198,7 +216,7 @@ class _Training:
                 for prefix, source in (("val_", self.val_source), ("test_", self.test_source)):
                     if source is not None:
                         metrics = build_metrics(opts.metrics, self.task)
-                        logs |= evaluate_source(self.model, source, self.loss_fn, metrics, self.acc, prefix=prefix)
+                        logs |= evaluate(self.eval_model, source, self.loss_fn, metrics, self.acc, prefix=prefix)
             if self.schedule is not None:
                 self.schedule.after_epoch(logs)
             state.history.append(logs)
@@ -222,14 +240,20 @@ class _Training:
         callback stopped training inside the epoch)."""
         state, model, optimizer, acc, opts = self.state, self.model, self.optimizer, self.acc, self.opts
         # chosen again at each epoch's start: a callback may have put hooks on the model since (autograd then)
-        self.step = step = choose_step(model, self.train_loss, acc, self.source, fused_mlp=opts.fused_mlp)
-        window, guard, totals, schedule = self.window, self.guard, self.totals, self.schedule
+        self.step = step = choose_step(model, self.train_loss, acc, self.source, fused_mlp=self.fused_mlp)
+        window, guard, totals, schedule, hooks = self.window, self.guard, self.totals, self.schedule, self.hooks
+        batches = self.source.batches(state.epoch, state.batch)
+        if self.mixer is not None:  # mixup / cutmix (mixing.py)
+            batches = self.mixer.mixed(batches, state.epoch, state.batch, acc.to_device)
+        if self.profiler is not None:  # --profile: this same loop through timed stand-ins (profiling.py)
+            batches, step, acc = (self.profiler.batches(batches, acc.to_device), self.profiler.step(step),
+                                  self.profiler.accelerator(acc))
         model.train()
         if state.batch == 0:  # (a run resumed mid-epoch goes on with the restored sums)
             totals.reset()
             guard.start_epoch()
 
-        for index, (inputs, targets) in enumerate(self.source.batches(state.epoch, state.batch), start=state.batch):
+        for index, (inputs, targets) in enumerate(batches, start=state.batch):
             inputs, targets = acc.to_device((inputs, targets))
             if window.begin(index):  # the first batch of an accumulation window (of 1 batch by default)
                 optimizer.zero_grad(set_to_none=True)
@@ -246,14 +270,15 @@ class _Training:
             if usable:
                 totals.record(loss.detach(), outputs.detach(), targets)
             state.batch = index + 1
-            for callback in self.callbacks:
+            for callback in hooks:
                 callback.on_batch_end(state)
             if state.stop_requested:
                 return {}
 
         guard.check_epoch(state)
         state.batch = 0
-        logs = epoch_logs(totals, acc, prefix="train_")
+        # mixed batches: the metrics compare with each sample's dominant label, and are named so
+        logs = epoch_logs(totals, acc, prefix="train_", suffix="_mixed" if self.mixer is not None else "")
         if opts.on_nan == "skip":
             logs["skipped_batches"] = guard.skipped
         return logs
@@ -265,7 +290,8 @@ class _Training:
         return FitResult(state.history, state.raw_model, self.opts, self.acc, state.epoch, state.batch,
                          state.global_step, state.train_seconds, state.stop_reason,
                          stopper.best_epoch if stopper else None, stopper.restored_epoch if stopper else None,
-                         self.step.name, init, self.averaging.applied if self.averaging is not None else None)
+                         self.step.name, init, self.averaging.applied if self.averaging is not None else None,
+                         self.profiler.finish() if self.profiler is not None else None)
 
 
 def stateful_callbacks(callbacks: Sequence[Callback]) -> dict[str, Callback]:
@@ -280,8 +306,9 @@ def stateful_callbacks(callbacks: Sequence[Callback]) -> dict[str, Callback]:
     return found
 
 
-def epoch_logs(totals: EpochTotals, acc: Accelerator, *, prefix: str) -> dict[str, float]:
-    """Sum the epoch's totals over ranks and turn them into plain numbers."""
+def epoch_logs(totals: EpochTotals, acc: Accelerator, *, prefix: str, suffix: str = "") -> dict[str, float]:
+    """Sum the epoch's totals over ranks and turn them into plain numbers (metrics named
+    prefix + name + suffix)."""
     count = acc.all_reduce_sum(torch.tensor(float(totals.count), device=acc.device))
     loss_sum = acc.all_reduce_sum(totals.loss_sum.detach().clone())
     for metric in totals.metrics:
@@ -289,7 +316,7 @@ def epoch_logs(totals: EpochTotals, acc: Accelerator, *, prefix: str) -> dict[st
             acc.all_reduce_sum(tensor)
     loss = float(loss_sum) if totals.summed else float(loss_sum) / max(1.0, float(count))
     logs = {f"{prefix}loss": loss}
-    logs |= {f"{prefix}{m.name}": m.compute() for m in totals.metrics}
+    logs |= {f"{prefix}{m.name}{suffix}": m.compute() for m in totals.metrics}
     return logs
 
 
@@ -310,13 +337,17 @@ def evaluate_source(model: nn.Module, source: BatchSource, loss_fn: nn.Module, m
 
 def evaluate(model: nn.Module, data: Any, *, loss: str | dict | nn.Module = "cross_entropy",
              metrics: Sequence[str] | None = None, batch_size: int = 1000, device: str = "auto",
-             precision: str = "fp32") -> dict[str, float]:
-    """Loss and metrics of `model` on `data` (e.g. `{"loss": 0.31, "accuracy": 0.89}`)."""
+             precision: str = "fp32", tta: bool | dict = False,
+             augmentation: tuple[int, bool] | None = None) -> dict[str, float]:
+    """Loss and metrics of `model` on `data` (e.g. `{"loss": 0.31, "accuracy": 0.89}`). `tta`:
+    on the average over views of each image (see `zerograd.tta`); `tta=True` takes the flips and
+    crops of `augmentation` (crop, flip), else of the data's own image augmentation."""
     acc = Accelerator.create(device, precision)
     loss_fn = build_loss(loss).to(acc.device)
     model.to(acc.device)
     source = batch_source(data, batch_size, rank=acc.rank, world_size=acc.world_size, device=acc.device)
-    return evaluate_source(model, source, loss_fn, build_metrics(metrics, task_of(loss)), acc)
+    viewed = with_tta(model, tta, augmentation or augmentation_of(data), task_of(loss))
+    return evaluate_source(viewed, source, loss_fn, build_metrics(metrics, task_of(loss)), acc)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ This is where a recipe becomes an experiment; the recipes themselves stay declar
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from zerograd.data import line_data, load_dataset, sinc_data
+from zerograd.data.folds import check_cv, split_fold
 from zerograd.data.images import load_image_folder
 from zerograd.data.tabular import load_table_data
 from zerograd.errors import ConfigError, did_you_mean
@@ -176,10 +178,24 @@ def build_experiment(config: dict[str, Any], *, trust_code: bool = True,
     """The model and data of `config`; `trust_code=False` (a config from a run directory, `origin`)
     refuses a model class of the user's own before the data is even loaded."""
     check_trusted(config["model"], trust_code=trust_code, origin=origin)
+    fold = check_cv(config["cv"]) if config.get("cv") is not None else None  # (before the data loads)
+    if fold is not None and config.get("val_split"):
+        raise ConfigError("cv holds out one fold of the training data as the validation set; drop val_split")
     data = build_data(data_spec(config))
+    if fold is not None:  # a run of `zerograd cv`: its fold of the training set validates (data/folds.py)
+        data = with_fold(data, fold)
     model = build_model(config["model"], input_shape=data.input_shape, trust_code=trust_code, origin=origin)
     check_model_fits(model, data, task_of(config["loss"]))
     return Experiment(config, model, data)
+
+
+def with_fold(data: DataBundle, fold: dict[str, int]) -> DataBundle:
+    """`data` with fold `fold` of its training set as the validation set, the others to train on."""
+    if data.val is not None:
+        raise ConfigError("cv holds out one fold of the training data as the validation set, and this data has a "
+                          "validation split of its own; set data.val_split: 0")
+    train, val, note = split_fold(data.train, fold)
+    return dataclasses.replace(data, train=train, val=val, info=data.info | {"cv": note})
 
 
 def check_model_fits(model: nn.Module, data: DataBundle, task: str) -> None:

@@ -14,8 +14,11 @@ from typing import Any
 
 from zerograd.accelerator import PRECISIONS
 from zerograd.errors import ConfigError, did_you_mean
+from zerograd.losses import loss_name
 from zerograd.metrics import resolve_mode
+from zerograd.mixing import check_mixing_loss, mixing_alpha
 from zerograd.optim import check_schedule
+from zerograd.tta import check_tta
 
 ON_NAN = ("error", "skip")
 EARLY_STOPPING_KEYS = ("monitor", "mode", "patience", "min_delta", "restore_best")
@@ -63,6 +66,10 @@ class FitOptions:
     lr_decay: float | None = None  # discriminative rates: lr x lr_decay^k for the k-th layer before the last
     ema: dict | bool | float | None = None  # {decay, warmup} or true: evaluate and save an EMA of the weights
     swa: dict | bool | None = None  # {start_epoch, lr, anneal_epochs} or true: stochastic weight averaging
+    mixup: dict | float | bool | None = None  # {alpha: 0.2}: blend pairs of training samples (zerograd.mixing)
+    cutmix: dict | float | bool | None = None  # {alpha: 1.0}: paste a box of one training image into another
+    tta: dict | bool = False  # evaluate on the average over flipped/shifted views of each image (zerograd.tta)
+    profile: bool = False  # time the sections of the run and trace a few steps (zerograd.profiling)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any], *, given: Collection[str] | None = None) -> FitOptions:
@@ -104,6 +111,8 @@ class FitOptions:
         swa_options(self.swa, epochs=self.epochs, lr=self.lr)
         if self.ema not in (None, False) and self.swa not in (None, False):
             raise ConfigError("ema and swa both average the weights; choose one of them")
+        check_mixing_loss(loss_name(self.loss), mixing_alpha("mixup", self.mixup), mixing_alpha("cutmix", self.cutmix))
+        check_tta(self.tta)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

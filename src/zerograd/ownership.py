@@ -39,17 +39,19 @@ REFUSALS = {
     "resume": "{dir} is being trained by another process ({holder}); it can be resumed only once that process has "
               "stopped: wait for it to finish (or stop it with Ctrl-C), then `zerograd resume {dir}`",
     "sweep": "{dir} is in use by another sweep ({holder}); wait for it to finish, or choose another --out",
+    "cv": "{dir} is in use by another cross-validation ({holder}); wait for it to finish, or choose another --out",
 }
 # What is safe, and how to go on, when the folder cannot be written at all (read-only, full, no permission).
 UNWRITABLE = {
     "train": "nothing was written; choose a writable --out (or free some disk space)",
     "resume": "the run is as it was; make the folder writable (or free some disk space), then `zerograd resume {dir}`",
     "sweep": "nothing was written; choose a writable --out (or free some disk space)",
+    "cv": "nothing was written; choose a writable --out (or free some disk space)",
 }
 
 
 class DirectoryLock:
-    """An exclusive hold on `directory` for this process (`purpose`: train, resume or sweep).
+    """An exclusive hold on `directory` for this process (`purpose`: train, resume, sweep or cv).
     `acquire` creates the directory if needed; a context manager releases it on exit."""
 
     def __init__(self, directory: str | Path, purpose: str = "train") -> None:

@@ -30,10 +30,12 @@ from torch import nn
 from zerograd import runs
 from zerograd.data.datasets import DATASETS
 from zerograd.data.image_decode import ImageSpec, to_8bit, upright
+from zerograd.data.images import Augment
 from zerograd.data.tabular import TABLE_FILE_SUFFIXES, RawTable, TableEncoder, load_numpy, read_table_file
 from zerograd.digits import WORK_SIDE, light_on_dark, mnist_style, shrink
-from zerograd.errors import DataError, RunDirError
+from zerograd.errors import ConfigError, DataError, RunDirError
 from zerograd.losses import loss_name, task_of
+from zerograd.tta import tta_spec, with_tta
 
 IMAGE_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -268,14 +270,17 @@ class Predictor:
         )
 
 
-def load(run_dir: str | Path, *, device: str = "cpu", trust_code: bool = False) -> Predictor:
+def load(run_dir: str | Path, *, device: str = "cpu", trust_code: bool = False,
+         tta: bool | dict | None = None) -> Predictor:
     """The trained model of a run directory, ready to predict (see `Predictor`). A model class of
     the user's own (`module:Class`) that the run's config names is code: it is imported only with
-    `trust_code=True`."""
+    `trust_code=True`. `tta` (None: as the run's config says) predicts images from the average over
+    flipped and shifted views (see `zerograd.tta`)."""
     path = runs.require_run_dir(run_dir)
     config = runs.read_config(path)
     preprocessing = runs.read_preprocessing(path) or _preprocessing_from_summary(config, runs.read_summary(path))
     model = runs.load_model(path, config, preprocessing.get("input_shape"), trust_code=trust_code)
+    model = _with_tta(model, tta_spec(tta, config.get("tta")), config, preprocessing)
     where = _device(device)
     try:
         return Predictor(model, preprocessing, loss=config["loss"], config=config, run_dir=path, device=where)
@@ -283,6 +288,20 @@ def load(run_dir: str | Path, *, device: str = "cpu", trust_code: bool = False) 
         raise RunDirError(f"{path / runs.PREPROCESSING} does not describe the inputs ({type(error).__name__}: "
                           f"{error}); "
                           "restore the file zerograd wrote, or train the run again") from None
+
+
+def _with_tta(model: nn.Module, spec: Any, config: dict[str, Any], preprocessing: dict[str, Any]) -> nn.Module:
+    """The model predicting on the average over views of each image, when `spec` asks for it: the
+    views of the run's image augmentation (`data.augment`), or those `tta: {flip, crop}` names."""
+    if not spec:
+        return model
+    if preprocessing.get("kind") != "image":
+        raise ConfigError("tta averages over flipped and shifted views of images, and this run's inputs are not "
+                          "images; leave tta off")
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    augment = Augment.parse(data.get("augment"), tuple(preprocessing.get("size") or (0, 0)))
+    task = preprocessing.get("task") or task_of(config["loss"])
+    return with_tta(model, spec, (augment.crop, augment.flip) if augment else None, task)
 
 
 def _preprocessing_from_summary(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@
     RUN_DIR/preprocessing.json  how raw inputs become model inputs (scaling, image size, classes)
     RUN_DIR/model_summary.txt   layers, output shapes, parameter counts and data sizes
     RUN_DIR/plots/*.png         the run's plots (see zerograd.reporting.plots)
+    RUN_DIR/profile.json        with `profile: true`: where the time went (see zerograd.profiling),
+    RUN_DIR/profile/trace.json  and a torch.profiler trace of a few steps (Perfetto, chrome://tracing)
 """
 from __future__ import annotations
 
@@ -38,11 +40,13 @@ from zerograd.files import load_safetensors, to_plain, write_atomic, writing, ya
 from zerograd.models import build_model, weights_mismatch
 from zerograd.optim import current_lr
 from zerograd.options import FitOptions
+from zerograd.profiling import ProfileReport
 from zerograd.signals import StopSignal
 from zerograd.state import History, LoopState, LossWindow
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
+PROFILE, TRACE = "profile.json", "profile/trace.json"  # `profile: true` (see zerograd.profiling)
 
 
 def new_run_dir(name: str, base: str | Path = "runs", *, create: bool = False) -> Path:
@@ -175,6 +179,17 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     return read_json_object(Path(run_dir) / SUMMARY, SUMMARY_TYPES)
+
+
+def write_profile(run_dir: Path, report: ProfileReport) -> None:
+    """profile.json (seconds per section) and, when steps were traced, profile/trace.json."""
+    figures = report.to_dict()
+    if report.trace is not None:
+        with writing(run_dir / TRACE):
+            (run_dir / TRACE).parent.mkdir(exist_ok=True)
+        write_atomic(run_dir / TRACE, report.trace)
+        figures["trace"] = TRACE
+    write_atomic(run_dir / PROFILE, json.dumps(figures, indent=2) + "\n")
 
 
 def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:

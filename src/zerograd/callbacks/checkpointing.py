@@ -48,7 +48,7 @@ from zerograd.state import LoopState
 
 DEFAULT_EVERY, DEFAULT_KEEP = "5m", 3
 # Options that may differ on resume without changing what is computed.
-NEUTRAL_OPTIONS = frozenset({"device", "threads", "compile", "preflight"})
+NEUTRAL_OPTIONS = frozenset({"device", "threads", "compile", "preflight", "profile"})
 
 
 def settings_from(config: dict[str, Any]) -> tuple[Every, int]:
@@ -70,6 +70,7 @@ class Checkpointer(Callback):
     (`order` 100), so a checkpoint holds what they did this epoch."""
 
     order: ClassVar[int] = 100
+    profile_section: ClassVar[str] = "checkpoints"  # `profile: true` times its hooks as checkpoints
 
     def __init__(self, directory: str | Path, *, every: int | str | Every | None = DEFAULT_EVERY,
                  keep: int = DEFAULT_KEEP, stop: StopSignal | None = None) -> None:
@@ -179,6 +180,7 @@ class ResumeFrom(Callback):
     state."""
 
     order: ClassVar[int] = -100
+    profile_section: ClassVar[str] = "checkpoints"
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)

@@ -91,6 +91,13 @@ class BatchTransform:
         return x
 
 
+def augmentation_of(data: Any) -> tuple[int, bool] | None:
+    """(crop, flip) of the augmentation of an image folder's data set (the training set's, which
+    its validation and test sets share), None for other data or none set."""
+    augment = getattr(getattr(data, "transform", None), "augment", None)
+    return (augment.crop, augment.flip) if isinstance(augment, Augment) else None
+
+
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to `padding` pixels (zero-filled, i.e. the mean colour after normalising)."""
     batch, _, height, width = x.shape

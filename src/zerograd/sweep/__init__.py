@@ -15,11 +15,17 @@ sweep directory, which describes itself so it can be resumed and reported on:
 
 Re-running the same command on the same `--out` skips the runs that finished (summary.json there
 and the same config) and trains again the ones that were killed half-way.
+
+K-fold cross-validation (`zerograd cv`, `cross_validate`) runs on the same machinery: one run per
+fold, every metric's mean ± std over the folds (see `zerograd.sweep.cv`); `--cv K` makes a sweep
+rank its configurations by their cross-validated metric.
 """
 from __future__ import annotations
 
 from zerograd.reporting.sweep_section import load_sweep
+from zerograd.sweep.cv import CVResult, cross_validate, print_cv
 from zerograd.sweep.results import SweepResult, print_result
 from zerograd.sweep.runner import add_sweep_arguments, sweep
 
-__all__ = ["SweepResult", "add_sweep_arguments", "load_sweep", "print_result", "sweep"]
+__all__ = ["CVResult", "SweepResult", "add_sweep_arguments", "cross_validate", "load_sweep", "print_cv", "print_result",
+           "sweep"]

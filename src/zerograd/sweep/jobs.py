@@ -67,13 +67,14 @@ def resolve_metric(name: str, keys: Sequence[str]) -> str:
 def check_metric_name(name: str, config: dict[str, Any]) -> None:
     """Catch a --metric that these runs will not log before anything trains."""
     logged = ["loss", *_logged_metrics(config)]
-    prefixes = [p for p in PREFIXES if p != "val_" or config.get("val_split")]
+    validated = config.get("val_split") or config.get("cv")  # a validation split, or cross-validation's fold
+    prefixes = [p for p in PREFIXES if p != "val_" or validated]
     choices = [p + m for p in prefixes for m in logged]
     bare = next((name[len(p):] for p in PREFIXES if name.startswith(p)), name)
     if bare not in logged:
         raise ConfigError(f'--metric "{name}" is not logged by these runs{did_you_mean(name, choices + logged)}; '
                           f'choose from {", ".join(choices)} (test_ only for data sets with a test set)')
-    if name.startswith("val_") and not config.get("val_split"):
+    if name.startswith("val_") and not validated:
         raise ConfigError(f'--metric "{name}" needs a validation split: add --set val_split=0.1, or use {bare}')
 
 
@@ -227,14 +228,17 @@ def clear_run_dir(run_dir: Path) -> None:
 
 # --------------------------------------------------------------------------- plans
 
+MakeJob = Callable[[int, dict, int, int | None], Job]  # (index, params, seed, cv fold or None) -> Job
+
+
 class Plan:
     """Which job to train next. Grid and random search know all their jobs up front."""
 
-    def __init__(self, points: list[dict[str, Any]], seeds: list[int],
-                 make_job: Callable[[int, dict, int], Job]) -> None:
+    def __init__(self, points: list[dict[str, Any]], seeds: list[int], make_job: MakeJob,
+                 folds: Sequence[int | None] = (None,)) -> None:
         # Seed-major: every configuration once before any repeats, so early results span the grid
         # (and the median stopping rule compares against different configurations).
-        self.queue = deque(make_job(i, p, s) for s in seeds for i, p in enumerate(points))
+        self.queue = deque(make_job(i, p, s, f) for s in seeds for f in folds for i, p in enumerate(points))
         self.total = len(self.queue)
 
     def next_job(self) -> Job | None:
@@ -250,19 +254,20 @@ class OptunaPlan(Plan):
     Configurations found in the sweep directory (a resumed sweep) are asked again first, with
     `enqueue_trial`, so their finished runs are reused and Optuna learns from them."""
 
-    def __init__(self, space: dict[str, Dimension], n: int, seeds: list[int], make_job: Callable[[int, dict, int], Job],
-                 *, mode: str, sweep_seed: int, known: dict[int, dict[str, Any]]) -> None:
+    def __init__(self, space: dict[str, Dimension], n: int, seeds: list[int], make_job: MakeJob,
+                 *, mode: str, sweep_seed: int, known: dict[int, dict[str, Any]],
+                 folds: Sequence[int | None] = (None,)) -> None:
         optuna = import_optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.space, self.n, self.seeds = optuna, space, n, seeds
-        self.make_job, self.known = make_job, known
+        self.make_job, self.known, self.folds = make_job, known, list(folds)
         self.study = optuna.create_study(direction="maximize" if mode == "max" else "minimize",
                                          sampler=optuna.samplers.TPESampler(seed=sweep_seed))
         self.distributions = {key: dim.optuna_distribution() for key, dim in space.items()}
         self.queue: deque[Job] = deque()
         self.asked = 0
         self.pending: dict[int, tuple[Any, list[float | None]]] = {}
-        self.total = n * len(seeds)
+        self.total = n * len(seeds) * len(self.folds)
 
     def next_job(self) -> Job | None:
         if not self.queue and self.asked < self.n:
@@ -276,13 +281,13 @@ class OptunaPlan(Plan):
         trial = self.study.ask(self.distributions)
         params = {key: self.space[key].from_optuna(trial.params[key]) for key in self.space}
         self.pending[index] = (trial, [])
-        self.queue.extend(self.make_job(index, params, seed) for seed in self.seeds)
+        self.queue.extend(self.make_job(index, params, seed, fold) for seed in self.seeds for fold in self.folds)
         self.asked += 1
 
     def done(self, job: Job, value: float | None) -> None:
         trial, values = self.pending[job.index]
         values.append(value)
-        if len(values) < len(self.seeds):
+        if len(values) < len(self.seeds) * len(self.folds):  # Optuna is told the mean over seeds and folds
             return
         finite = [v for v in values if finite_number(v)]
         if finite:

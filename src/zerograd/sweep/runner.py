@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ from rich.console import Console
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.console import make_console, plain
-from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
-from zerograd.experiment import DATA_SOURCES
+from zerograd.errors import ConfigError, DataError, RunDirError, TrainingError, WriteError
+from zerograd.experiment import DATA_SOURCES, build_data, data_spec, own_data_kind
 from zerograd.files import write_atomic, writing
 from zerograd.layers import check_kwargs
 from zerograd.models import MODELS
@@ -25,6 +25,7 @@ from zerograd.reporting.sweep_section import BEST_YAML, PLOTS, RESULTS_CSV, RESU
 from zerograd.sweep.jobs import (
     DEFAULT_MIN_RUNS,
     Job,
+    MakeJob,
     OptunaPlan,
     Outcome,
     Plan,
@@ -53,7 +54,7 @@ from zerograd.sweep.results import (
 from zerograd.sweep.space import Dimension, grid_points, parse_grid, parse_space, random_points
 
 # Changing one of these makes a different sweep; seeds and the number of trials may grow on resume.
-IDENTITY_KEYS = ("search", "source", "overrides", "grid", "space", "sweep_seed")
+IDENTITY_KEYS = ("search", "source", "overrides", "grid", "space", "sweep_seed", "cv")
 MACHINE_KEYS = ("threads",)  # left out of best.yaml
 
 
@@ -74,6 +75,7 @@ def sweep(
     metric: str | None = None,
     median_stop: int | None = None,
     quiet: bool = False,
+    cv: int | None = None,
 ) -> SweepResult:
     """Train every configuration of a `grid` (Cartesian product), `random` samples of a `space`, or
     `optuna` trials of a `space` chosen by Optuna's TPE; each `seeds` times, `jobs` at a time.
@@ -81,33 +83,40 @@ def sweep(
     Keys are config keys (dotted for nested ones: `model.dropout`), checked before anything runs.
     `metric` (default: accuracy for classification, else loss; val_, else test_, else train_)
     ranks the configurations; `median_stop=N` stops runs worse than the median of the finished
-    ones (once N have finished). Re-running with the same `out` resumes the sweep.
+    ones (once N have finished). `cv=K` trains each configuration on the K folds of a K-fold
+    cross-validation (see `zerograd.sweep.cv`) and ranks by the mean over the folds of the
+    validation metric. Re-running with the same `out` resumes the sweep.
     """
     spec, dimensions = _build_spec(source, grid, space, random, optuna, seeds, sweep_seed, overrides or {}, jobs,
-                                   metric, median_stop)
+                                   metric, median_stop, cv)
     base = configs.resolve(source, spec["overrides"])
     metric_name = metric or default_metric(base)
-    check_metric_name(metric_name, base)
+    folds: list[int | None] = list(range(1, cv + 1)) if cv else [None]
+    check_metric_name(metric_name, base | ({"cv": {"folds": cv, "fold": 1}} if cv else {}))
     mode = metric_mode(metric_name)
     sweep_dir = Path(out) if out else runs.new_run_dir(f"sweep-{base['name']}")
     threads = max(1, available_cores() // jobs)
     seed_list = [base["seed"] + k for k in range(seeds)]
 
-    extra = run_defaults(source, spec["overrides"], jobs, threads)
+    extra = run_defaults(source, spec["overrides"], jobs, threads) | (cv_defaults(base) if cv else {})
 
-    def make_job(index: int, params: dict[str, Any], seed: int) -> Job:
-        config = configs.resolve(source, extra | spec["overrides"] | params | {"seed": seed})
-        run_dir = sweep_dir / run_name(index, params, seed)
+    def make_job(index: int, params: dict[str, Any], seed: int, fold: int | None = None) -> Job:
+        cross = {"cv": {"folds": cv, "fold": fold}} if fold else {}  # one fold of a cross-validation (--cv K)
+        config = configs.resolve(source, extra | spec["overrides"] | params | {"seed": seed} | cross)
+        run_dir = sweep_dir / (run_name(index, params, seed) + (f"-fold{fold}" if fold else ""))
         return Job(index, params, seed, str(run_dir), config, metric_name, median_stop)
 
-    plan = _make_plan(spec, dimensions, seed_list, make_job, mode, sweep_dir)  # resolves every config
+    plan = _make_plan(spec, dimensions, seed_list, make_job, mode, sweep_dir, folds)  # resolves every config
     _check_before_running(plan, source, spec, dimensions)
+    if cv:
+        check_fold_count(configs.resolve(source, extra | spec["overrides"]), cv)
     # One sweep at a time per folder: a second one would clear and retrain the first's runs.
     with DirectoryLock(sweep_dir, "sweep"):
         _claim_sweep_dir(sweep_dir, spec)
         console = make_console()
         if not quiet:
-            console.print(f"[bold]{plain(spec['command'])}[/]: {plan.total} runs, {jobs} at a time "
+            console.print(f"[bold]{plain(spec['command'])}[/]: {plan.total} runs{f' ({cv} folds each)' if cv else ''}, "
+                          f"{jobs} at a time "
                           f"({threads} threads each), ranked by {plain(metric_name)} -> {plain(sweep_dir)}")
 
         results = _run_plan(plan, jobs, threads, metric_name, console if not quiet else None)
@@ -136,9 +145,27 @@ def run_defaults(source: Any, overrides: dict[str, Any], jobs: int, threads: int
     return {k: v for k, v in defaults.items() if given.get(k) is None}
 
 
+def cv_defaults(base: dict[str, Any]) -> dict[str, Any]:
+    """What the runs of a cross-validation get unless --set says otherwise: no validation split of
+    the data's own (your own tables and images hold one out by default), since the folds replace it."""
+    if base.get("val_split"):
+        raise ConfigError("cross-validation holds out each fold of the training data as the validation set; drop "
+                          "val_split")
+    return {"data.val_split": 0} if isinstance(base["data"], dict) and own_data_kind(base["data"]) else {}
+
+
+def check_fold_count(config: dict[str, Any], folds: int) -> None:
+    """More folds than training samples would fail every fold's run alike: say so once, before
+    any trains (the data is loaded here once for it)."""
+    size = len(build_data(data_spec(config)).train)
+    if size < folds:
+        raise DataError(f"{folds}-fold cross-validation needs at least {folds} training samples, the data has {size}; "
+                        "use fewer folds")
+
+
 def _build_spec(source: Any, grid: Any, space: Any, n_random: int | None, n_optuna: int | None, seeds: int,
                 sweep_seed: int, overrides: dict[str, Any], jobs: int, metric: str | None,
-                median_stop: int | None) -> tuple[dict[str, Any], dict[str, Dimension]]:
+                median_stop: int | None, cv: int | None = None) -> tuple[dict[str, Any], dict[str, Dimension]]:
     if n_random is not None and n_optuna is not None:
         raise ConfigError("give either --random N or --optuna N, not both")
     search = "random" if n_random is not None else "optuna" if n_optuna is not None else "grid"
@@ -157,7 +184,8 @@ def _build_spec(source: Any, grid: Any, space: Any, n_random: int | None, n_optu
         if not parsed_space:
             raise ConfigError(f"--{search} N needs --space KEY=DIST ..., e.g. --space 'lr=log(1e-4,1e-1)'")
     trials = n_random if search == "random" else n_optuna
-    counts = (("--seeds", seeds, 1), ("--jobs", jobs, 1), (f"--{search}", trials, 1), ("--median-stop", median_stop, 1))
+    counts = (("--seeds", seeds, 1), ("--jobs", jobs, 1), (f"--{search}", trials, 1), ("--median-stop", median_stop, 1),
+              ("--cv", cv, 2))
     for name, value, low in counts:
         if value is not None and (not isinstance(value, int) or value < low):
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -167,9 +195,10 @@ def _build_spec(source: Any, grid: Any, space: Any, n_random: int | None, n_optu
         if key in overrides:
             raise ConfigError(f'"{key}" is both swept and set with --set/--{key.replace("_", "-")}; drop one')
     spec = {
-        "version": 1, "search": search, "source": _source_label(source), "overrides": overrides,
+        "version": 1, "search": search, "source": source_label(source), "overrides": overrides,
         "grid": parsed_grid, "space": {k: d.text for k, d in parsed_space.items()}, "trials": trials,
         "seeds": seeds, "sweep_seed": sweep_seed, "jobs": jobs, "metric": metric, "median_stop": median_stop,
+        "cv": cv,
     }
     spec["command"] = command_line(spec)
     return spec, parsed_space
@@ -183,7 +212,7 @@ def check_swept_key(dotted: str) -> None:
         raise ConfigError(f'"{top}" is not a section, so "{dotted}" cannot be swept; sweep {top} itself')
 
 
-def _source_label(source: Any) -> Any:
+def source_label(source: Any) -> Any:
     if isinstance(source, dict):
         return copy.deepcopy(source)
     path = Path(source)
@@ -203,7 +232,7 @@ def command_line(spec: dict[str, Any]) -> str:
     if spec["sweep_seed"]:
         parts.append(f"--sweep-seed {spec['sweep_seed']}")
     parts += [f"--set {k}={_yaml_text(v)}" for k, v in spec["overrides"].items()]
-    for option in ("jobs", "metric", "median_stop"):
+    for option in ("jobs", "metric", "median_stop", "cv"):
         if spec[option] not in (None, 1) or (option == "median_stop" and spec[option]):
             parts.append(f"--{option.replace('_', '-')} {spec[option]}")
     return " ".join(parts)
@@ -231,14 +260,14 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _make_plan(spec: dict[str, Any], dimensions: dict[str, Dimension], seeds: list[int],
-               make_job: Callable[[int, dict, int], Job], mode: str, sweep_dir: Path) -> Plan:
+def _make_plan(spec: dict[str, Any], dimensions: dict[str, Dimension], seeds: list[int], make_job: MakeJob, mode: str,
+               sweep_dir: Path, folds: list[int | None]) -> Plan:
     if spec["search"] == "grid":
-        return Plan(grid_points(spec["grid"]), seeds, make_job)
+        return Plan(grid_points(spec["grid"]), seeds, make_job, folds)
     if spec["search"] == "random":
-        return Plan(random_points(dimensions, spec["trials"], spec["sweep_seed"]), seeds, make_job)
+        return Plan(random_points(dimensions, spec["trials"], spec["sweep_seed"]), seeds, make_job, folds)
     return OptunaPlan(dimensions, spec["trials"], seeds, make_job, mode=mode, sweep_seed=spec["sweep_seed"],
-                      known=known_configurations(sweep_dir, list(dimensions)))
+                      known=known_configurations(sweep_dir, list(dimensions)), folds=folds)
 
 
 def _check_before_running(plan: Plan, source: Any, spec: dict[str, Any], dimensions: dict[str, Dimension]) -> None:
@@ -356,6 +385,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
     parser.add_argument("--metric", help="rank by this logged metric (default: accuracy for classification, else loss; "
                                           "val_, else test_, else train_)")
+    parser.add_argument("--cv", type=int, metavar="K",
+                        help="rank by K-fold cross-validation: train every configuration on each of K folds of the "
+                             "training set and rank by the mean validation metric over the folds")
     parser.add_argument("--median-stop", type=int, nargs="?", const=DEFAULT_MIN_RUNS, metavar="MIN_RUNS",
                         help=f"stop a run whose metric falls below the median of the finished runs at the same epoch, "
                              f"once MIN_RUNS (default {DEFAULT_MIN_RUNS}) have finished")
