@@ -18,6 +18,7 @@ from zerograd.accelerator import Accelerator
 from zerograd.cadence import Every
 from zerograd.callbacks.base import Callback
 from zerograd.callbacks.checkpointing import Checkpointer, ResumeFrom, settings_from
+from zerograd.callbacks.loggers import FAILED
 from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
 from zerograd.engine import FitResult, evaluate, run_fit
 from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, WriteError
@@ -136,7 +137,10 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
             exit_code=stop.exit_code)
     summary = build_summary(experiment, result)
     if result.accelerator.is_main:
-        _write_final_files(run_dir, result, summary, reporters, every, go_on)
+        try:
+            _write_final_files(run_dir, result, summary, reporters, every, go_on)
+        finally:  # the trackers end as failed when the final files could not be written (else a no-op)
+            reporters.end_loggers(FAILED)
     return Run(run_dir, result.history, summary, result.model, config)
 
 
@@ -169,7 +173,7 @@ def _write_final_files(run_dir: Path, result: FitResult, summary: dict[str, Any]
     except WriteError as error:
         raise WriteError(f"{error}; the trained weights are safe in {run_dir / runs.WEIGHTS}. Free some disk space "
                          f"(or make the folder writable), {go_on} to finish the run's files") from None
-    reporters.finish(result.model, device=str(result.accelerator.device))  # metrics.csv, plots/
+    reporters.finish(result.model, device=str(result.accelerator.device), summary=summary)  # metrics.csv, plots/
 
 
 def _newest_checkpoint(run_dir: Path) -> Path | None:

@@ -203,6 +203,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also write TensorBoard event files to RUN_DIR/tensorboard/ "
                              "(pip install 'zerograd[tensorboard]')")
+    parser.add_argument("--logger", dest="loggers", action="append", metavar="NAME[,NAME]",
+                        help="experiment trackers to log the run to: mlflow, tensorboard (repeat it or give a comma "
+                             "list; replaces the config's loggers:); mlflow: pip install 'zerograd[mlflow]'")
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,6 +214,8 @@ def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "loggers", None):
+        overrides["loggers"] = [name.strip() for text in args.loggers for name in text.split(",") if name.strip()]
     return overrides
 
 

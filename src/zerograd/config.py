@@ -21,9 +21,9 @@ from zerograd.options import FitOptions
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
 META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard",
-             "progress", "plots", "log_every")
+             "progress", "plots", "log_every", "loggers", "mlflow")
 TOP_KEYS = META_KEYS + TRAIN_KEYS
-NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping")
+NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping", "mlflow")
 
 
 def recipe_names() -> list[str]:

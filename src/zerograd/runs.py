@@ -26,8 +26,8 @@ from safetensors.torch import save
 from torch import nn
 
 from zerograd import config as configs
-from zerograd.callbacks.loggers import FINISHED, RunInfo, RunLogger
 from zerograd.callbacks.checkpointing import NEUTRAL_OPTIONS
+from zerograd.callbacks.loggers import FINISHED, RunInfo, RunLogger
 from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
 from zerograd.config import dump
 from zerograd.distributed import WorkerEnv
@@ -355,7 +355,7 @@ def resume_config(run_dir: str | Path, asked: dict[str, Any] | None = None) -> d
     if asked is None:
         return config
     neutral = NEUTRAL_OPTIONS | {"name", "description", "progress", "tensorboard", "checkpoint_every",
-                                 "keep_checkpoints"}
+                                 "keep_checkpoints", "loggers", "mlflow"}
     changed = [k for k in dict.fromkeys([*config, *asked]) if k not in neutral and config.get(k) != asked.get(k)]
     if changed:
         shown = ", ".join(f"{k}: {config.get(k)!r} -> {asked.get(k)!r}" for k in changed[:4])

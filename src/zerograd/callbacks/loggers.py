@@ -54,7 +54,7 @@ class RunLogger(Callback):
         self.every_steps = every_steps
         self.config = config
         self.ends_with_fit = True  # `zerograd.train` sets False: it ends the logger after the run's files
-        self.ended = False
+        self.active = False  # started on this process (the main one), not ended yet
         self._steps = StepGrid(every_steps)
         self._window = LossWindow()
 
@@ -69,21 +69,26 @@ class RunLogger(Callback):
 
     def end(self, status: str, summary: Mapping[str, Any] | None = None) -> None: ...
 
+    def close(self) -> None:
+        """Release what the logger holds open (files, connections), also when the run failed."""
+
     # --- driven by the loop -----------------------------------------------------------------
     def finish(self, status: str, summary: Mapping[str, Any] | None = None, artifacts: Sequence[Path] = ()) -> None:
-        """Log `artifacts`, then `end`, once (a second call does nothing)."""
-        if self.ended:
+        """Log `artifacts`, then `end`, once: a second call, or one on a process that did not
+        start the logger (not the main one), does nothing."""
+        if not self.active:
             return
-        self.ended = True
+        self.active = False
         if artifacts:
             self.log_artifacts(artifacts)
         self.end(status, summary)
 
     def on_fit_start(self, state: LoopState) -> None:
         self._steps.stop()
-        self.ended = False
+        self.active = False
         if not state.is_main:
             return
+        self.active = True
         # callbacks that restore a checkpoint run first, so the history and step are the restored ones
         history = [dict(r) for r in state.history.records]
         self.start(RunInfo(resumed=state.global_step > 0 or bool(history), history=history,
@@ -116,8 +121,10 @@ class RunLogger(Callback):
             self.log_metrics(logs, state.global_step)
 
     def on_fit_end(self, state: LoopState) -> None:
-        if state.is_main and self.ends_with_fit:
-            self.finish(INTERRUPTED if state.stop_reason == "interrupted" else FINISHED)
+        if state.stop_reason == "interrupted":  # an interrupted run writes no final files to wait for
+            self.finish(INTERRUPTED)
+        elif self.ends_with_fit:
+            self.finish(FINISHED)
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
