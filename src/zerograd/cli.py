@@ -215,7 +215,8 @@ def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             overrides[key] = value
     if getattr(args, "loggers", None):
-        overrides["loggers"] = [name.strip() for text in args.loggers for name in text.split(",") if name.strip()]
+        named = [name.strip() for text in args.loggers for name in text.split(",") if name.strip()]
+        overrides["loggers"] = list(dict.fromkeys(named))
     return overrides
 
 

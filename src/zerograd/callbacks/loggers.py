@@ -88,11 +88,11 @@ class RunLogger(Callback):
         self.active = False
         if not state.is_main:
             return
-        self.active = True
         # callbacks that restore a checkpoint run first, so the history and step are the restored ones
         history = [dict(r) for r in state.history.records]
         self.start(RunInfo(resumed=state.global_step > 0 or bool(history), history=history,
                            global_step=state.global_step))
+        self.active = True  # a logger that could not start has nothing to end
         self.log_params(flatten(self.config if self.config is not None else state.options.to_dict()))
         steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
         if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already

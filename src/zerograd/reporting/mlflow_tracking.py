@@ -139,7 +139,7 @@ class MLflowLogger(RunLogger):
 
         items = [Param(key, text(value, MAX_PARAM)) for key, value in params.items()]
         for first in range(0, len(items), PARAMS_PER_CALL):
-            self.call(self.client.log_batch, self.run_id, params=items[first:first + PARAMS_PER_CALL])
+            self.call("log_batch", self.run_id, params=items[first:first + PARAMS_PER_CALL])
 
     def log_metrics(self, metrics: dict[str, Any], step: int, kind: str = "epoch") -> None:
         from mlflow.entities import Metric
@@ -150,22 +150,22 @@ class MLflowLogger(RunLogger):
                    if key != "step" and not isinstance(value, bool) and isinstance(value, (int, float))
                    and step > self._logged_up_to.get(f"{key}{suffix}", -1)]
         if entries:
-            self.call(self.client.log_batch, self.run_id, metrics=entries)
+            self.call("log_batch", self.run_id, metrics=entries)
 
     def log_artifacts(self, paths: Sequence[Path]) -> None:
         for path in paths:
             if path.is_dir():
-                self.call(self.client.log_artifacts, self.run_id, str(path), path.name)
+                self.call("log_artifacts", self.run_id, str(path), path.name)
             elif path.is_file():
-                self.call(self.client.log_artifact, self.run_id, str(path))
+                self.call("log_artifact", self.run_id, str(path))
 
     def end(self, status: str, summary: Mapping[str, Any] | None = None) -> None:
         if summary:
             from mlflow.entities import RunTag
 
             tags = [RunTag(f"summary.{key}", text(value, MAX_TAG)) for key, value in flatten(summary).items()]
-            self.call(self.client.log_batch, self.run_id, tags=tags)
-        self.call(self.client.set_terminated, self.run_id, STATUS.get(status, "FAILED"))
+            self.call("log_batch", self.run_id, tags=tags)
+        self.call("set_terminated", self.run_id, STATUS.get(status, "FAILED"))
         self.client = None
 
     # --- helpers ----------------------------------------------------------------------------
@@ -194,12 +194,13 @@ class MLflowLogger(RunLogger):
         return {key: max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
                 for key in keys}
 
-    def call(self, method: Any, *args: Any, **kwargs: Any) -> None:
-        """One MLflow call; a failure warns once and stops the logging (the run's own files have it all)."""
+    def call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """One call of the client's `method`; a failure warns once and stops the logging (the run's
+        own files have it all)."""
         if self.client is None:
             return
         try:
-            method(*args, **kwargs)
+            getattr(self.client, method)(*args, **kwargs)
         except Exception as error:  # MLflow's own errors and its stores' (SQLAlchemy, HTTP, OS)
             self.client = None
             warnings.warn(f"MLflow logging stopped: {first_line(error)} (run {self.run_id} in {self.tracking_uri}); "
