@@ -110,6 +110,7 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
     reporters = RunReporters(config, run_dir, experiment, quiet=quiet, progress=progress)
     # a failed write stops the run, saved; a resumed run cuts metrics.jsonl back to its checkpoint
     metrics = runs.MetricsWriter(run_dir, every_steps=reporters.log_every, stop=stop, resumed=resumed)
+    metrics.ends_with_fit = False  # its CSV copies come with the final files (`reporters.finish`), failing softly
     saver = Checkpointer(run_dir / CHECKPOINTS, every=every, keep=keep, stop=stop)  # runs last (its `order`)
     hooks: list[Callback] = [*reporters.callbacks, metrics, *callbacks, saver]
     if resumed:  # runs first (its `order`): the others start from the restored state

@@ -18,7 +18,7 @@ from zerograd.callbacks.loggers import flatten
 from zerograd.checkpoint_format import checkpoint_dirs
 from zerograd.cli import main
 from zerograd.errors import ConfigError, TrainingInterrupted, ZerogradWarning
-from zerograd.reporting.mlflow_tracking import MLFLOW_RUN, MLflowLogger
+from zerograd.reporting.mlflow_tracking import MLFLOW_RUN, MLflowLogger, absolute_uri, artifact_root
 from zerograd.state import LoopState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,3 +208,13 @@ def test_a_store_failing_during_training_warns_once_and_training_goes_on(tmp_pat
                              overrides={"epochs": 3, "loggers": ["mlflow"], "plots": False})
     assert len([w for w in caught if issubclass(w.category, ZerogradWarning)]) == 1
     assert len(run.history) == 3 and (run.dir / "model.safetensors").is_file()
+
+
+def test_a_relative_sqlite_uri_is_kept_absolute_with_its_artifacts_beside_it(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert absolute_uri("sqlite:///store/mlflow.db") == f"sqlite:///{tmp_path.resolve() / 'store' / 'mlflow.db'}"
+    assert absolute_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
+    assert absolute_uri("http://tracking:5000") == "http://tracking:5000"
+    assert artifact_root("sqlite:////abs/mlflow.db") == "file:///abs/mlartifacts"
+    assert artifact_root("http://tracking:5000") is None

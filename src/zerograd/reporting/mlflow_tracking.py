@@ -68,13 +68,26 @@ def default_tracking_uri(run_dir: str | Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(run_dir).resolve().parent / DEFAULT_DB)}"
 
 
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///FILE` URI, made absolute (`sqlite:///x.db` is relative to
+    the current folder, `sqlite:////abs/x.db` absolute); None for other stores."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite" or len(parsed.path) < 2 or parsed.path == "/:memory:":
+        return None
+    return Path(parsed.path[1:]).resolve()
+
+
+def absolute_uri(tracking_uri: str) -> str:
+    """A local SQLite URI with an absolute path, so a run resumed from another folder finds its store."""
+    file = sqlite_file(tracking_uri)
+    return f"sqlite:///{file}" if file is not None and "?" not in tracking_uri else tracking_uri
+
+
 def artifact_root(tracking_uri: str) -> str | None:
     """Where a new experiment in a local SQLite store keeps its artifacts: beside the database (MLflow's
     own default is ./mlruns of whatever folder the command ran in). Other stores choose their own."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
-        return None
-    return (Path(parsed.path[1:] if parsed.path.startswith("//") else parsed.path).parent / DEFAULT_ARTIFACTS).as_uri()
+    file = sqlite_file(tracking_uri)
+    return (file.parent / DEFAULT_ARTIFACTS).as_uri() if file is not None else None
 
 
 @contextlib.contextmanager
@@ -102,7 +115,7 @@ class MLflowLogger(RunLogger):
         super().__init__(every_steps=every_steps, config=config)
         self.client_class = client_class()  # fail before training, not after an epoch
         self.run_dir = Path(run_dir)
-        self.tracking_uri = tracking_uri or default_tracking_uri(self.run_dir)
+        self.tracking_uri = absolute_uri(tracking_uri or default_tracking_uri(self.run_dir))
         self.experiment = experiment or str((config or {}).get("name") or "zerograd")
         self.client: Any = None
         self.run_id: str | None = None
