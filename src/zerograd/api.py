@@ -25,7 +25,7 @@ from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, W
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import imported_class
 from zerograd.performance import auto_threads
-from zerograd.reporting.run_reporters import RunReporters
+from zerograd.reporting.run_reporters import RunReporters, reporting_options
 from zerograd.rng import seed_everything
 from zerograd.runs import load_run
 from zerograd.state import History
@@ -72,7 +72,8 @@ def train(
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
     origin = Path(resume) / runs.CONFIG if resume is not None else (source if isinstance(source, (str, Path)) else None)
     experiment = build_experiment(config, trust_code=trust_code, origin=origin)
-    # a device this machine lacks fails before any run file is written
+    # a device this machine lacks, or a reporting key or logger that cannot be used, fails before any run file
+    reporting_options(config, progress)
     device = Accelerator.create(config["device"], config["precision"]).device
     if config["threads"] is None and device.type == "cpu":  # config.yaml says the count, so it trains the same again
         config["threads"] = auto_threads(experiment.model, experiment.data.sample_input(), device,

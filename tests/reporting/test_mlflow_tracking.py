@@ -218,3 +218,11 @@ def test_a_relative_sqlite_uri_is_kept_absolute_with_its_artifacts_beside_it(tmp
     assert absolute_uri("http://tracking:5000") == "http://tracking:5000"
     assert artifact_root("sqlite:////abs/mlflow.db") == "file:///abs/mlartifacts"
     assert artifact_root("http://tracking:5000") is None
+
+
+@pytest.mark.parametrize("overrides", [{"loggers": ["mlfow"]}, {"loggers": ["mlflow"], "mlflow": {"uri": "x"}},
+                                       {"log_every": -1}])
+def test_a_bad_logger_setting_fails_before_any_run_file(tmp_path: Path, overrides: dict) -> None:
+    with pytest.raises(ConfigError):
+        zerograd.train("linear-regression", out=tmp_path / "run", quiet=True, overrides=overrides)
+    assert not (tmp_path / "run").exists()

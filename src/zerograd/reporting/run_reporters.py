@@ -22,7 +22,7 @@ from zerograd.callbacks.base import Callback
 from zerograd.callbacks.loggers import FAILED, FINISHED, RunLogger
 from zerograd.errors import ConfigError, WriteError, ZerogradWarning, did_you_mean
 from zerograd.files import write_atomic
-from zerograd.reporting.mlflow_tracking import MLflowLogger, mlflow_settings
+from zerograd.reporting.mlflow_tracking import MLflowLogger, client_class, mlflow_settings
 from zerograd.reporting.model_summary import ModelSummary, sample_batch, split_sizes, summarize_model
 from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
 from zerograd.reporting.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
@@ -48,6 +48,9 @@ def reporting_options(config: dict[str, Any], progress: str | None = None) -> di
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ConfigError(f"log_every must be a whole number of steps >= 0 (0: no step records), got {every!r}")
     options["loggers"] = logger_names(config.get("loggers"), tensorboard=options["tensorboard"])
+    if "mlflow" in options["loggers"]:
+        mlflow_settings(config)
+        client_class()  # installed
     return options
 
 
