@@ -18,7 +18,7 @@ from zerograd.callbacks.loggers import flatten
 from zerograd.checkpoint_format import checkpoint_dirs
 from zerograd.cli import main
 from zerograd.errors import ConfigError, TrainingInterrupted, ZerogradWarning
-from zerograd.reporting.mlflow_tracking import MLFLOW_RUN, MLflowLogger, absolute_uri, artifact_root
+from zerograd.reporting.mlflow_tracking import MLFLOW_RUN, MLflowLogger, absolute_uri, artifact_root, mlflow_key
 from zerograd.state import LoopState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,3 +226,9 @@ def test_a_bad_logger_setting_fails_before_any_run_file(tmp_path: Path, override
     with pytest.raises(ConfigError):
         zerograd.train("linear-regression", out=tmp_path / "run", quiet=True, overrides=overrides)
     assert not (tmp_path / "run").exists()
+
+
+def test_keys_mlflow_refuses_are_made_acceptable() -> None:
+    assert mlflow_key("data.columns.price (€)!") == "data.columns.price ____"
+    assert mlflow_key("data.columns.größe") == "data.columns.größe"  # letters of any script are fine
+    assert mlflow_key("model.sizes") == "model.sizes" and len(mlflow_key("k" * 300)) == 250

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -150,7 +151,7 @@ class MLflowLogger(RunLogger):
             return
         from mlflow.entities import Param
 
-        items = [Param(key, text(value, MAX_PARAM)) for key, value in params.items()]
+        items = [Param(mlflow_key(key), text(value, MAX_PARAM)) for key, value in params.items()]
         for first in range(0, len(items), PARAMS_PER_CALL):
             self.call("log_batch", self.run_id, params=items[first:first + PARAMS_PER_CALL])
 
@@ -176,7 +177,8 @@ class MLflowLogger(RunLogger):
         if summary:
             from mlflow.entities import RunTag
 
-            tags = [RunTag(f"summary.{key}", text(value, MAX_TAG)) for key, value in flatten(summary).items()]
+            tags = [RunTag(mlflow_key(f"summary.{key}"), text(value, MAX_TAG))
+                    for key, value in flatten(summary).items()]
             self.call("log_batch", self.run_id, tags=tags)
         self.call("set_terminated", self.run_id, STATUS.get(status, "FAILED"))
         self.client = None
@@ -221,6 +223,12 @@ class MLflowLogger(RunLogger):
 
     def close(self) -> None:
         """Nothing to release: the client holds no open run (the run is ended by `end`)."""
+
+
+def mlflow_key(key: str) -> str:
+    """A name MLflow accepts (letters, digits, `_ - . / :` and spaces, 250 at most): a config key of
+    the user's own (a column name) may hold anything."""
+    return re.sub(r"[^\w./: -]", "_", key)[:250]
 
 
 def text(value: Any, limit: int) -> str:
