@@ -20,7 +20,7 @@ MAX_LINES = 500
 OVERSIZED: dict[str, str] = {}  # file -> why it may stay over the limit for now
 # What a function may import: optional extras and heavy libraries that commands not using them
 # should not pay for, and torch's distributed machinery (only a DDP run needs it).
-LAZY_LIBRARIES = ("matplotlib", "optuna", "onnx", "onnxruntime", "onnxscript", "torch.utils.tensorboard",
+LAZY_LIBRARIES = ("matplotlib", "optuna", "onnx", "onnxruntime", "onnxscript", "torch.utils.tensorboard", "mlflow",
                   "torch.distributed", "torch.nn.parallel", "torch.utils.data.distributed", "pandas", "pyarrow")
 # zerograd's modules that import one of those (or Starlette and uvicorn) when they load: the CLI
 # and the run's reporters import them inside the function that needs them, so `zerograd train`

@@ -19,6 +19,7 @@ from zerograd.accelerator import Accelerator
 from zerograd.cadence import Every
 from zerograd.callbacks.base import Callback
 from zerograd.callbacks.checkpointing import Checkpointer, ResumeFrom, settings_from
+from zerograd.callbacks.loggers import FAILED
 from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
 from zerograd.data.images import augmentation_of
 from zerograd.engine import FitResult, evaluate, run_fit
@@ -27,7 +28,7 @@ from zerograd.experiment import Experiment, build_data, build_experiment, data_s
 from zerograd.models import imported_class
 from zerograd.performance import auto_threads
 from zerograd.profiling import ProfileReport
-from zerograd.reporting.run_reporters import RunReporters
+from zerograd.reporting.run_reporters import RunReporters, reporting_options
 from zerograd.rng import seed_everything
 from zerograd.runs import load_run
 from zerograd.state import History
@@ -76,7 +77,8 @@ def train(
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
     origin = Path(resume) / runs.CONFIG if resume is not None else (source if isinstance(source, (str, Path)) else None)
     experiment = build_experiment(config, trust_code=trust_code, origin=origin)
-    # a device this machine lacks fails before any run file is written
+    # a device this machine lacks, or a reporting key or logger that cannot be used, fails before any run file
+    reporting_options(config, progress)
     device = Accelerator.create(config["device"], config["precision"]).device
     if config["threads"] is None and device.type == "cpu":  # config.yaml says the count, so it trains the same again
         config["threads"] = auto_threads(experiment.model, experiment.data.sample_input(), device,
@@ -114,6 +116,7 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
     reporters = RunReporters(config, run_dir, experiment, quiet=quiet, progress=progress)
     # a failed write stops the run, saved; a resumed run cuts metrics.jsonl back to its checkpoint
     metrics = runs.MetricsWriter(run_dir, every_steps=reporters.log_every, stop=stop, resumed=resumed)
+    metrics.ends_with_fit = False  # its CSV copies come with the final files (`reporters.finish`), failing softly
     saver = Checkpointer(run_dir / CHECKPOINTS, every=every, keep=keep, stop=stop)  # runs last (its `order`)
     hooks: list[Callback] = [*reporters.callbacks, metrics, *callbacks, saver]
     if resumed:  # runs first (its `order`): the others start from the restored state
@@ -141,7 +144,10 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
             exit_code=stop.exit_code)
     summary = build_summary(experiment, result)
     if result.accelerator.is_main:
-        _write_final_files(run_dir, result, summary, reporters, every, go_on)
+        try:
+            _write_final_files(run_dir, result, summary, reporters, every, go_on)
+        finally:  # the trackers end as failed when the final files could not be written (else a no-op)
+            reporters.end_loggers(FAILED)
     return Run(run_dir, result.history, summary, result.model, config, result.profile)
 
 
@@ -180,7 +186,7 @@ def _write_final_files(run_dir: Path, result: FitResult, summary: dict[str, Any]
         except WriteError as error:  # the figures are printed too; the run itself is complete
             warnings.warn(f"{error}; the profile was not saved (the run's other files are)", ZerogradWarning,
                           stacklevel=2)
-    reporters.finish(result.model, device=str(result.accelerator.device))  # metrics.csv, plots/
+    reporters.finish(result.model, device=str(result.accelerator.device), summary=summary)  # metrics.csv, plots/
 
 
 def _newest_checkpoint(run_dir: Path) -> Path | None:

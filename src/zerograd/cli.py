@@ -226,6 +226,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true", default=None,
                         help="time where the run's time goes (RUN_DIR/profile.json, printed at the end) and trace a "
                              "few steps with torch.profiler (RUN_DIR/profile/trace.json, for Perfetto)")
+    parser.add_argument("--logger", dest="loggers", action="append", metavar="NAME[,NAME]",
+                        help="experiment trackers to log the run to: mlflow, tensorboard (repeat it or give a comma "
+                             "list; replaces the config's loggers:); mlflow: pip install 'zerograd[mlflow]'")
 
 
 def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,6 +237,9 @@ def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
+    if getattr(args, "loggers", None):
+        named = [name.strip() for text in args.loggers for name in text.split(",") if name.strip()]
+        overrides["loggers"] = list(dict.fromkeys(named))
     return overrides
 
 

@@ -21,10 +21,10 @@ from zerograd.options import FitOptions
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(FitOptions))
 META_KEYS = ("name", "description", "extends", "data", "model", "checkpoint_every", "keep_checkpoints", "tensorboard",
-             "progress", "plots", "log_every", "cv")
+             "progress", "plots", "log_every", "cv", "loggers", "mlflow")
 TOP_KEYS = META_KEYS + TRAIN_KEYS
 NESTED_KEYS = ("data", "model", "loss", "optimizer", "schedule", "early_stopping", "fine_tune", "ema", "swa",
-               "lr_groups", "mixup", "cutmix", "tta", "cv")
+               "lr_groups", "mixup", "cutmix", "tta", "cv", "mlflow")
 
 
 def recipe_names() -> list[str]:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,20 +28,18 @@ from safetensors.torch import save
 from torch import nn
 
 from zerograd import config as configs
-from zerograd.cadence import StepGrid
-from zerograd.callbacks.base import Callback
 from zerograd.callbacks.checkpointing import NEUTRAL_OPTIONS
+from zerograd.callbacks.loggers import FINISHED, RunInfo, RunLogger
 from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
 from zerograd.config import dump
 from zerograd.distributed import WorkerEnv
 from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
 from zerograd.files import load_safetensors, to_plain, write_atomic, writing, yaml_load, yaml_problem
 from zerograd.models import build_model, weights_mismatch
-from zerograd.optim import current_lr
 from zerograd.options import FitOptions
 from zerograd.profiling import ProfileReport
 from zerograd.signals import StopSignal
-from zerograd.state import History, LoopState, LossWindow
+from zerograd.state import History
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
@@ -287,11 +284,11 @@ def export_csv(run_dir: str | Path, path: str | Path | None = None, *, kind: str
     return target
 
 
-class MetricsWriter(Callback):
-    """Appends each epoch's record to metrics.jsonl as soon as the epoch ends, and every
-    `every_steps` optimizer steps a `"kind": "step"` record (0: none; none either when an epoch
-    has fewer steps). A step record reads the loss from the device, so it is a host sync once per
-    `every_steps` steps, not per step.
+class MetricsWriter(RunLogger):
+    """The run's own files as a logger (`callbacks.loggers.RunLogger`): each epoch's record is
+    appended to metrics.jsonl as soon as the epoch ends, and every `every_steps` optimizer steps a
+    `"kind": "step"` record (0: none; none either when an epoch has fewer steps); a finished run
+    ends with metrics.csv (and steps.csv) written from it. The params are config.yaml already.
 
     With `resumed`, metrics.jsonl is first cut back to the checkpoint the run resumed from (its
     epoch records from the restored history, its step records up to the restored step), so the
@@ -303,53 +300,33 @@ class MetricsWriter(Callback):
 
     def __init__(self, run_dir: Path, *, every_steps: int = 0, stop: StopSignal | None = None,
                  resumed: bool = False) -> None:
-        self.path = Path(run_dir) / METRICS
-        self.every_steps = every_steps
+        super().__init__(every_steps=every_steps)
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS
         self.stop = stop
         self.resumed = resumed
         self.failure: WriteError | None = None
         self._unwritten: list[dict[str, Any]] = []  # step records a failed write lost, kept in the checkpoint
-        self._steps = StepGrid(every_steps)
-        self._window = LossWindow()
 
-    def on_fit_start(self, state: LoopState) -> None:
-        self._steps.stop()
-        if not state.is_main:
-            return
+    def start(self, run: RunInfo) -> None:
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
         if self.resumed:  # what the stopped run logged after its checkpoint is logged again
-            rewrite_metrics(self.path, state.history.records, state.global_step)
+            rewrite_metrics(self.path, run.history, run.global_step)
         unwritten, self._unwritten = self._unwritten, []  # restored from the checkpoint by a resume
         for record in unwritten:
             self._append(record)
-        steps_per_epoch = -(-state.batches_per_epoch // max(1, state.options.accumulate))
-        if 0 < self.every_steps <= steps_per_epoch:  # shorter epochs: the epoch records are finer already
-            self._steps.start(state.global_step)
 
-    def on_epoch_start(self, state: LoopState) -> None:
-        if self._steps.next == math.inf:
-            return
-        # a resumed run keeps to the same grid of steps and measures its first window from where it restarted
-        self._steps.start(state.global_step)
-        if state.batch:
-            self._window.start(state)
+    def log_metrics(self, metrics: dict[str, Any], step: int, kind: str = "epoch") -> None:
+        self._append(metrics if kind == "epoch" else {"kind": kind, **metrics})
 
-    def on_batch_end(self, state: LoopState) -> None:
-        if not self._steps.due(state.global_step):  # the common case: one comparison
-            return
-        self._append({
-            "kind": "step",
-            "step": state.global_step,
-            "epoch": state.epoch + state.batch / max(1, state.batches_per_epoch),
-            "train_loss": self._window.read(state),  # as the epoch's train_loss: per sample ("mean"), per batch ("sum")
-            "lr": current_lr(state.optimizer),
-        })
-
-    def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
-        if state.is_main:
-            self._append(logs)
+    def end(self, status: str, summary: Mapping[str, Any] | None = None) -> None:
+        """metrics.csv (and steps.csv, when there are step records) of a finished run."""
+        if status == FINISHED:
+            export_csv(self.run_dir)
+            if load_steps(self.run_dir):
+                export_csv(self.run_dir, kind="step")
 
     def _append(self, record: dict[str, Any]) -> None:
         if self.failure is None:
@@ -393,7 +370,7 @@ def resume_config(run_dir: str | Path, asked: dict[str, Any] | None = None) -> d
     if asked is None:
         return config
     neutral = NEUTRAL_OPTIONS | {"name", "description", "progress", "tensorboard", "checkpoint_every",
-                                 "keep_checkpoints"}
+                                 "keep_checkpoints", "loggers", "mlflow"}
     changed = [k for k in dict.fromkeys([*config, *asked]) if k not in neutral and config.get(k) != asked.get(k)]
     if changed:
         shown = ", ".join(f"{k}: {config.get(k)!r} -> {asked.get(k)!r}" for k in changed[:4])

@@ -26,7 +26,8 @@ from zerograd.state import History
 
 HIGHER_IS_BETTER = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1", "r2")
 # Keys that change how a run is shown, not what it learns.
-IGNORED_CONFIG_KEYS = ("name", "description", "progress", "tensorboard", "plots", "log_every")
+IGNORED_CONFIG_KEYS = ("name", "description", "progress", "tensorboard", "plots", "log_every", "loggers",
+                       "mlflow")
 NOT_METRICS = ("epoch", "lr", "seconds", "weight", "bias")
 
 

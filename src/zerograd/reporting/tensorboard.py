@@ -1,4 +1,5 @@
-"""TensorBoard event files for a run (`tensorboard: true` / `--tensorboard`), an optional extra.
+"""TensorBoard event files for a run (`loggers: [tensorboard]`, `tensorboard: true` or
+`--tensorboard`), an optional extra.
 
 Scalars are tagged by quantity then split (`loss/train`, `loss/test`, `accuracy/val`), so
 TensorBoard shows train and test side by side; every scalar is logged at the optimizer step,
@@ -7,14 +8,12 @@ so all charts share one x axis. View with `tensorboard --logdir RUN_DIR/tensorbo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zerograd.cadence import StepGrid
-from zerograd.callbacks.base import Callback
+from zerograd.callbacks.loggers import RunInfo, RunLogger
 from zerograd.errors import ConfigError, ZerogradWarning
-from zerograd.optim import current_lr
-from zerograd.state import LoopState
 
 TENSORBOARD_DIR = "tensorboard"
 INSTALL_HINT = "pip install 'zerograd[tensorboard]'"
@@ -38,52 +37,41 @@ def scalar_tag(key: str) -> str:
     return key
 
 
-class TensorBoardLogger(Callback):
+class TensorBoardLogger(RunLogger):
     """Writes each epoch's record, and the lr every `every_steps` optimizer steps, as scalars
-    under `log_dir`. Only the main process writes. TensorBoard is an extra view of metrics.jsonl,
-    so when its files cannot be written (full disk, read-only folder) it warns once and stops
-    logging, and training goes on."""
+    under `log_dir` (a `callbacks.loggers.RunLogger`). Only the main process writes. TensorBoard is
+    an extra view of metrics.jsonl, so when its files cannot be written (full disk, read-only
+    folder) it warns once and stops logging, and training goes on."""
 
     def __init__(self, log_dir: str | Path, *, every_steps: int = 50) -> None:
+        super().__init__(every_steps=every_steps)
         self.writer_class = summary_writer_class()  # fail before training, not after an epoch
         self.log_dir = Path(log_dir)
-        self.every_steps = every_steps
         self.writer: Any = None
-        self._steps = StepGrid(every_steps)
 
-    def on_fit_start(self, state: LoopState) -> None:
-        self._steps.stop()
-        if state.is_main:
-            try:
-                self.writer = self.writer_class(log_dir=str(self.log_dir))
-            except OSError as error:
-                self._give_up(error)
-                return
-            self._steps.start(state.global_step)
-
-    def on_batch_end(self, state: LoopState) -> None:
-        if not self._steps.due(state.global_step):  # the common case: one comparison
-            return
+    def start(self, run: RunInfo) -> None:
         try:
-            self.writer.add_scalar("lr/step", current_lr(state.optimizer), state.global_step)
+            self.writer = self.writer_class(log_dir=str(self.log_dir))
         except OSError as error:
             self._give_up(error)
 
-    def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None:
+    def log_metrics(self, metrics: dict[str, Any], step: int, kind: str = "epoch") -> None:
         if self.writer is None:
             return
         try:
-            for key, value in logs.items():
-                if key == "epoch" or not isinstance(value, (int, float)):
+            if kind == "step":
+                self.writer.add_scalar("lr/step", metrics["lr"], step)
+                return
+            for key, value in metrics.items():
+                if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
-                self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value,
-                                       state.global_step)
-            self.writer.add_scalar("epoch", logs["epoch"], state.global_step)
+                self.writer.add_scalar(scalar_tag(key) if key != "seconds" else "time/epoch_seconds", value, step)
+            self.writer.add_scalar("epoch", metrics["epoch"], step)
             self.writer.flush()
         except OSError as error:
             self._give_up(error)
 
-    def on_fit_end(self, state: LoopState) -> None:
+    def end(self, status: str, summary: Mapping[str, Any] | None = None) -> None:
         self.close()
 
     def close(self) -> None:

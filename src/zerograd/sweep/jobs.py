@@ -34,7 +34,8 @@ from zerograd.sweep.space import Dimension
 PREFIXES = ("val_", "test_", "train_")  # the order in which a metric is looked for
 # Keys that do not change what a run learns (threads depends on --jobs): a finished run that
 # differs only in them is kept on resume.
-IGNORED_IN_COMPARISON = ("threads", "name", "description", "progress", "tensorboard", "plots", "log_every")
+IGNORED_IN_COMPARISON = ("threads", "name", "description", "progress", "tensorboard", "plots", "log_every",
+                         "loggers", "mlflow")
 RUN_NAME = re.compile(r"^(\d{3,})-")
 DEFAULT_MIN_RUNS = 3
 
