@@ -426,7 +426,7 @@ def test_a_view_plan_refuses_batches_the_view_would_reshape_differently() -> Non
 
 
 @pytest.mark.parametrize("make_model", [TutorialNet, SequentialInside], ids=["tutorial-net", "sequential-inside"])
-def test_fit_trains_an_own_class_bitwise_as_autograd_does(make_model) -> None:  # noqa: ANN001
+def test_fit_trains_an_own_class_bitwise_as_autograd_does(make_model: type) -> None:
     x, y = classes(n=53, seed=4)
     images = x.view(53, 1, 4, 5)
     torch.manual_seed(1)
