@@ -441,3 +441,17 @@ def test_fit_trains_an_own_class_bitwise_as_autograd_does(make_model: type) -> N
         assert torch.equal(p, q)
     assert fast.history.records == [dict(r, seconds=f["seconds"])
                                     for r, f in zip(slow.history.records, fast.history.records)]
+
+
+def test_own_classes_with_hooks_or_frozen_parameters_fall_back() -> None:
+    assert ManualMLP.for_model(TutorialNet(), nn.NLLLoss()) is not None
+    hooked = TutorialNet()
+    hooked.register_forward_pre_hook(lambda *args: None)  # on the user's class itself: its forward is traced
+    assert ManualMLP.for_model(hooked, nn.NLLLoss()) is None
+    inner_hook = TutorialNet()
+    inner_hook.fc2.register_full_backward_hook(lambda *args: None)
+    assert ManualMLP.for_model(inner_hook, nn.NLLLoss()) is None
+    frozen = TutorialNet()
+    frozen.fc1.requires_grad_(False)
+    assert ManualMLP.for_model(frozen, nn.NLLLoss()) is None
+    assert ManualMLP.for_model(TutorialNet(), nn.NLLLoss(), "bf16") is None  # autocast's casts are maths too
