@@ -276,6 +276,17 @@ class SequentialInside(nn.Module):
         return self.layers(self.flatten(x))
 
 
+class Tied(nn.Module):
+    """One Linear layer used twice: its gradients add up in the order autograd's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(20, 20), nn.Linear(20, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.relu(self.a(F.relu(self.a(x.flatten(1))))))
+
+
 OWN_CLASSES = {
     "tutorial-net-view-log-softmax": (TutorialNet, nn.NLLLoss),
     "view-in-a-subclass-forward": (SubclassedTutorialNet, nn.NLLLoss),
@@ -283,6 +294,7 @@ OWN_CLASSES = {
     "sequential-inside-size-and-shape": (SequentialInside, nn.CrossEntropyLoss),
     "subclassed-sequential": (lambda: type("Mine", (nn.Sequential,), {})(nn.Flatten(), nn.Linear(20, 5)),
                               nn.CrossEntropyLoss),
+    "one-layer-used-twice": (Tied, nn.CrossEntropyLoss),
 }
 
 
