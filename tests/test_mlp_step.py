@@ -467,3 +467,55 @@ def test_own_classes_with_hooks_or_frozen_parameters_fall_back() -> None:
     frozen.fc1.requires_grad_(False)
     assert ManualMLP.for_model(frozen, nn.NLLLoss()) is None
     assert ManualMLP.for_model(TutorialNet(), nn.NLLLoss(), "bf16") is None  # autocast's casts are maths too
+
+
+SEEN: list = []
+INPUTS = 20  # a constant of the user's module: reading it is fine
+
+
+class AppendsToAGlobal(TutorialNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        SEEN.append(1)  # the world outside the model: the hand-derived step would never do this
+        return super().forward(x)
+
+
+class LogsInAHelper(TutorialNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log(super().forward(x))
+
+    def log(self, x: torch.Tensor) -> torch.Tensor:
+        SEEN.append(2)
+        return x
+
+
+def closure_class() -> type:
+    calls = []
+
+    class CountsInAClosure(TutorialNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x)
+            return super().forward(x)
+
+    return CountsInAClosure
+
+
+class ReadsAConstant(TutorialNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.view(-1, INPUTS)))))), dim=1)
+
+
+@pytest.mark.parametrize("make_model", [AppendsToAGlobal, LogsInAHelper, closure_class()],
+                         ids=["appends-to-a-global", "logs-in-a-helper-method", "counts-in-a-closure"])
+def test_own_classes_that_reach_outside_the_model_fall_back_untraced(make_model: type) -> None:
+    SEEN.clear()
+    assert ManualMLP.for_model(make_model(), nn.NLLLoss()) is None
+    assert SEEN == []  # not even traced: the code was read, not run
+
+
+def test_reading_a_module_constant_is_covered_bitwise() -> None:
+    torch.manual_seed(3)
+    model, loss_fn = ReadsAConstant(), nn.NLLLoss()
+    x, y = classes()
+    expected = autograd_grads(model, loss_fn, x, y)
+    grads, _, _ = manual_grads(model, loss_fn, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected))

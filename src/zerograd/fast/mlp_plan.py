@@ -13,16 +13,22 @@ the classes. Two readers turn a model into that chain:
   cannot trace (control flow on tensor values) leaves the model to autograd, silently.
 
 A trace sees the tensor operations only. So a forward that also does something else while it
-runs (sets an attribute, prints) is not covered either: the trace checks that the modules'
-attributes are unchanged and that nothing was printed, and puts back what changed. The trace
+runs is not covered either: before tracing, the code of the user's `forward` methods (and of the
+methods they name) is read, and any write outside its local variables, a closure's variable or a
+global that is not torch's, a constant or a harmless builtin means autograd, untraced (a list
+appended to, a counter, a logger); while tracing, the modules' attributes are checked unchanged
+and nothing printed or warned, and what changed is put back. The trace
 runs with the model in training mode, as the step runs it, and only for models whose modules
 are all of the covered kinds (a cheap look first: a CNN is never traced).
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
+import dis
 import io
 import operator
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -198,10 +204,68 @@ def _traceable(model: nn.Module) -> bool:
 
 
 def _traced_ops(model: nn.Module) -> list[_Op] | None:
-    if not _traceable(model):
+    if not _traceable(model) or not all(_pure(f) for f in _user_methods(model)):
         return None
     graph = _trace(model)
     return None if graph is None else _graph_ops(model, graph)
+
+
+# A user's forward may touch the world outside the model (append to a list, count in a global, log):
+# the trace would run that once per epoch and the hand-derived step never. So the forward code is
+# read first: it may write only its local variables, and read only torch, constants and these.
+_PURE_BUILTINS = {super, len, int, float, tuple, isinstance, range}
+_WRITES = {"STORE_GLOBAL", "DELETE_GLOBAL", "STORE_DEREF", "DELETE_DEREF", "STORE_ATTR", "DELETE_ATTR",
+           "STORE_SUBSCR", "DELETE_SUBSCR", "IMPORT_NAME", "IMPORT_FROM"}
+
+
+def _user_methods(model: nn.Module) -> list:
+    """The functions of the user's classes a forward pass may run: each module's `forward` (from
+    its class or a base) and every method of those classes it names, as far as they go."""
+    found: list = []
+    for module in model.modules():
+        classes = [c for c in type(module).__mro__ if not c.__module__.startswith("torch.") and c is not object]
+        methods = {name: value for c in reversed(classes) for name, value in vars(c).items()
+                   if callable(value) or isinstance(value, (staticmethod, classmethod, property))}
+        pending = [name for name in ("forward",) if any("forward" in vars(c) for c in classes)]
+        seen = set()
+        while pending:
+            name = pending.pop()
+            if name in seen or name not in methods:
+                continue
+            seen.add(name)
+            found.append(methods[name])
+            code = getattr(methods[name], "__code__", None)
+            pending.extend(code.co_names if code is not None else ())
+    return found
+
+
+def _pure(function: object) -> bool:
+    """Whether `function` (and the code nested in it) writes nothing but its local variables and
+    reads no global but torch's modules and functions, constants and a few builtins."""
+    if type(function) is not type(_pure):  # a staticmethod, a wrapper, a compiled function: not read
+        return False
+    return _pure_code(function.__code__, function.__globals__)
+
+
+def _pure_code(code: object, globals_: dict) -> bool:
+    if set(code.co_freevars) - {"__class__"}:  # a closure's variables (zero-argument super() is fine)
+        return False
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _WRITES:
+            return False
+        if instruction.opname == "LOAD_GLOBAL" and not _pure_global(instruction.argval, globals_):
+            return False
+    return all(_pure_code(c, globals_) for c in code.co_consts if hasattr(c, "co_code"))
+
+
+def _pure_global(name: str, globals_: dict) -> bool:
+    if name not in globals_:
+        return getattr(builtins, name, None) in _PURE_BUILTINS
+    value = globals_[name]
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return True
+    module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None) or ""
+    return module == "torch" or module.startswith("torch.")
 
 
 def _trace(model: nn.Module) -> torch.fx.Graph | None:
