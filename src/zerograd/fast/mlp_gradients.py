@@ -20,12 +20,13 @@ DDP, torch.compile, label smoothing, soft targets, losses other than cross_entro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _module_globals
+
+from zerograd.fast.mlp_plan import MLPPlan, plan_for
 
 # Elementwise activations whose backward needs only their output (as autograd's formulas use).
 # (`.default` overloads: calling an op packet resolves the overload in Python, ~1.5 us a call.)
@@ -36,26 +37,6 @@ _ACTIVATION_BACKWARD = {
     nn.Sigmoid: _aten.sigmoid_backward.default,
 }
 _ACTIVATION_FORWARD = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # at::Reduction, as the loss kernels take it
-
-
-@dataclass
-class _Layer:
-    """One Linear layer and the activation after it (None: none)."""
-
-    linear: nn.Linear
-    activation: type[nn.Module] | None = None
-
-
-@dataclass
-class _Plan:
-    flatten: bool
-    layers: list[_Layer]
-    log_softmax_dim: int | None
-    loss: str  # "nll" (after log_softmax or not), "cross_entropy" or "mse"
-    reduction: int
-    ignore_index: int = -100
-    weight: torch.Tensor | None = None
 
 
 class ManualMLP:
@@ -66,7 +47,7 @@ class ManualMLP:
     `.grad` exactly as `(loss / divide_by).backward()` would.
     """
 
-    def __init__(self, plan: _Plan) -> None:
+    def __init__(self, plan: MLPPlan) -> None:
         self.plan = plan
         self._saved: tuple[Any, ...] | None = None
         self._seed: torch.Tensor | None = None  # the 1 that starts the backward pass, made once
@@ -77,7 +58,7 @@ class ManualMLP:
         docstring), None otherwise. Each batch is still checked with `accepts`."""
         if precision != "fp32":  # autocast's casts are part of the maths under bf16/fp16
             return None
-        plan = _plan_for(model, loss_fn)
+        plan = plan_for(model, loss_fn)
         return None if plan is None else cls(plan)
 
     def accepts(self, inputs: torch.Tensor, targets: torch.Tensor) -> bool:
@@ -87,6 +68,10 @@ class ManualMLP:
             return False
         if inputs.dim() != 2 and not (plan.flatten and inputs.dim() > 2):
             return False
+        if plan.flat_width is not None and math.prod(inputs.shape[1:]) != plan.flat_width:
+            return False  # x.view(-1, N) would change the batch size: autograd does what the model says
+        if plan.needs_contiguous and not inputs.is_contiguous():
+            return False  # x.view(...) refuses it: autograd raises torch's own error
         if plan.loss == "mse":
             width = plan.layers[-1].linear.out_features
             return targets.dtype == inputs.dtype and targets.dim() == 2 and targets.shape[1] == width
@@ -158,70 +143,3 @@ def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
     else:
         param.grad.add_(grad)
 
-
-def _plan_for(model: nn.Module, loss_fn: nn.Module) -> _Plan | None:
-    """The model as a list of Linear+activation layers, if it is exactly such a stack."""
-    modules = [model] if isinstance(model, nn.Linear) else list(model) if type(model) is nn.Sequential else None
-    if not modules or _has_hooks(model):
-        return None
-    flatten = False
-    if isinstance(modules[0], nn.Flatten):
-        if (modules[0].start_dim, modules[0].end_dim) != (1, -1):
-            return None
-        flatten, modules = True, modules[1:]
-    modules = [m for m in modules if not _is_no_op(m)]
-    log_softmax_dim = None
-    if modules and type(modules[-1]) is nn.LogSoftmax:
-        if modules[-1].dim not in (1, -1):
-            return None
-        log_softmax_dim, modules = 1, modules[:-1]
-    layers: list[_Layer] = []
-    for module in modules:
-        if type(module) is nn.Linear:
-            layers.append(_Layer(module))
-        elif type(module) in _ACTIVATION_FORWARD and layers and layers[-1].activation is None:
-            layers[-1].activation = type(module)
-        else:
-            return None
-    return _loss_plan(loss_fn, flatten, layers, log_softmax_dim) if layers else None
-
-
-def _loss_plan(loss_fn: nn.Module, flatten: bool, layers: list[_Layer], log_softmax_dim: int | None) -> _Plan | None:
-    kind, reduction = _loss_kind(loss_fn), _REDUCTIONS.get(getattr(loss_fn, "reduction", None), 0)
-    if kind is None or reduction == 0 or _has_hooks(loss_fn):  # reduction "none": the loop needs a scalar
-        return None
-    params = [p for layer in layers for p in layer.linear.parameters()]
-    dtypes = {p.dtype for p in params}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point or not all(p.requires_grad for p in params):
-        return None
-    if any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in params):
-        return None
-    if kind == "mse":
-        return _Plan(flatten, layers, log_softmax_dim, kind, reduction)
-    return _Plan(flatten, layers, log_softmax_dim, kind, reduction, loss_fn.ignore_index, loss_fn.weight)
-
-
-def _loss_kind(loss_fn: nn.Module) -> str | None:
-    """"mse", "nll" or "cross_entropy" for the losses this covers (exactly torch's classes), else None."""
-    kind = type(loss_fn)
-    if kind is nn.MSELoss:
-        return "mse"
-    if kind is nn.NLLLoss:
-        return "nll"
-    if kind is nn.CrossEntropyLoss and loss_fn.label_smoothing == 0.0:
-        return "cross_entropy"
-    return None
-
-
-def _is_no_op(module: nn.Module) -> bool:
-    return type(module) is nn.Identity or (type(module) is nn.Dropout and module.p == 0.0)
-
-
-def _has_hooks(model: nn.Module) -> bool:
-    """Module hooks anywhere (they would not run), or global ones."""
-    global_hooks = (_module_globals._global_forward_hooks, _module_globals._global_forward_pre_hooks,
-                    _module_globals._global_backward_hooks, _module_globals._global_backward_pre_hooks)
-    if any(global_hooks):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in model.modules())
