@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from zerograd import config as configs
-from zerograd import distributed, ownership, runs, signals
+from zerograd import distributed, own_data, ownership, runs, signals
 from zerograd.accelerator import Accelerator
 from zerograd.cadence import Every
 from zerograd.callbacks.base import Callback
@@ -64,7 +64,10 @@ def train(
 
     `source` is the caller's own config, so a model class it names (`module:Class`) is imported;
     `trust_code=False` refuses that (as `resume` does for a run directory's config)."""
-    config = configs.resolve(source, overrides)
+    config, notes = own_data.resolve_config(source, overrides, trust_code=trust_code)  # own data: its defaults
+    if not quiet and distributed.is_main():
+        for note in notes:
+            print(note)
     if resume is not None:
         config = runs.resume_config(resume, config)
     every, keep = settings_from(config)
@@ -100,6 +103,7 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
             if not resumed:
                 runs.write_config(run_dir, config)
             runs.write_preprocessing(run_dir, experiment.data.preprocessing)
+            runs.write_split(run_dir, experiment.data.split)
         except WriteError as error:
             safe = (f"its checkpoints are untouched. Free some disk space (or make the folder writable), {go_on}"
                     if resumed else "nothing was trained yet. Free some disk space (or choose a writable --out), "

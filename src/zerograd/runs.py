@@ -43,6 +43,7 @@ from zerograd.state import History, LoopState, LossWindow
 
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
+SPLIT = "split.json"  # own data: which rows (files) trained, validated and tested, and the seed
 
 
 def new_run_dir(name: str, base: str | Path = "runs", *, create: bool = False) -> Path:
@@ -180,6 +181,11 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:
     if preprocessing is not None:
         write_atomic(run_dir / PREPROCESSING, json.dumps(to_plain(preprocessing), indent=2) + "\n")
+
+
+def write_split(run_dir: Path, split: dict[str, Any] | None) -> None:
+    if split is not None:
+        write_atomic(run_dir / SPLIT, json.dumps(to_plain(split), indent=1) + "\n")
 
 
 def read_preprocessing(run_dir: Path) -> dict[str, Any]:
