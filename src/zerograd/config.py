@@ -57,12 +57,40 @@ def load_source(source: str | Path | dict[str, Any], _seen: tuple[str, ...] = ()
         if _identity(label) in map(_identity, _seen):
             raise ConfigError(f"config 'extends' loops: {' -> '.join(_seen + (label,))}")
         config = _load_named(label)
+        if Path(label).is_file():
+            paths_beside(config, Path(label).parent)
     parent = config.pop("extends", None)
     if parent is None:
         return config
     base = load_source(_beside(parent, label), _seen + (label,))
     base.pop("name", None)
     return deep_merge(base, config)
+
+
+DATA_PATH_KEYS = ("train", "test", "images")  # the data section's files: found beside the config first
+
+
+def paths_beside(config: dict[str, Any], folder: Path) -> None:
+    """A config file's relative paths (its data files, `model: net.py:Net`) mean the files next to
+    it when they are there, as `extends:` does, so the config works from any directory; else they
+    stay as given (relative to the current directory)."""
+    def beside(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            return value
+        candidate = folder / value
+        return str(candidate) if candidate.exists() else value
+
+    data = config.get("data")
+    if isinstance(data, dict):
+        for key in DATA_PATH_KEYS:
+            if key in data:
+                data[key] = beside(data[key])
+    model = config.get("model")
+    name = model.get("name") if isinstance(model, dict) else model
+    if isinstance(name, str) and ".py:" in name:
+        file, _, attribute = name.rpartition(":")
+        moved = f"{beside(file)}:{attribute}"
+        config["model"] = {**model, "name": moved} if isinstance(model, dict) else moved
 
 
 def _identity(label: str) -> str:

@@ -65,8 +65,8 @@ TABLE_SUFFIXES = TABLE_FILE_SUFFIXES + ARRAY_SUFFIXES
 
 __all__ = [
     "MISSING", "TABLE_FILE_SUFFIXES", "TABLE_SUFFIXES", "TASKS", "TASK_ALIASES", "Column", "RawTable", "TableEncoder",
-    "TableDataset", "TableSplits", "encode_targets", "from_frame", "infer_task", "load_numpy", "load_table_data", "read_arrays",
-    "read_csv", "read_table_file", "rows_of_split",
+    "TableDataset", "TableSplits", "encode_targets", "from_frame", "infer_task", "load_numpy", "load_table_data",
+    "read_arrays", "read_csv", "read_table_file", "rows_of_split",
 ]
 
 
