@@ -360,8 +360,8 @@ def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: 
     """`digit.png: 7  (7 98.1%, 1 1.2%, 9 0.3%)`, or one JSON object per input."""
     if as_json:
         return json.dumps({"input": label, **prediction.to_dict()})
-    if prediction.probability is None:  # regression: the values
-        return f"{label}: {prediction.output}"
+    if prediction.probability is None:  # regression: `rows.csv[0]: progression: 151.3`
+        return f"{label}: {prediction}"
     shown = ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
     return f"{label}: {prediction.label}  ({shown})"
 

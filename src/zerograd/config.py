@@ -194,4 +194,17 @@ def fit_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def dump(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(described(config), sort_keys=False, default_flow_style=None)
+
+
+def described(value: Any) -> Any:
+    """`value` with in-memory data (a DataFrame, an array given as `data: {train: frame}`) replaced
+    by a line describing it: config.yaml records what was trained on, not the data itself."""
+    if isinstance(value, dict):
+        return {key: described(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [described(item) for item in value]
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) and not isinstance(value, (str, int, float, bool)):
+        return f"<in-memory {type(value).__name__} of shape {list(shape)}, not saved>"
+    return value
