@@ -81,6 +81,19 @@ def test_a_yaml_naming_only_its_data_trains_like_the_data_flag(tmp_path: Path) -
     assert any("column 'id'" in note for note in notes)  # the notes are said on this route too
 
 
+def test_notes_are_said_on_every_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_flowers(tmp_path / "flowers.csv")
+    (tmp_path / "full.yaml").write_text("data: {train: flowers.csv, target: species}\nmodel: {name: mlp, sizes: "
+                                        "[3, 8, 3]}\nloss: cross_entropy\nbatch_size: 16\nepochs: 1\n")
+    assert main(["train", str(tmp_path / "full.yaml"), "--out", str(tmp_path / "run"), *QUIET]) == 0
+    assert "column 'id'" in capsys.readouterr().out
+    frame = pd.read_csv(tmp_path / "flowers.csv")
+    run = zerograd.train({"name": "frame", "data": {"train": frame, "target": "species"}, "epochs": 1},
+                         out=tmp_path / "frame", progress="none")
+    assert "column 'id'" in capsys.readouterr().out and run.summary["input_shape"] == [3]
+    assert "in-memory DataFrame of shape [90, 5]" in (tmp_path / "frame" / "config.yaml").read_text()
+
+
 # 2. Regression: metrics in the target's units by default; predict prints `progression: 151.3`
 
 def test_regression_metrics_are_in_the_targets_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

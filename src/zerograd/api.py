@@ -74,6 +74,9 @@ def train(
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
     origin = Path(resume) / runs.CONFIG if resume is not None else (source if isinstance(source, (str, Path)) else None)
     experiment = build_experiment(config, trust_code=trust_code, origin=origin)
+    if not notes and not quiet and distributed.is_main():  # own data in a config that says everything: its notes
+        for note in (experiment.data.info or {}).get("notes", []):
+            print(note)
     # a device this machine lacks fails before any run file is written
     device = Accelerator.create(config["device"], config["precision"]).device
     if config["threads"] is None and device.type == "cpu":  # config.yaml says the count, so it trains the same again
