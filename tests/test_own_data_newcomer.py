@@ -70,6 +70,17 @@ def test_features_flag_goes_with_data_only(capsys: pytest.CaptureFixture[str]) -
     assert "--features goes with --data PATH" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "error"), [
+    (["--features", ""], "--features is empty; name columns, separated by commas (--features a,b)"),
+    (["--seed", "-1"], "the seed draws the data split, so it must be a whole number >= 0, got -1"),
+])
+def test_edge_values_of_the_flags(flags: list[str], error: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_flowers(tmp_path / "flowers.csv")
+    assert main(["train", "--data", str(data), *flags, "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == f"zerograd: error: {error}"
+
+
 def test_a_yaml_naming_only_its_data_trains_like_the_data_flag(tmp_path: Path) -> None:
     data = write_flowers(tmp_path / "flowers.csv")
     (tmp_path / "flowers.yaml").write_text("data:\n  train: flowers.csv\n  target: species\n")

@@ -77,6 +77,8 @@ def data_source(path: str | Path, *, target: str | None = None, model: str | Non
         for key in ("features", "drop"):
             if key in data:
                 data[key] = [name.strip() for name in str(data[key]).split(",") if name.strip()]
+                if not data[key]:
+                    raise ConfigError(f"--{key} is empty; name columns, separated by commas (--{key} a,b)")
         if task is not None:
             data["task"] = task
         config = {"name": path.stem, "data": data}
@@ -122,6 +124,8 @@ def complete(raw: dict[str, Any], *, trust_code: bool = True) -> tuple[dict[str,
     FitOptions.from_kwargs({key: config[key] for key in configs.TRAIN_KEYS if key in config})
     data = config["data"]
     data.setdefault("seed", config.get("seed", 0))  # `--seed` / `seed:` moves the split too
+    if not isinstance(data["seed"], int) or isinstance(data["seed"], bool) or data["seed"] < 0:
+        raise ConfigError(f"the seed draws the data split, so it must be a whole number >= 0, got {data['seed']!r}")
     if "val_split" not in data and not config.get("val_split"):
         data["val_split"] = VAL_SPLIT
     validated = bool(data["val_split"] or config.get("val_split"))
@@ -170,7 +174,8 @@ def _table_facts(data: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
     outputs = len(splits.class_names) if splits.class_names else int(targets.reshape(len(targets), -1).shape[1])
     described = f"{len(splits.class_names)} classes" if splits.class_names else f"{outputs} value(s)"
     shape = splits.input_shape
-    inputs = f"{shape[0]} input values per row" if len(shape) == 1 else f"inputs of shape {shape}"
+    plural = "s" if shape[0] != 1 else ""
+    inputs = f"{shape[0]} input value{plural} per row" if len(shape) == 1 else f"inputs of shape {shape}"
     source = Path(str(data["train"])).name if isinstance(data["train"], (str, Path)) else "the table"
     notes = [f"data: {source} with {inputs}; target {splits.target or 'the targets'}: {described}"]
     notes += [note for note in splits.notes if note.startswith(("task:", "column", "data:"))]
