@@ -115,7 +115,7 @@ def test_regression_metrics_are_in_the_targets_units(tmp_path: Path, capsys: pyt
     assert {"test_r2", "test_rmse", "test_mae"} <= set(final)
     frame = pd.read_csv(data)
     test = frame.iloc[rows_of_split(json.loads((run / "split.json").read_text()))["test"]]
-    predicted = np.array([p.label for p in zerograd.load(run).predict(test[["a", "b"]])])
+    predicted = np.array([p.label for p in zerograd.load(run).predict(test[["b", "progression", "a"]])])  # by name
     errors = predicted - test["progression"].to_numpy()
     assert final["test_rmse"] == pytest.approx(np.sqrt(np.mean(errors ** 2)), rel=1e-3)
     assert final["test_mae"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-3)
@@ -286,3 +286,15 @@ def test_config_paths_resolve_beside_the_file(tmp_path: Path, monkeypatch: pytes
     assert main(["train", str(project / "run.yaml"), "--epochs", "1", "--out", "run", *QUIET]) == 0
     model = yaml.safe_load((elsewhere / "run" / "config.yaml").read_text())["model"]
     assert model["name"] == f"{project / 'net.py'}:Net" and model["in_features"] == 3
+
+
+def test_loss_curves_spanning_decades_get_a_log_axis() -> None:
+    from matplotlib.figure import Figure
+
+    from zerograd.reporting.plots import finish_curve_axes
+
+    for values, scale in (([3e4, 900.0, 40.0, 2.0], "log"), ([1.0, 0.8, 0.6], "linear")):
+        ax = Figure().subplots()
+        ax.plot(range(len(values)), values)
+        finish_curve_axes(ax, "loss")
+        assert ax.get_yscale() == scale

@@ -30,7 +30,14 @@ from torch import nn
 from zerograd import runs
 from zerograd.data.datasets import DATASETS
 from zerograd.data.image_decode import ImageSpec, to_8bit, upright
-from zerograd.data.tabular import TABLE_FILE_SUFFIXES, RawTable, TableEncoder, load_numpy, read_table_file
+from zerograd.data.tabular import (
+    TABLE_FILE_SUFFIXES,
+    RawTable,
+    TableEncoder,
+    from_frame,
+    load_numpy,
+    read_table_file,
+)
 from zerograd.digits import WORK_SIDE, light_on_dark, mnist_style, shrink
 from zerograd.errors import DataError, RunDirError
 from zerograd.losses import loss_name, task_of
@@ -242,6 +249,8 @@ class Predictor:
             return self._table_rows(_rows_table([inputs])), True
         if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, dict) for r in inputs):
             return self._table_rows(_rows_table(list(inputs))), False
+        if encoder.columns and hasattr(inputs, "columns") and callable(getattr(inputs, "to_numpy", None)):  # by name
+            return self._table_rows(from_frame(inputs)), False
         if encoder.columns:
             rows = inputs.numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs, dtype=object)
             single = rows.ndim == 1
