@@ -298,3 +298,18 @@ def test_loss_curves_spanning_decades_get_a_log_axis() -> None:
         ax.plot(range(len(values)), values)
         finish_curve_axes(ax, "loss")
         assert ax.get_yscale() == scale
+
+
+def test_save_keeps_a_tables_preprocessing(tmp_path: Path) -> None:
+    from zerograd.data.tabular import load_table_data
+
+    splits = load_table_data(write_flowers(tmp_path / "flowers.csv"), target="species")
+    model = nn.Sequential(nn.Linear(splits.input_shape[0], 8), nn.ReLU(), nn.Linear(8, 3))
+    zerograd.fit(model, splits.train, epochs=2, batch_size=16, device="cpu")
+    loaded = zerograd.load(zerograd.save(model, tmp_path / "saved", preprocessing=splits.preprocessing()))
+    row = {"id": 5, "length": 5.4, "width": 1.9, "noise": 0.1}
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(splits.encoder.transform_array(np.array([[5.4, 1.9, 0.1]]))))
+        expected = expected.softmax(dim=1)
+    assert loaded.predict(row).label == splits.class_names[int(expected.argmax())]
+    assert np.allclose(loaded.predict_proba([row]), expected.numpy(), atol=1e-6)
