@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def test_a_regression_run_predicts_values(regression_run: Path) -> None:
     model = zerograd.load(regression_run)
     prediction = model.predict({"area": 100.0, "rooms": 3})
     assert prediction.probability is None and isinstance(prediction.label, float)
-    assert prediction.to_dict() == {"label": prediction.label, "output": [prediction.label]}
+    assert prediction.to_dict() == {"label": prediction.label, "output": [prediction.label], "target": "price"}
+    assert re.fullmatch(r"price: \d\.\d{1,3}", str(prediction))  # as `zerograd predict` prints it
     with pytest.raises(DataError, match="predict_proba is for classification runs"):
         model.predict_proba([100.0, 3])
 

@@ -13,6 +13,7 @@ from zerograd.lr_find import LRFindResult, lr_find  # the function shadows the m
 from zerograd.options import FitOptions
 from zerograd.predictor import Prediction, Predictor, load
 from zerograd.runs import export_csv, load_history
+from zerograd.saving import save
 from zerograd.state import History, LoopState
 from zerograd.sweep import CVResult, SweepResult, cross_validate, sweep
 from zerograd.version import __version__ as __version__  # (a re-export)
@@ -40,6 +41,7 @@ __all__ = [
     "fit",
     "load",
     "load_history",
+    "save",
     "load_run",
     "lr_find",
     "predict",

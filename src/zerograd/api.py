@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from zerograd import config as configs
-from zerograd import distributed, ownership, runs, signals
+from zerograd import distributed, own_data, ownership, runs, signals
 from zerograd.accelerator import Accelerator
 from zerograd.cadence import Every
 from zerograd.callbacks.base import Callback
@@ -70,13 +70,19 @@ def train(
 
     `source` is the caller's own config, so a model class it names (`module:Class`) is imported;
     `trust_code=False` refuses that (as `resume` does for a run directory's config)."""
-    config = configs.resolve(source, overrides)
+    config, notes = own_data.resolve_config(source, overrides, trust_code=trust_code)  # own data: its defaults
+    if not quiet and distributed.is_main():
+        for note in notes:
+            print(note)
     if resume is not None:
         config = runs.resume_config(resume, config)
     every, keep = settings_from(config)
     seed_everything(config["seed"])  # the model's initial weights come from the seed too
     origin = Path(resume) / runs.CONFIG if resume is not None else (source if isinstance(source, (str, Path)) else None)
     experiment = build_experiment(config, trust_code=trust_code, origin=origin)
+    if not notes and not quiet and distributed.is_main():  # own data in a config that says everything: its notes
+        for note in (experiment.data.info or {}).get("notes", []):
+            print(note)
     # a device this machine lacks, or a reporting key or logger that cannot be used, fails before any run file
     reporting_options(config, progress)
     device = Accelerator.create(config["device"], config["precision"]).device
@@ -107,6 +113,7 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
             if not resumed:
                 runs.write_config(run_dir, config)
             runs.write_preprocessing(run_dir, experiment.data.preprocessing)
+            runs.write_split(run_dir, experiment.data.split)
         except WriteError as error:
             safe = (f"its checkpoints are untouched. Free some disk space (or make the folder writable), {go_on}"
                     if resumed else "nothing was trained yet. Free some disk space (or choose a writable --out), "

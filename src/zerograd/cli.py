@@ -286,8 +286,7 @@ def launch_workers(job: launch.LaunchOptions, args: argparse.Namespace) -> int:
         config = runs.resume_config(resuming)
         check_trusted(config["model"], trust_code=args.trust_code, origin=Path(resuming) / runs.CONFIG)
     else:
-        config = configs.resolve(train_source(argparse.Namespace(**{**vars(args), "quiet": True})),
-                                 training_overrides(args))
+        config, _ = own_data.resolve_config(train_source(args), training_overrides(args))
     if job.fixed_world_size is not None:
         distributed.check_global_batch(config["batch_size"], job.fixed_world_size)
     argv = args.argv
@@ -406,8 +405,8 @@ def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: 
     """`digit.png: 7  (7 98.1%, 1 1.2%, 9 0.3%)`, or one JSON object per input."""
     if as_json:
         return json.dumps({"input": label, **prediction.to_dict()})
-    if prediction.probability is None:  # regression: the values
-        return f"{label}: {prediction.output}"
+    if prediction.probability is None:  # regression: `rows.csv[0]: progression: 151.3`
+        return f"{label}: {prediction}"
     shown = ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
     return f"{label}: {prediction.label}  ({shown})"
 
@@ -430,7 +429,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_own_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="PATH", help="train on your own data: an image folder (PATH/<class>/*.png), "
-                                                       "a .csv, .npy or .npz file")
+                                                       "a CSV, Parquet, Feather, .npy or .npz file")
     parser.add_argument("--target", metavar="COLUMN", help="with --data: the table column to predict (default: the "
                                                            "last)")
     parser.add_argument("--model", metavar="NAME|module:Class",
@@ -438,28 +437,35 @@ def add_own_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: cnn for images, mlp for tables)")
     parser.add_argument("--task", choices=("classify", "regress"),
                         help="with --data: what to learn (default: inferred from the target)")
+    parser.add_argument("--features", metavar="COL,...", help="with a table: the columns to use as inputs (default: "
+                                                              "all but the target, IDs and free text)")
+    parser.add_argument("--drop", metavar="COL,...", help="with a table: columns to leave out (an ID, a leak)")
+    parser.add_argument("--max-classes", type=int, metavar="N",
+                        help="with --task classify: allow up to N classes (a target with more than 50 values, or "
+                             "more than 10 that are most of the rows, is refused as classes)")
+    parser.add_argument("--encoding", metavar="NAME", help="with a CSV file: its text encoding, e.g. latin-1 "
+                                                           "(default: UTF-8, or as its BOM says)")
+
+
+OWN_DATA_FLAGS = {"--target": "target", "--model": "model", "--task": "task", "--features": "features",
+                  "--drop": "drop", "--max-classes": "max_classes", "--encoding": "encoding"}
 
 
 def train_source(args: argparse.Namespace) -> str | dict[str, Any]:
-    """What `train` trains: the recipe or config file, or a config made for `--data PATH`."""
-    own = {"--target": args.target, "--model": args.model, "--task": args.task}
+    """What `train` trains: the recipe or config file, or the config `--data PATH` stands for
+    (`own_data.complete` fills in the rest, as for a config file that names only its data)."""
     if args.data is None:
         if args.recipe is None:
             raise ConfigError("give a recipe or config file to train (see `zerograd recipes`), or --data PATH to train "
                               "on your own data")
-        given = [flag for flag, value in own.items() if value is not None]
+        given = [flag for flag, key in OWN_DATA_FLAGS.items() if getattr(args, key, None) is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --data PATH; for a recipe "
                               "use --set (e.g. --set model.name=...)")
         return args.recipe
     if args.recipe is not None:
         raise ConfigError(f"give a recipe or config ({args.recipe}) or --data PATH, not both")
-    config, notes = own_data.data_config(args.data, target=args.target, model=args.model, task=args.task,
-                                         epochs=args.epochs, batch_size=args.batch_size)
-    if not args.quiet and distributed.is_main():
-        for note in notes:
-            print(note)
-    return config
+    return own_data.data_source(args.data, **{key: getattr(args, key, None) for key in OWN_DATA_FLAGS.values()})
 
 
 if __name__ == "__main__":

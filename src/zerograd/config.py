@@ -58,12 +58,40 @@ def load_source(source: str | Path | dict[str, Any], _seen: tuple[str, ...] = ()
         if _identity(label) in map(_identity, _seen):
             raise ConfigError(f"config 'extends' loops: {' -> '.join(_seen + (label,))}")
         config = _load_named(label)
+        if Path(label).is_file():
+            paths_beside(config, Path(label).parent)
     parent = config.pop("extends", None)
     if parent is None:
         return config
     base = load_source(_beside(parent, label), _seen + (label,))
     base.pop("name", None)
     return deep_merge(base, config)
+
+
+DATA_PATH_KEYS = ("train", "test", "images")  # the data section's files: found beside the config first
+
+
+def paths_beside(config: dict[str, Any], folder: Path) -> None:
+    """A config file's relative paths (its data files, `model: net.py:Net`) mean the files next to
+    it when they are there, as `extends:` does, so the config works from any directory; else they
+    stay as given (relative to the current directory)."""
+    def beside(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            return value
+        candidate = folder / value
+        return str(candidate) if candidate.exists() else value
+
+    data = config.get("data")
+    if isinstance(data, dict):
+        for key in DATA_PATH_KEYS:
+            if key in data:
+                data[key] = beside(data[key])
+    model = config.get("model")
+    name = model.get("name") if isinstance(model, dict) else model
+    if isinstance(name, str) and ".py:" in name:
+        file, _, attribute = name.rpartition(":")
+        moved = f"{beside(file)}:{attribute}"
+        config["model"] = {**model, "name": moved} if isinstance(model, dict) else moved
 
 
 def _identity(label: str) -> str:
@@ -169,4 +197,17 @@ def fit_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def dump(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(described(config), sort_keys=False, default_flow_style=None)
+
+
+def described(value: Any) -> Any:
+    """`value` with in-memory data (a DataFrame, an array given as `data: {train: frame}`) replaced
+    by a line describing it: config.yaml records what was trained on, not the data itself."""
+    if isinstance(value, dict):
+        return {key: described(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [described(item) for item in value]
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) and not isinstance(value, (str, int, float, bool)):
+        return f"<in-memory {type(value).__name__} of shape {list(shape)}, not saved>"
+    return value

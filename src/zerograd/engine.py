@@ -143,7 +143,8 @@ class _Training:
                                                 steps_per_epoch=math.ceil(batches / opts.accumulate),
                                                 epochs=opts.epochs), self.optimizer, opts)
         train_loss = acc.prepare_loss(self.loss_fn)  # DDP: 0, not NaN, for a rank's empty share of a tiny tail batch
-        self.totals = EpochTotals(acc.device, build_metrics(opts.metrics, self.task), summed=is_summed(train_loss))
+        self.unit_scale = target_unit_scale(given_train)  # a standardised regression target: errors in its units
+        self.totals = EpochTotals(acc.device, self.metrics(), summed=is_summed(train_loss))
         self.state = LoopState(self.model, self.optimizer, acc, opts, self.schedule, batches_per_epoch=batches,
                                totals=self.totals)
         self.guard = NonFiniteGuard(opts.on_nan, acc, self.totals)
@@ -170,6 +171,9 @@ class _Training:
         # validation and test passes: on the average over views of each image with `tta` (tta.py)
         self.eval_model = with_tta(self.model, opts.tta, augmentation_of(given_train), self.task)
         self.state.checkpoint = self._checkpoint_parts()
+
+    def metrics(self) -> list[Metric]:
+        return build_metrics(self.opts.metrics, self.task, unit_scale=self.unit_scale)
 
     def _eval_source(self, data: Any) -> BatchSource | None:
         if data is None:
@@ -215,7 +219,7 @@ class _Training:
             with evaluated(self.averaging):  # ema / swa: the averaged weights are what is evaluated
                 for prefix, source in (("val_", self.val_source), ("test_", self.test_source)):
                     if source is not None:
-                        metrics = build_metrics(opts.metrics, self.task)
+                        metrics = self.metrics()
                         logs |= evaluate(self.eval_model, source, self.loss_fn, metrics, self.acc, prefix=prefix)
             if self.schedule is not None:
                 self.schedule.after_epoch(logs)
@@ -347,7 +351,15 @@ def evaluate(model: nn.Module, data: Any, *, loss: str | dict | nn.Module = "cro
     model.to(acc.device)
     source = batch_source(data, batch_size, rank=acc.rank, world_size=acc.world_size, device=acc.device)
     viewed = with_tta(model, tta, augmentation or augmentation_of(data), task_of(loss))
-    return evaluate_source(viewed, source, loss_fn, build_metrics(metrics, task_of(loss)), acc)
+    return evaluate_source(viewed, source, loss_fn, build_metrics(metrics, task_of(loss),
+                                                                   unit_scale=target_unit_scale(data)), acc)
+
+
+def target_unit_scale(data: Any) -> list[float] | None:
+    """The std per output of a table's standardised regression targets (`TableDataset`), else
+    None: the loop's MAE and RMSE are then in the target's own units."""
+    scale = getattr(data, "target_scale", None)
+    return list(scale[1]) if scale is not None else None
 
 
 @torch.no_grad()

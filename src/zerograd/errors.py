@@ -6,7 +6,11 @@ line and exits with code 2 instead of showing a traceback.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterable
+from pathlib import Path
+
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 class ZerogradError(Exception):
@@ -75,3 +79,14 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that makes a warning raised by the caller point at the first line outside
+    zerograd (the user's `fit(...)` call), however deep inside zerograd the caller is."""
+    frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None  # the caller, which calls warnings.warn
+    level = 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level

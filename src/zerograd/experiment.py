@@ -39,6 +39,8 @@ class DataBundle:
     preprocessing: dict[str, Any] | None = None
     # Figures of the trained model this data set's runs report in summary.json (e.g. the line's w and b).
     summary_extras: Callable[[nn.Module], dict[str, float]] | None = None
+    # Which rows (files) went to training, validation and test, and the seed: the run's split.json.
+    split: dict[str, Any] | None = None
 
     def sample_input(self) -> torch.Tensor | None:
         """The first training sample's input as a batch of one, or None for data that cannot be
@@ -90,14 +92,17 @@ def _sinc(n: int = 50, low: float = -10.0, high: float = 10.0) -> DataBundle:
     return DataBundle(dataset, input_shape=[2], info=info, preprocessing=preprocessing)
 
 
-def _table(train: str, target: str | int | None = None, test: str | None = None, features: list[str] | None = None,
-           task: str = "auto", standardize: bool = True, test_split: float = 0.2, val_split: float = 0.0,
-           seed: int = 0) -> DataBundle:
-    """Your own CSV / .npy / .npz file (see `zerograd.data.tabular`)."""
-    splits = load_table_data(train, target=target, test=test, features=features, task=task, standardize=standardize,
-                             test_split=test_split, val_split=val_split, seed=seed)
+def _table(train: Any, target: str | int | None = None, test: Any = None, features: list[str] | str | None = None,
+           drop: list[str] | str | None = None, task: str = "auto", standardize: bool = True,
+           standardize_target: bool = True, test_split: float = 0.2, val_split: float = 0.0, seed: int = 0,
+           max_classes: int | None = None, encoding: str = "auto") -> DataBundle:
+    """Your own CSV / Parquet / Feather / .npy / .npz file, or a pandas DataFrame (see
+    `zerograd.data.tabular`)."""
+    splits = load_table_data(train, target=target, test=test, features=features, drop=drop, task=task,
+                             standardize=standardize, standardize_target=standardize_target, test_split=test_split,
+                             val_split=val_split, seed=seed, max_classes=max_classes, encoding=encoding)
     return DataBundle(splits.train, splits.test, splits.class_names, splits.input_shape, {"notes": splits.notes},
-                      val=splits.val, preprocessing=splits.preprocessing())
+                      val=splits.val, preprocessing=splits.preprocessing(), split=splits.split_record())
 
 
 def _images(images: str, test: str | None = None, size: int | list[int] | str = "auto", mode: str = "auto",
@@ -109,7 +114,7 @@ def _images(images: str, test: str | None = None, size: int | list[int] | str = 
                                test_split=test_split, val_split=val_split, seed=seed, cache=cache, workers=workers,
                                style=style)
     return DataBundle(splits.train, splits.test, splits.class_names, splits.input_shape, {"notes": splits.notes},
-                      val=splits.val, preprocessing=splits.preprocessing())
+                      val=splits.val, preprocessing=splits.preprocessing(), split=splits.split)
 
 
 DATA_SOURCES: dict[str, Callable[..., DataBundle]] = {

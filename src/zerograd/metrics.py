@@ -104,12 +104,18 @@ class _ConfusionMetric(Metric):
 
 
 class _RegressionMetric(Metric):
-    """MAE, RMSE and R^2 from sums of errors and targets over the epoch."""
+    """MAE, RMSE and R^2 from sums of errors and targets over the epoch. With `unit_scale` (the
+    std per output of standardised targets) errors are in the target's own units (R^2 is the same
+    in both)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.name = kind
+        self.unit_scale: tuple[float, ...] | None = None  # a tuple, not a tensor: not a running sum (`state`)
         self.reset()
+
+    def in_units(self, scale: Sequence[float]) -> None:
+        self.unit_scale = tuple(float(s) for s in scale)
 
     def reset(self) -> None:
         self.sums = torch.zeros(5, dtype=torch.float64)  # n, sum|e|, sum e^2, sum y, sum y^2
@@ -123,6 +129,10 @@ class _RegressionMetric(Metric):
         # Flatten both: comparing [N, 1] with [N] must not broadcast to an [N, N] table.
         y = target.detach().double().reshape(-1)
         error = output.detach().double().reshape(-1) - y
+        if self.unit_scale is not None and y.numel() % len(self.unit_scale) == 0:
+            scale = torch.tensor(self.unit_scale, dtype=torch.float64, device=y.device).repeat(
+                y.numel() // len(self.unit_scale))  # the values are [N, outputs] row by row
+            y, error = y * scale, error * scale
         batch = torch.stack([
             torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device),
             error.abs().sum(), (error * error).sum(), y.sum(), (y * y).sum(),
@@ -193,15 +203,20 @@ DEFAULT_METRICS = {"classification": ("accuracy",), "binary": ("accuracy",), "re
 _TOP_K = re.compile(r"top(\d+)_accuracy")
 
 
-def build_metrics(names: Sequence[str] | None, task: str) -> list[Metric]:
+def build_metrics(names: Sequence[str] | None, task: str, *,
+                  unit_scale: Sequence[float] | None = None) -> list[Metric]:
     """Metric objects for `names` (None: the task's defaults). `topK_accuracy` works for any K.
-    For the "binary" task, class metrics (accuracy, precision, ...) read the outputs as logits."""
+    For the "binary" task, class metrics (accuracy, precision, ...) read the outputs as logits.
+    `unit_scale`: the std per output of standardised regression targets, so MAE and RMSE are in
+    the target's own units."""
     chosen = DEFAULT_METRICS.get(task, ()) if names is None else names
     metrics = []
     for name in chosen:
         metric = _metric_named(name)
         if task == "binary" and getattr(metric, "reads_classes", False):
             metric = BinaryOutputs(metric)
+        if unit_scale is not None and isinstance(metric, _RegressionMetric):
+            metric.in_units(unit_scale)
         metrics.append(metric)
     return metrics
 

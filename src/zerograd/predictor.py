@@ -31,7 +31,14 @@ from zerograd import runs
 from zerograd.data.datasets import DATASETS
 from zerograd.data.image_decode import ImageSpec, to_8bit, upright
 from zerograd.data.images import Augment
-from zerograd.data.tabular import TABLE_FILE_SUFFIXES, RawTable, TableEncoder, load_numpy, read_table_file
+from zerograd.data.tabular import (
+    TABLE_FILE_SUFFIXES,
+    RawTable,
+    TableEncoder,
+    from_frame,
+    load_numpy,
+    read_table_file,
+)
 from zerograd.digits import WORK_SIDE, light_on_dark, mnist_style, shrink
 from zerograd.errors import ConfigError, DataError, RunDirError
 from zerograd.losses import loss_name, task_of
@@ -49,16 +56,19 @@ class Prediction:
     probability: float | None = None
     top: list[tuple[str, float]] = field(default_factory=list)
     output: list[float] = field(default_factory=list)
+    target: str | None = None  # regression: the predicted column's name (a table's target)
 
     def to_dict(self) -> dict[str, Any]:
         if self.probability is None:
-            return {"label": self.label, "output": self.output}
+            return {"label": self.label, "output": self.output} | ({"target": self.target} if self.target else {})
         return {"label": self.label, "probability": self.probability,
                 "top": [{"label": label, "probability": p} for label, p in self.top]}
 
     def __str__(self) -> str:
-        if self.probability is None:
-            return f"{self.label}"
+        if self.probability is None:  # `progression: 151.3`
+            values = self.label if isinstance(self.label, list) else [self.label]
+            shown = ", ".join(short_number(v) for v in values)
+            return f"{self.target}: {shown}" if self.target else shown
         return f"{self.label} ({self.probability:.1%})"
 
 
@@ -136,7 +146,9 @@ class Predictor:
         if self.task != "classification":
             values = outputs.reshape(len(outputs), -1)
             values = (self._table.decode_outputs(values) if self._table is not None else values).tolist()  # own units
-            return [Prediction(v[0] if len(v) == 1 else v, output=v) for v in values]
+            target = self.preprocessing.get("target")
+            target = target if isinstance(target, str) else None
+            return [Prediction(v[0] if len(v) == 1 else v, output=v, target=target) for v in values]
         probabilities = self._probabilities(outputs.reshape(len(outputs), -1))
         names = self.class_names or [str(i) for i in range(probabilities.shape[1])]
         k = max(1, min(top, probabilities.shape[1]))
@@ -239,6 +251,8 @@ class Predictor:
             return self._table_rows(_rows_table([inputs])), True
         if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, dict) for r in inputs):
             return self._table_rows(_rows_table(list(inputs))), False
+        if encoder.columns and hasattr(inputs, "columns") and callable(getattr(inputs, "to_numpy", None)):  # by name
+            return self._table_rows(from_frame(inputs)), False
         if encoder.columns:
             rows = inputs.numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs, dtype=object)
             single = rows.ndim == 1
@@ -316,6 +330,12 @@ def _preprocessing_from_summary(config: dict[str, Any], summary: dict[str, Any])
                        "mean": [dataset.mean if normalize else 0.0], "std": [dataset.std if normalize else 1.0],
                        "style": "digit" if data["dataset"] == "mnist" else "centered", "input_shape": [1, 28, 28]}
     return base | {"kind": "tensor"}
+
+
+def short_number(value: float) -> str:
+    """A predicted value as people write it: 151.3, 0.4821, 1.2e+06 (not 151.27304077148438)."""
+    value = float(value)
+    return f"{value:.1f}" if 10 <= abs(value) < 1e6 else f"{value:.4g}"
 
 
 def open_image(source: str | Path | bytes, *, max_pixels: int | None = None, size: int | None = None) -> Image.Image:

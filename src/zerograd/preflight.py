@@ -21,7 +21,7 @@ from torch import nn
 
 from zerograd.accelerator import Accelerator, unwrap
 from zerograd.data.loader import BatchSource
-from zerograd.errors import DataError, ZerogradWarning
+from zerograd.errors import DataError, ZerogradWarning, user_stacklevel
 from zerograd.losses import BinaryCrossEntropyWithLogits, loss_name
 from zerograd.options import FitOptions
 from zerograd.rng import preserved_rng
@@ -89,7 +89,8 @@ def note_float64(given: Any) -> None:
     inputs = given[0] if isinstance(given, (tuple, list)) and len(given) == 2 else None
     if inputs is not None and str(getattr(inputs, "dtype", "")) in ("float64", "torch.float64"):
         warnings.warn("the inputs are float64; zerograd converted them to float32 (what models compute in). "
-                      "Pass float32 arrays (x.astype('float32')) to skip the copy", ZerogradWarning, stacklevel=4)
+                      "Pass float32 arrays (x.astype('float32')) to skip the copy", ZerogradWarning,
+                      stacklevel=user_stacklevel())
 
 
 def check_finite_data(tensors: tuple[torch.Tensor, ...], *, first_batch_only: bool = False) -> None:
@@ -139,6 +140,11 @@ def explain_forward_error(model: nn.Module, inputs: torch.Tensor, model_dtype: t
         return (f"the inputs are {_dtype(inputs.dtype)} but the model's weights are {_dtype(model_dtype)}: give "
                 f"{_dtype(model_dtype)} inputs (x.to(torch.{_dtype(model_dtype)})) [{detail}]")
     first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if isinstance(first, nn.Linear) and inputs.dim() == 1:
+        return (f"the inputs are 1-D (a batch of them is {_shape(inputs.shape)}): one number per sample, with no "
+                f"feature axis, but the model's first layer is Linear({first.in_features}, {first.out_features}), "
+                "which takes rows [N, features]: give X of shape [N, 1] (X.reshape(-1, 1)) for one input value per "
+                f"sample [{detail}]")
     if isinstance(first, nn.Linear):
         features = math.prod(inputs.shape[1:])
         layer = f"Linear({first.in_features}, {first.out_features})"
@@ -175,7 +181,7 @@ def check_class_targets(model: nn.Module, outputs: torch.Tensor, targets: torch.
                         f"needs one row of {classes} class scores: did you forget to flatten (nn.Flatten()) before the "
                         f"last Linear layer?")
     if targets.is_floating_point():
-        _check_float_class_targets(outputs, targets, name)
+        _check_float_class_targets(outputs, targets, name, given=_given_targets(source))
     else:
         if targets.dim() == 2 and targets.shape == outputs.shape:
             alternative = " (or give float probabilities y.float())" if name == "cross_entropy" else ""
@@ -188,7 +194,13 @@ def check_class_targets(model: nn.Module, outputs: torch.Tensor, targets: torch.
     _check_output_kind(model, outputs, name)
 
 
-def _check_float_class_targets(outputs: torch.Tensor, targets: torch.Tensor, name: str) -> None:
+def _given_targets(source: Any) -> Any:
+    """The targets as the user gave them in an (X, y) pair (their dtype before the float32 copy)."""
+    return source[1] if isinstance(source, (tuple, list)) and len(source) == 2 else None
+
+
+def _check_float_class_targets(outputs: torch.Tensor, targets: torch.Tensor, name: str, *,
+                               given: Any = None) -> None:
     if name == "cross_entropy" and targets.shape == outputs.shape:
         return  # class probabilities (soft labels): cross_entropy takes those
     if name == "nll" and targets.dim() == 2:
@@ -196,10 +208,11 @@ def _check_float_class_targets(outputs: torch.Tensor, targets: torch.Tensor, nam
                         "class "
                         f"indices [N]: use y.argmax(dim=1) (or loss: cross_entropy with float probabilities)")
     whole = bool(torch.all(targets == targets.round()))
-    hint = ("convert them with y.long()" if whole else
+    convert = "y.long()" if given is None or isinstance(given, torch.Tensor) else "y.astype('int64')"
+    hint = (f"convert them with {convert}" if whole else
             "they are not whole numbers: for predicting numbers use a regression loss such as loss: mse")
-    raise DataError(f"{name} takes class indices as integers (int64), but the targets are {_dtype(targets.dtype)}; "
-                    f"{hint}")
+    dtype = str(getattr(given, "dtype", "")).removeprefix("torch.") or _dtype(targets.dtype)
+    raise DataError(f"{name} takes class indices as integers (int64), but the targets are {dtype}; {hint}")
 
 
 def _check_label_range(labels: torch.Tensor, classes: int, name: str, ignore_index: int, source: Any) -> None:

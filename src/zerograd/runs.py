@@ -44,6 +44,7 @@ from zerograd.state import History
 CONFIG, METRICS, WEIGHTS, SUMMARY = "config.yaml", "metrics.jsonl", "model.safetensors", "summary.json"
 PREPROCESSING = "preprocessing.json"  # how raw inputs become model inputs (see zerograd.predictor)
 PROFILE, TRACE = "profile.json", "profile/trace.json"  # `profile: true` (see zerograd.profiling)
+SPLIT = "split.json"  # own data: which rows (files) trained, validated and tested, and the seed
 
 
 def new_run_dir(name: str, base: str | Path = "runs", *, create: bool = False) -> Path:
@@ -192,6 +193,11 @@ def write_profile(run_dir: Path, report: ProfileReport) -> None:
 def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> None:
     if preprocessing is not None:
         write_atomic(run_dir / PREPROCESSING, json.dumps(to_plain(preprocessing), indent=2) + "\n")
+
+
+def write_split(run_dir: Path, split: dict[str, Any] | None) -> None:
+    if split is not None:
+        write_atomic(run_dir / SPLIT, json.dumps(to_plain(split), indent=1) + "\n")
 
 
 def read_preprocessing(run_dir: Path) -> dict[str, Any]:

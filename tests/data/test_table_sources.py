@@ -151,7 +151,8 @@ def test_a_utf8_bom_does_not_stick_to_the_first_column_name(tmp_path: Path) -> N
 def test_a_named_encoding_reads_latin1_and_cp1252(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_bytes("city,temp\nK\u00f6ln,21\nZ\u00fcrich \u20ac,20\n".encode("cp1252"))
     with pytest.raises(DataError, match=r"t.csv, line 2: byte 0xf6 is not UTF-8 text; save the file as UTF-8 .* "
-                                         r"or name its encoding \(e.g. encoding='latin-1'\)"):
+                                         r"or name its encoding \(--encoding latin-1; in a config "
+                                         r"data.encoding: latin-1\)"):
         read_csv(tmp_path / "t.csv")
     assert (read_csv(tmp_path / "t.csv", encoding="cp1252").columns["city"].tolist()
             == ["K\u00f6ln", "Z\u00fcrich \u20ac"])

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from zerograd.data.image_decode import ImageSpec, channel_stats, check_readable, choose_mode, choose_size, decode_all
 from zerograd.data.loader import TensorLoader, TorchLoader
+from zerograd.data.tables.split import PART_CODES, row_parts
 from zerograd.errors import ConfigError, DataError, did_you_mean
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -249,6 +250,7 @@ class ImageSplits:
     spec: ImageSpec
     notes: list[str]
     style: str = "none"
+    split: dict[str, Any] | None = None  # which files went where (see `split_record`)
 
     @property
     def input_shape(self) -> list[int]:
@@ -336,7 +338,26 @@ def load_image_folder(
     assert train_set is not None
     if style == "auto":
         style = "digit" if looks_like_mnist(spec, stats[0][0]) else "none"
-    return ImageSplits(train_set, val_set, test_set, class_names, spec, notes, style)
+    split = split_record(train_root, test_root, parts, len(files), len(test_files), seed)
+    return ImageSplits(train_set, val_set, test_set, class_names, spec, notes, style, split)
+
+
+def split_record(root: Path, test_root: Path | None, parts: dict[str, list[int]], count: int, test_count: int,
+                 seed: int) -> dict[str, Any]:
+    """Which images went where (JSON-ready, the run's split.json): `row_parts` has one digit per
+    file of `root` in the order `scan_folder` lists them (0 train, 1 validation, 2 test)."""
+    held_out = bool(parts["val"]) or (bool(parts["test"]) and test_root is None)
+    record: dict[str, Any] = {
+        "source": str(root), "seed": seed, "stratified": held_out,
+        "counts": {"train": len(parts["train"]), "val": len(parts["val"]),
+                   "test": test_count if test_root is not None else len(parts["test"])},
+        "order": "the files of each class folder sorted by path, the class folders sorted by name",
+        "part_codes": list(PART_CODES),
+        "row_parts": row_parts({part: np.asarray(index, dtype=np.int64) for part, index in parts.items()}, count),
+    }
+    if test_root is not None:
+        record["test_source"] = str(test_root)
+    return record
 
 
 def looks_like_mnist(spec: ImageSpec, mean: float) -> bool:

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError, ZerogradWarning
+from zerograd.data.pairs import as_array, is_array_like
+from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError, ZerogradWarning, user_stacklevel
 from zerograd.rng import capture_rng, restore_rng
 
 Batch = tuple[torch.Tensor, ...]
@@ -339,18 +340,19 @@ def in_memory_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
     if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset):
         index = torch.as_tensor(data.indices, dtype=torch.long)
         return tuple(t[index] for t in data.dataset.tensors)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(_is_array(a) for a in data):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(is_array_like(a, isinstance(data, tuple))
+                                                                  for a in data):
         return as_tensors(data[0], data[1])
     return None
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, np.ndarray))
 
 
 def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert (X, y) arrays to tensors: float64 and uint8 inputs become float32 (what models
     expect), small integer targets int64 (what class-index losses expect)."""
+    inputs, targets = as_array(inputs, "inputs"), as_array(targets, "targets")
+    if len(inputs) != len(targets):
+        raise DataError(f"inputs have {len(inputs)} rows but targets have {len(targets)}; give one target per input "
+                        "row")
     x = torch.as_tensor(np.ascontiguousarray(inputs) if isinstance(inputs, np.ndarray) else inputs)
     y = torch.as_tensor(np.ascontiguousarray(targets) if isinstance(targets, np.ndarray) else targets)
     if x.dtype == torch.float64:
@@ -426,7 +428,8 @@ def _float32(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     converted = tuple(t.float() if t.dtype == torch.float64 else t for t in tensors)
     if any(a is not b for a, b in zip(converted, tensors)):
         warnings.warn("the training data is float64; zerograd converted it to float32 for the float32 model. "
-                      "Give float32 tensors (x.float()) to skip the copy", ZerogradWarning, stacklevel=5)
+                      "Give float32 tensors (x.float()) to skip the copy", ZerogradWarning,
+                      stacklevel=user_stacklevel())
     return converted
 
 

@@ -41,7 +41,14 @@ from zerograd.data.tables.read import (
     read_csv,
     read_table_file,
 )
-from zerograd.data.tables.split import check_fraction, split_counts, split_rows
+from zerograd.data.tables.split import (
+    PART_CODES,
+    check_fraction,
+    row_parts,
+    rows_of_parts,
+    split_counts,
+    split_rows,
+)
 from zerograd.data.tables.targets import (
     TASK_ALIASES,
     TASKS,
@@ -58,9 +65,19 @@ TABLE_SUFFIXES = TABLE_FILE_SUFFIXES + ARRAY_SUFFIXES
 
 __all__ = [
     "MISSING", "TABLE_FILE_SUFFIXES", "TABLE_SUFFIXES", "TASKS", "TASK_ALIASES", "Column", "RawTable", "TableEncoder",
-    "TableSplits", "encode_targets", "from_frame", "infer_task", "load_numpy", "load_table_data", "read_arrays",
-    "read_csv", "read_table_file",
+    "TableDataset", "TableSplits", "encode_targets", "from_frame", "infer_task", "load_numpy", "load_table_data",
+    "read_arrays", "read_csv", "read_table_file", "rows_of_split",
 ]
+
+
+class TableDataset(TensorDataset):
+    """A table's (inputs, targets) tensors; `target_scale` is the (mean, std) per output of
+    standardised regression targets (else None), so the loop can report errors in the target's
+    own units."""
+
+    def __init__(self, *tensors: torch.Tensor, target_scale: tuple[list[float], list[float]] | None = None) -> None:
+        super().__init__(*tensors)
+        self.target_scale = target_scale
 
 
 @dataclass
@@ -70,9 +87,9 @@ class TableSplits:
     arrays) in each part, in the order of the tensors; the test part's rows are those of a
     separate test file when one was given."""
 
-    train: TensorDataset
-    val: TensorDataset | None
-    test: TensorDataset | None
+    train: TableDataset
+    val: TableDataset | None
+    test: TableDataset | None
     task: str
     class_names: list[str] | None
     encoder: TableEncoder
@@ -84,6 +101,12 @@ class TableSplits:
     source: str = ""
     test_source: str | None = None
     class_counts: dict[str, dict[str, int]] | None = None
+
+    def __post_init__(self) -> None:
+        for part in ("train", "val", "test"):
+            data = getattr(self, part)
+            if data is not None:
+                setattr(self, part, TableDataset(*data.tensors, target_scale=self.target_scale))
 
     @property
     def input_shape(self) -> list[int]:
@@ -103,14 +126,25 @@ class TableSplits:
                 **self.encoder.to_dict()}
 
     def split_record(self) -> dict[str, Any]:
-        """Which rows went where, and how (JSON-ready: the run directory's record of the split)."""
+        """Which rows went where, and how (JSON-ready: the run directory's split.json). The rows
+        are the training source's data rows, 0-based; `row_parts` holds one digit per row (0 train,
+        1 validation, 2 test: `rows_of_split` reads it back)."""
+        n = sum(len(index) for part, index in self.rows.items() if part != "test" or self.test_source is None)
+        kept = {part: index for part, index in self.rows.items() if part != "test" or self.test_source is None}
         record: dict[str, Any] = {"source": self.source, "seed": self.seed, "stratified": self.stratified,
-                                  "rows": {part: index.tolist() for part, index in self.rows.items()}}
+                                  "counts": {part: len(index) for part, index in self.rows.items()},
+                                  "part_codes": list(PART_CODES), "row_parts": row_parts(kept, n)}
         if self.test_source is not None:
             record["test_source"] = self.test_source
         if self.class_counts is not None:
             record["class_counts"] = self.class_counts
         return record
+
+
+def rows_of_split(record: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The sorted row numbers of the train, val and test parts of a run's split.json (the test
+    part is empty when the test rows came from a file of their own)."""
+    return rows_of_parts(record["row_parts"])
 
 
 def load_table_data(

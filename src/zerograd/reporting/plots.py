@@ -401,19 +401,25 @@ def _evaluation_split(run: RunInputs) -> tuple[str, Any]:
     return "training", data.train
 
 
-def _inputs_and_targets(dataset: Any, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs_and_targets(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     tensors = in_memory_tensors(dataset)
     if tensors is not None:
-        return tensors[0][:limit], tensors[1][:limit]
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    items = [dataset[i] for i in range(count)]
+        return tensors[0], tensors[1]
+    items = [dataset[i] for i in range(len(dataset))]
     return torch.stack([torch.as_tensor(i[0]) for i in items]), torch.stack([torch.as_tensor(i[1]) for i in items])
+
+
+def across_classes(targets: torch.Tensor, count: int) -> torch.Tensor:
+    """Up to `count` sample indices taking each class in turn: a sorted folder shows every class."""
+    groups = [torch.nonzero(targets == label).flatten() for label in torch.unique(targets)]
+    order = [g[i] for i in range(max((len(g) for g in groups), default=0)) for g in groups if i < len(g)]
+    return torch.stack(order[:count]) if order else torch.zeros(0, dtype=torch.long)
 
 
 def _classification_figures(run: RunInputs, device: str) -> Iterator[tuple[str, Figure]]:
     split, dataset = _evaluation_split(run)
     outputs = predict(run.model, dataset, batch_size=1000, device=device)
-    _, targets = _inputs_and_targets(dataset)
+    inputs, targets = _inputs_and_targets(dataset)
     targets = targets.argmax(dim=1) if targets.dim() > 1 else targets.long()
     classes = outputs.shape[1]
     names = list(run.data.class_names or run.summary.get("class_names") or [str(i) for i in range(classes)])
@@ -424,13 +430,13 @@ def _classification_figures(run: RunInputs, device: str) -> Iterator[tuple[str, 
     yield "confusion_matrix", plot_confusion_matrix(confusion_matrix(targets, predicted, classes), names,
                                                     title=f"Confusion matrix, {split} set")
     info = run.data.info or {}
-    shown = 32
-    images = as_images(_inputs_and_targets(dataset, shown)[0], info.get("mean"), info.get("std"))
+    picked = across_classes(targets, 32)  # a folder's test images come sorted by class: not all of the first one
+    images = as_images(inputs[picked], info.get("mean"), info.get("std"))
     if images is None:
         return
-    wrong_count = int((predicted[:shown] != targets[:shown]).sum())
-    yield "predictions", plot_image_grid(images, predicted[:shown].tolist(), targets[:shown].tolist(), names,
-                                         title=f"First {len(images)} {split} images: predicted label "
+    wrong_count = int((predicted[picked] != targets[picked]).sum())
+    yield "predictions", plot_image_grid(images, predicted[picked].tolist(), targets[picked].tolist(), names,
+                                         title=f"{len(images)} {split} images across the classes: predicted label "
                                                f"({wrong_count} wrong, in red)")
     wrong = torch.nonzero(predicted != targets).flatten()
     if len(wrong):

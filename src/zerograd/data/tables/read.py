@@ -163,7 +163,8 @@ def not_text_error(path: Path, codec: str) -> DataError:
         line = data[:error.start].decode(codec, errors="replace").count("\n") + 1
         name = codec.removesuffix("-sig").upper()
         advice = ("save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 in.csv > out.csv) or name its encoding "
-                  "(e.g. encoding='latin-1')" if name == "UTF-8" else "name the encoding it was saved in")
+                  "(--encoding latin-1; in a config data.encoding: latin-1)" if name == "UTF-8"
+                  else "name the encoding it was saved in (--encoding NAME; in a config data.encoding: NAME)")
         return DataError(f"{path}, line {line}: byte 0x{data[error.start]:02x} is not {name} text; {advice}")
     return DataError(f"{path} holds bytes that are not {codec.upper()} text; save the file as UTF-8")
 

@@ -86,3 +86,21 @@ def split_counts(classes: np.ndarray, rows: dict[str, np.ndarray], class_names: 
     return {part: {name: int(count)
                    for name, count in zip(class_names, np.bincount(classes[index], minlength=len(class_names)))}
             for part, index in rows.items() if len(index)}
+
+
+PART_CODES = ("train", "val", "test")  # row_parts: the part of each row, as the digit of its index here
+
+
+def row_parts(rows: dict[str, np.ndarray], n: int) -> str:
+    """The part of each of `n` rows as one digit per row ("0" train, "1" val, "2" test): a record
+    of a split that takes a byte per row, as opposed to three lists of row numbers."""
+    codes = np.zeros(n, dtype=np.uint8)
+    for code, part in enumerate(PART_CODES):
+        codes[np.asarray(rows.get(part, []), dtype=np.int64)] = code
+    return (codes + ord("0")).tobytes().decode("ascii")
+
+
+def rows_of_parts(text: str) -> dict[str, np.ndarray]:
+    """The sorted row numbers of each part, from `row_parts`' text."""
+    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8) - ord("0")
+    return {part: np.flatnonzero(codes == code) for code, part in enumerate(PART_CODES)}

@@ -124,7 +124,7 @@ def check_class_count(classes: int, rows: int, target: str, source: str, *, aske
     raise DataError(f"{source}: the target {target!r} holds {classes} different values in {rows} rows, too many to be "
                     f"classes (a measurement, a count or an ID?); to predict the values use regression "
                     f"(--task regress, loss: mse), or to train a classifier on {classes} classes anyway give task: "
-                    f"classification with max_classes: {classes}")
+                    f"classification with max_classes: {classes} (--task classify --max-classes {classes})")
 
 
 def regression_values(targets: np.ndarray, source: str) -> np.ndarray:
