@@ -126,9 +126,9 @@ def complete(raw: dict[str, Any], *, trust_code: bool = True) -> tuple[dict[str,
     data.setdefault("seed", config.get("seed", 0))  # `--seed` / `seed:` moves the split too
     if not isinstance(data["seed"], int) or isinstance(data["seed"], bool) or data["seed"] < 0:
         raise ConfigError(f"the seed draws the data split, so it must be a whole number >= 0, got {data['seed']!r}")
-    if "val_split" not in data and not config.get("val_split"):
-        data["val_split"] = VAL_SPLIT
-    validated = bool(data["val_split"] or config.get("val_split"))
+    if "val_split" not in data and not config.get("val_split") and not config.get("cv"):
+        data["val_split"] = VAL_SPLIT  # (a cross-validation fold validates on the fold it holds out instead)
+    validated = bool(data.get("val_split") or config.get("val_split") or config.get("cv"))
     if validated and "early_stopping" not in config:
         config["early_stopping"] = {"monitor": "val_loss", "patience": PATIENCE[kind]}
     if not _needs_sizes(config.get("model")) and all(key in config for key in ("loss", "batch_size", "epochs")):
@@ -190,7 +190,7 @@ def _image_facts(data: dict[str, Any]) -> dict[str, Any]:
     height, width = choose_size(data.get("size", "auto"), files)
     channels = 1 if choose_mode(data.get("mode", "auto"), files) == "grayscale" else 3
     test_split = 0.0 if test_root is not None else data.get("test_split", 0.2)
-    parts = stratified_split(labels, test_split, data["val_split"], data["seed"])
+    parts = stratified_split(labels, test_split, data.get("val_split", 0.0), data["seed"])
     shown = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
     held = f"{len(parts['train'])} to train, {len(parts['val'])} to validate, {len(parts['test'])} to test"
     notes = [f"data: image folder {root} with {len(class_names)} classes ({shown}); task: classification (one "
