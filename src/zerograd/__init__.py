@@ -5,13 +5,14 @@
     run = zerograd.train("fashion-cnn")
     model = zerograd.load(run.dir); model.predict("digit.png")
 """
-from zerograd.api import Run, evaluate_run, load_run, train
+from zerograd.api import Run, evaluate_run, fit, load_run, report, train
 from zerograd.callbacks import Callback, EarlyStopping
-from zerograd.engine import evaluate, fit, predict
+from zerograd.engine import evaluate, predict
 from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError
 from zerograd.lr_find import LRFindResult, lr_find  # the function shadows the module name here
 from zerograd.options import FitOptions
 from zerograd.predictor import Prediction, Predictor, load
+from zerograd.reporting.inline import Report
 from zerograd.runs import export_csv, load_history
 from zerograd.state import History, LoopState
 from zerograd.sweep import SweepResult, sweep
@@ -28,6 +29,7 @@ __all__ = [
     "LRFindResult",
     "Prediction",
     "Predictor",
+    "Report",
     "Run",
     "SweepResult",
     "TrainingError",
@@ -41,6 +43,7 @@ __all__ = [
     "load_run",
     "lr_find",
     "predict",
+    "report",
     "sweep",
     "train",
 ]

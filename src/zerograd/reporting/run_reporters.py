@@ -1,7 +1,8 @@
 """Everything a training run shows and leaves behind besides weights and metrics, in one object
 that `api.train` hooks into the loop:
 
-- the header and live progress (`progress: bar|plain|none`, nothing with `quiet`),
+- the header and live progress (`progress: bar|plain|none|notebook`, nothing with `quiet`; in a Jupyter
+  notebook `bar` is the notebook's HTML display and live chart, reporting/notebook.py),
 - `model_summary.txt` (layers, output shapes, parameter counts, data sizes),
 - TensorBoard event files (`tensorboard: true`),
 - at the end, `metrics.csv` (and `steps.csv`) and the plots in `plots/` (`plots: false` skips them).
@@ -20,7 +21,8 @@ from zerograd.callbacks.base import Callback
 from zerograd.errors import ConfigError, WriteError, ZerogradWarning
 from zerograd.files import write_atomic
 from zerograd.reporting.model_summary import ModelSummary, sample_batch, split_sizes, summarize_model
-from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
+from zerograd.reporting.notebook import progress_display
+from zerograd.reporting.progress import check_progress_mode
 from zerograd.reporting.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
 from zerograd.state import LoopState
 
@@ -57,10 +59,10 @@ class RunReporters(Callback):
         data = experiment.data
         sizes = split_sizes(data.train, data.test, config.get("val_split", 0.0) or 0.0, getattr(data, "val", None))
         self.summary: ModelSummary = summarize_model(experiment.model, sample_batch(data.train), sizes)
-        self.printer: ProgressPrinter | None = None
+        self.printer: Callback | None = None  # a ProgressPrinter, or in a notebook a NotebookProgress
         if not quiet:
-            self.printer = ProgressPrinter(title=config.get("name", ""), mode=self.options["progress"],
-                                           summary=self.summary, samples_per_epoch=sizes.get("train"))
+            self.printer = progress_display(self.options["progress"], title=config.get("name", ""),
+                                            summary=self.summary, samples_per_epoch=sizes.get("train"))
         self.tensorboard: Callback | None = None
         if self.options["tensorboard"]:
             self.tensorboard = TensorBoardLogger(self.run_dir / TENSORBOARD_DIR, every_steps=self.options["log_every"])
