@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="the notebook extra: pip install -e '.[notebook]' (make test does)")
-nbclient = pytest.importorskip("nbclient", reason="the notebook extra: pip install -e '.[notebook]' (make test does)")
+nbformat = pytest.importorskip("nbformat", reason="the notebooks extra: pip install -e '.[notebooks]' (make test does)")
+nbclient = pytest.importorskip("nbclient", reason="the notebooks extra: pip install -e '.[notebooks]' (make test does)")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 KERNEL = "zerograd-tests"
