@@ -12,7 +12,6 @@ from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError
 from zerograd.lr_find import LRFindResult, lr_find  # the function shadows the module name here
 from zerograd.options import FitOptions
 from zerograd.predictor import Prediction, Predictor, load
-from zerograd.reporting.inline import Report
 from zerograd.runs import export_csv, load_history
 from zerograd.state import History, LoopState
 from zerograd.sweep import SweepResult, sweep
@@ -29,7 +28,6 @@ __all__ = [
     "LRFindResult",
     "Prediction",
     "Predictor",
-    "Report",
     "Run",
     "SweepResult",
     "TrainingError",
