@@ -107,6 +107,7 @@ def test_the_chart_is_drawn_at_most_about_once_a_second_for_fast_epochs() -> Non
     chart = screen.handles[1]
     assert len(chart.bundles) < 20  # 40 epochs of milliseconds: not a drawing per epoch
     assert chart.bundles[-1]["text/plain"] == "<training curves, 40 epochs>"
+    assert "40 epochs of 1 batch</div>" in screen.handles[0].bundles[-1]["text/html"]  # not "1 batches"
 
 
 def test_a_run_that_fails_leaves_the_display_saying_where_it_stopped() -> None:

@@ -127,7 +127,8 @@ def run_facts(state: LoopState) -> str:
     if acc.device.type == "cpu":
         where += f" ({threads} thread{'s' if threads != 1 else ''}{' each' if acc.distributed else ''})"
     return (f"{count_parameters(state.raw_model):,} parameters on {where}, precision {acc.precision}, "
-            f"{state.options.epochs} epochs of {state.batches_per_epoch} batches")
+            f"{state.options.epochs} epoch{'s' if state.options.epochs != 1 else ''} of {state.batches_per_epoch} "
+            f"batch{'es' if state.batches_per_epoch != 1 else ''}")
 
 
 def epochs_to_show(epochs: int) -> int:
