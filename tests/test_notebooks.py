@@ -32,6 +32,8 @@ BARS = {
     "own_data_csv.ipynb": ("test_accuracy", ">=", 0.90),
     "sweep.ipynb": ("best_loss", "<=", 0.1),
 }
+# The notebooks that end a cell with a run or a sweep's result: each shows itself (Run/SweepResult._repr_html_).
+SHOWS_RESULTS = ("linear_regression.ipynb", "own_data_csv.ipynb", "sweep.ipynb")
 
 
 class RecordingClient(nbclient.NotebookClient):
@@ -160,6 +162,12 @@ def test_example_notebook_runs_top_to_bottom_and_reaches_its_bar(name: str, kern
 
     assert progress_outputs(notebook), f"{name}: no HTML progress display"
     assert image_outputs(notebook), f"{name}: no image"
+    # IPython prints a failing _repr_html_ as a traceback on stderr instead of failing the cell
+    streams = [o for c in notebook.cells for o in outputs_of(c) if o["output_type"] == "stream"]
+    assert not [o for o in streams if "Traceback" in o["text"]], f"{name}: a traceback in the outputs"
+    if name in SHOWS_RESULTS:
+        assert any('class="zerograd-report"' in o.get("data", {}).get("text/html", "")
+                   for c in notebook.cells for o in outputs_of(c)), f"{name}: no result shown"
     printed = "".join(o.get("text", "") for o in outputs_of(notebook.cells[-1]) if o["output_type"] == "stream")
     value = float(printed.split()[1])
     assert value >= bar if bound == ">=" else value <= bar, f"{name}: {variable} {value:.4f}, needs {bound} {bar}"
