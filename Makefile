@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,all]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,all,notebooks]'
 	touch $@
 
 # Debian's packages the data and tests need (installed only when run as root and missing).

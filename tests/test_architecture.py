@@ -21,7 +21,8 @@ OVERSIZED: dict[str, str] = {}  # file -> why it may stay over the limit for now
 # What a function may import: optional extras and heavy libraries that commands not using them
 # should not pay for, and torch's distributed machinery (only a DDP run needs it).
 LAZY_LIBRARIES = ("matplotlib", "optuna", "onnx", "onnxruntime", "onnxscript", "torch.utils.tensorboard", "mlflow",
-                  "torch.distributed", "torch.nn.parallel", "torch.utils.data.distributed", "pandas", "pyarrow")
+                  "torch.distributed", "torch.nn.parallel", "torch.utils.data.distributed", "pandas", "pyarrow",
+                  "IPython")  # IPython: only in a notebook, where the kernel has loaded it
 # zerograd's modules that import one of those (or Starlette and uvicorn) when they load: the CLI
 # and the run's reporters import them inside the function that needs them, so `zerograd train`
 # never loads matplotlib before it plots. Such an import must still point down the layers.

@@ -5,9 +5,9 @@
     run = zerograd.train("fashion-cnn")
     model = zerograd.load(run.dir); model.predict("digit.png")
 """
-from zerograd.api import Run, evaluate_run, load_run, train
+from zerograd.api import Run, evaluate_run, fit, load_run, report, train
 from zerograd.callbacks import Callback, EarlyStopping
-from zerograd.engine import evaluate, fit, predict
+from zerograd.engine import evaluate, predict
 from zerograd.errors import ConfigError, DataError, TrainingError, ZerogradError
 from zerograd.lr_find import LRFindResult, lr_find  # the function shadows the module name here
 from zerograd.options import FitOptions
@@ -45,6 +45,7 @@ __all__ = [
     "load_run",
     "lr_find",
     "predict",
+    "report",
     "sweep",
     "train",
 ]

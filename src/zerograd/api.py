@@ -2,9 +2,14 @@
 
     run = zerograd.train("fashion-cnn", overrides={"epochs": 1})
     run.summary["final"]["test_accuracy"]
+    history = zerograd.fit(model, (X, y), epochs=3)   # the loop, with progress in a notebook
+
+In a Jupyter notebook both show a live HTML progress display and chart (reporting/notebook.py), and
+a `Run` shows itself (summary, plots, epochs) as a cell's result.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,18 +28,21 @@ from zerograd.callbacks.loggers import FAILED
 from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
 from zerograd.data.images import augmentation_of
 from zerograd.engine import FitResult, evaluate, run_fit
+from zerograd.engine import fit as loop_fit
 from zerograd.errors import CheckpointError, ConfigError, TrainingInterrupted, WriteError, ZerogradWarning
 from zerograd.experiment import Experiment, build_data, build_experiment, data_spec
 from zerograd.models import imported_class
 from zerograd.performance import auto_threads
 from zerograd.profiling import ProfileReport
+from zerograd.reporting.inline import Report
+from zerograd.reporting.notebook import progress_display
 from zerograd.reporting.run_reporters import RunReporters, reporting_options
 from zerograd.rng import seed_everything
 from zerograd.runs import load_run
 from zerograd.state import History
 from zerograd.tta import tta_spec
 
-__all__ = ["Run", "build_summary", "evaluate_run", "load_run", "resume", "train"]
+__all__ = ["Run", "build_summary", "evaluate_run", "fit", "load_run", "report", "resume", "train"]
 
 
 @dataclass
@@ -47,6 +55,56 @@ class Run:
     model: nn.Module
     config: dict[str, Any]
     profile: ProfileReport | None = None  # where the time went, with `profile: true` (also profile.json)
+
+    @classmethod
+    def open(cls, run_dir: str | Path, *, trust_code: bool = False) -> Run:
+        """A finished run directory as a `Run` (the model loaded as `load_run` does), e.g. to show it in a
+        notebook."""
+        model, config = load_run(run_dir, trust_code=trust_code)
+        path = Path(run_dir)
+        return cls(path, runs.load_history(path), runs.read_summary(path), model, config)
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the run: its final figures, plots and epochs (read from the run directory)."""
+        from zerograd.reporting.report import run_fragment  # matplotlib: only when a run is shown
+
+        return run_fragment(self.dir)
+
+
+def report(target: Any, out: str | Path | None = None, *, replot: bool = False, trust_code: bool = False) -> Report:
+    """Write the HTML report of `target` and return it (a notebook shows the page in the cell).
+
+    `target`: a `Run` (from `train`), a `SweepResult` (from `zerograd.sweep`), or a path: a run
+    directory, a sweep directory or any folder of runs. The page is written to `out` (default
+    DIR/report.html); missing plots are drawn first (`replot=True` draws them all again, re-loading
+    the model: a model class of the user's own only with `trust_code`)."""
+    from zerograd.reporting.report import write_report  # matplotlib: only when a report is written
+
+    directory = getattr(target, "dir", target)
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"zerograd.report takes a Run, a SweepResult or a run directory, got {type(target).__name__}")
+    return Report(write_report(Path(directory), out, replot=replot, trust_code=trust_code))
+
+
+def fit(model: nn.Module, train_data: Any, *, eval_data: Any = None, val_data: Any = None,
+        callbacks: Sequence[Callback] = (), progress: str = "auto", **options: Any) -> History:
+    """Train `model` on `train_data` and return its per-epoch `History` (the loop is `engine.fit`).
+
+    `train_data` and `eval_data`/`val_data` may be a Dataset, a DataLoader, or an `(X, y)` pair of
+    arrays or tensors. `options` are the `FitOptions` fields (lr, batch_size, epochs, loss,
+    optimizer, schedule, precision, ...). `eval_data` is the held-out test set, reported as
+    `test_*` every epoch; `val_data` (or `val_split`) is reported as `val_*`.
+
+    `progress`: `auto` (the default) shows the notebook's HTML progress display and live chart in a
+    Jupyter notebook and nothing elsewhere; `bar`, `plain` and `notebook` as for `train` (the rich
+    bar in a terminal); `none` shows nothing."""
+    display = None if progress == "none" else progress_display(progress)
+    hooks = [*callbacks, display] if display is not None else list(callbacks)
+    try:
+        return loop_fit(model, train_data, eval_data=eval_data, val_data=val_data, callbacks=hooks, **options)
+    finally:
+        if display is not None:
+            display.close()  # type: ignore[attr-defined]  # a live bar comes down even when training fails
 
 
 @distributed.in_process_group  # under torchrun: join the job (no-op when the CLI already did)
@@ -63,7 +121,8 @@ def train(
 ) -> Run:
     """Train a recipe name, a YAML file or a config mapping, writing a run directory.
 
-    `progress` (bar, plain or none) overrides the config's `progress:`; `quiet` prints nothing.
+    `progress` (bar, plain, none or notebook) overrides the config's `progress:`; `quiet` prints
+    nothing. In a Jupyter notebook `bar` (the default) is the notebook's HTML display and live chart.
     `resume=RUN_DIR` continues that run in place from its newest intact checkpoint (the config
     must be the one it started with); SIGINT/SIGTERM save a checkpoint and raise
     `TrainingInterrupted`.

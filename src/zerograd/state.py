@@ -7,6 +7,7 @@ and knows nothing else about them.
 """
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from typing import Any
@@ -45,11 +46,26 @@ class History:
         keys = dict.fromkeys(k for r in self.records for k in r)
         return {k: self[k] for k in keys}
 
+    def _repr_html_(self) -> str:
+        """A notebook shows the records as a table (4 significant digits)."""
+        keys = list(dict.fromkeys(k for r in self.records for k in r))
+        cell = "padding: 2px 8px; text-align: right"
+        head = "".join(f'<th style="{cell}">{html.escape(k)}</th>' for k in keys)
+        rows = "".join("<tr>" + "".join(f'<td style="{cell}">{_table_number(r.get(k))}</td>' for k in keys) + "</tr>"
+                       for r in self.records)
+        return f"<table><tr>{head}</tr>{rows}</table>" if self.records else "<p>History: no epoch yet</p>"
+
     def state_dict(self) -> dict[str, Any]:
         return {"records": self.records}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.records[:] = state["records"]
+
+
+def _table_number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape("" if value is None else str(value))
 
 
 class EpochTotals:

@@ -34,7 +34,7 @@ from zerograd.performance import busy_cores
 from zerograd.reporting.model_summary import ModelSummary, describe_sizes, layer_table_rows
 from zerograd.state import LoopState, LossWindow
 
-PROGRESS_MODES = ("bar", "plain", "none")
+PROGRESS_MODES = ("bar", "plain", "none", "notebook")
 SPLIT_NAMES = {"train": "train", "val": "val", "test": "test"}
 PLAIN_SPLIT_TITLES = {"train": "Train", "val": "Validation Error", "test": "Test Error"}
 PERCENT_METRICS = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1")
@@ -119,6 +119,18 @@ def busy_note(busy: int, threads: int) -> str:
             f"{threads} threads' in the last bits")
 
 
+def run_facts(state: LoopState) -> str:
+    """`55,050 parameters on cpu (2 threads), precision fp32, 3 epochs of 6000 batches`: the header's facts."""
+    acc = state.accelerator
+    threads = torch.get_num_threads()
+    where = f"{acc.device}" + (f" x{acc.world_size} processes" if acc.distributed else "")
+    if acc.device.type == "cpu":
+        where += f" ({threads} thread{'s' if threads != 1 else ''}{' each' if acc.distributed else ''})"
+    return (f"{count_parameters(state.raw_model):,} parameters on {where}, precision {acc.precision}, "
+            f"{state.options.epochs} epoch{'s' if state.options.epochs != 1 else ''} of {state.batches_per_epoch} "
+            f"batch{'es' if state.batches_per_epoch != 1 else ''}")
+
+
 def epochs_to_show(epochs: int) -> int:
     """Long runs print about ten epoch lines (every k-th, plus the first and last), not hundreds."""
     return max(1, epochs // 10) if epochs > 20 else 1
@@ -141,7 +153,8 @@ class ProgressPrinter(Callback):
     ) -> None:
         self.console = console or make_console()
         self.title = title
-        self.requested_mode = check_progress_mode(mode)
+        # `notebook` asks for the notebook's HTML display (reporting/notebook.py); a terminal printer shows the bar
+        self.requested_mode = "bar" if check_progress_mode(mode) == "notebook" else mode
         self.summary = summary
         self.samples_per_epoch = samples_per_epoch
         self.refresh_seconds = refresh_seconds
@@ -240,14 +253,7 @@ class ProgressPrinter(Callback):
     def print_header(self, state: LoopState) -> None:
         acc = state.accelerator
         threads = torch.get_num_threads()
-        where = f"{acc.device}" + (f" x{acc.world_size} processes" if acc.distributed else "")
-        if acc.device.type == "cpu":
-            where += f" ({threads} thread{'s' if threads != 1 else ''}{' each' if acc.distributed else ''})"
-        self.console.print(
-            f"[bold]{plain(self.title or 'training')}[/]: {count_parameters(state.raw_model):,} parameters on {where}, "
-            f"precision {acc.precision}, {state.options.epochs} epochs of {state.batches_per_epoch} batches",
-            soft_wrap=True,
-        )
+        self.console.print(f"[bold]{plain(self.title or 'training')}[/]: {plain(run_facts(state))}", soft_wrap=True)
         busy = busy_cores(threads) if acc.device.type == "cpu" else 0
         if busy:
             self.console.print(busy_note(busy, threads), soft_wrap=True)

@@ -30,6 +30,7 @@ from zerograd.reporting.compare import (
     metric_columns,
     plot_comparison,
 )
+from zerograd.reporting.inline import inline_html
 from zerograd.reporting.plots import PLOTS_DIR, write_plots
 from zerograd.reporting.sweep_section import is_sweep_dir, load_sweep, sweep_section_html
 from zerograd.version import __version__
@@ -133,6 +134,23 @@ def render_run_report(run_dir: Path) -> str:
         body.append("<h2>Summary</h2>" + _key_value_table(summary))
     body.append(f"<h2>Config</h2><pre>{html.escape((run_dir / runs.CONFIG).read_text())}</pre>")
     return _page(f"{name} · zerograd report", "".join(body))
+
+
+def run_fragment(run_dir: str | Path) -> str:
+    """What a notebook shows for a run (`Run._repr_html_`): its final figures, plots and epochs, from
+    the run directory (no plot is drawn here: a run trained with `plots: false` shows none)."""
+    run_dir = Path(run_dir)
+    config = runs.read_config(run_dir)
+    summary = runs.read_summary(run_dir)
+    history = runs.load_history(run_dir)
+    name = html.escape(str(config.get("name", run_dir.name)))
+    facts = [f"<code>{html.escape(str(run_dir))}</code>"]
+    facts += [f"{key} {html.escape(str(summary[key]))}" for key in ("device", "precision") if key in summary]
+    body = [f'<h3>{name}</h3><div class="muted">{" · ".join(facts)}</div>', _summary_cards(summary, history.last)]
+    body += [_figure(p) for p in ordered_plots(run_dir / PLOTS_DIR)]
+    body.append("<details><summary>metrics per epoch</summary>"
+                + _epoch_table(history.records, summary.get("best_epoch")) + "</details>")
+    return inline_html("".join(body))
 
 
 def ordered_plots(plots_dir: Path) -> list[Path]:

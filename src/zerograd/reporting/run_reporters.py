@@ -1,7 +1,8 @@
 """Everything a training run shows and leaves behind besides weights and metrics, in one object
 that `api.train` hooks into the loop:
 
-- the header and live progress (`progress: bar|plain|none`, nothing with `quiet`),
+- the header and live progress (`progress: bar|plain|none|notebook`, nothing with `quiet`; in a Jupyter
+  notebook `bar` is the notebook's HTML display and live chart, reporting/notebook.py),
 - `model_summary.txt` (layers, output shapes, parameter counts, data sizes),
 - the experiment trackers of `loggers: [tensorboard, mlflow]` (`tensorboard: true` is the same as
   naming it there), each a `callbacks.loggers.RunLogger`,
@@ -25,7 +26,8 @@ from zerograd.files import write_atomic
 from zerograd.finetune import frozen_names
 from zerograd.reporting.mlflow_tracking import MLflowLogger, client_class, mlflow_settings
 from zerograd.reporting.model_summary import ModelSummary, sample_batch, split_sizes, summarize_model
-from zerograd.reporting.progress import ProgressPrinter, check_progress_mode
+from zerograd.reporting.notebook import progress_display
+from zerograd.reporting.progress import check_progress_mode
 from zerograd.reporting.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
 from zerograd.state import LoopState
 
@@ -85,10 +87,10 @@ class RunReporters(Callback):
         frozen = frozen_names(experiment.model, config.get("freeze"), config.get("fine_tune"))
         self.summary: ModelSummary = summarize_model(experiment.model, sample_batch(data.train), sizes, frozen=frozen,
                                                      unfreeze_after=config.get("unfreeze_after"))
-        self.printer: ProgressPrinter | None = None
+        self.printer: Callback | None = None  # a ProgressPrinter, or in a notebook a NotebookProgress
         if not quiet:
-            self.printer = ProgressPrinter(title=config.get("name", ""), mode=self.options["progress"],
-                                           summary=self.summary, samples_per_epoch=sizes.get("train"))
+            self.printer = progress_display(self.options["progress"], title=config.get("name", ""),
+                                            summary=self.summary, samples_per_epoch=sizes.get("train"))
         self.tensorboard: TensorBoardLogger | None = None
         self.loggers: list[RunLogger] = []  # ended by `finish` with the run's files, not when `fit` ends
         for name in self.options["loggers"]:

@@ -3,6 +3,7 @@ them (results.csv|json|md, best.yaml, the terminal table and the report's sectio
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import statistics
@@ -16,7 +17,15 @@ from rich.table import Table
 from zerograd import config as configs
 from zerograd.console import make_console, plain
 from zerograd.files import write_atomic
-from zerograd.reporting.sweep_section import BEST_YAML, ConfigResult, config_row_cells, format_score, format_value
+from zerograd.reporting.inline import inline_html
+from zerograd.reporting.sweep_section import (
+    BEST_YAML,
+    ConfigResult,
+    config_row_cells,
+    format_score,
+    format_value,
+    sweep_section_html,
+)
 from zerograd.sweep.jobs import Job, Outcome, finite_number
 
 # --------------------------------------------------------------------------- results
@@ -53,6 +62,12 @@ class SweepResult:
     @property
     def best(self) -> ConfigResult | None:
         return self.configs[0] if self.configs and self.configs[0].mean is not None else None
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the sweep: the ranked configurations, the best config and the sweep's plots."""
+        head = (f"<h3>sweep {html.escape(str(self.dir))}</h3><div class=muted>{len(self.runs)} runs, ranked by "
+                f"{html.escape(self.metric)} ({'higher' if self.mode == 'max' else 'lower'} is better)</div>")
+        return inline_html(head + sweep_section_html(self.dir))
 
 
 def run_result(job: Job, outcome: Outcome, metric: str) -> RunResult:
