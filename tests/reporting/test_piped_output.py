@@ -70,8 +70,10 @@ def test_train_piped_prints_each_figure_on_one_line(tmp_path: Path) -> None:
     out = piped("train", "--data", str(data), "--target", "species", "--epochs", "2", "--out", str(run_dir),
                 "--device", "cpu", "--set", "plots=false", cwd=tmp_path).stdout
     summary = next(line for line in out.splitlines() if line.startswith("flowers: 2 epochs in"))
-    assert re.search(r"train_loss \d+\.\d{4}  train_accuracy \d\.\d{4}  val_loss \d+\.\d{4}  val_accuracy \d\.\d{4}  test_loss \d+\.\d{4}  test_accuracy \d\.\d{4}$",
-                     summary), out
+    figures = (r"train_loss \d+\.\d{4}  train_accuracy \d\.\d{4}  val_loss \d+\.\d{4}  val_accuracy \d\.\d{4}  "
+               r"test_loss \d+\.\d{4}  test_accuracy \d\.\d{4}$")
+    assert re.search(figures, summary), out
     assert f"run directory: {run_dir}" in out.splitlines(), out
     epoch = [line for line in out.splitlines() if line.startswith("epoch 2/2")]
-    assert epoch and re.search(r"train loss \S+ acc \S+%  val loss \S+ acc \S+%  test loss \S+ acc \S+%  lr 0\.001  \d", epoch[0]), out
+    line = r"train loss \S+ acc \S+%  val loss \S+ acc \S+%  test loss \S+ acc \S+%  lr 0\.001  \d"
+    assert epoch and re.search(line, epoch[0]), out
