@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from zerograd.reporting.sweep_section import load_sweep
 from zerograd.sweep.results import SweepResult, print_result
-from zerograd.sweep.runner import add_sweep_arguments, sweep
+from zerograd.sweep.runner import sweep
 
-__all__ = ["SweepResult", "add_sweep_arguments", "load_sweep", "print_result", "sweep"]
+# (the `zerograd sweep` flags are defined in cli.py, which builds its parser without importing torch)
+__all__ = ["SweepResult", "load_sweep", "print_result", "sweep"]
