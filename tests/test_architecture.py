@@ -39,6 +39,7 @@ class Import:
     names: tuple[str, ...]  # what `from target import ...` takes (empty for `import target`)
     in_function: bool
     line: int
+    type_only: bool = False  # under `if TYPE_CHECKING:`, never run
 
 
 def module_files() -> dict[str, Path]:
@@ -66,13 +67,17 @@ def imports_of(module: str) -> list[Import]:
     is_package = path.name == "__init__.py"
     found: list[Import] = []
 
-    def visit(node: ast.AST, in_function: bool) -> None:
+    def visit(node: ast.AST, in_function: bool, type_only: bool = False) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                visit(child, True)
+                visit(child, True, type_only)
+                continue
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                visit(child, in_function, True)
                 continue
             if isinstance(child, ast.Import):
-                found.extend(Import(module, alias.name, (), in_function, child.lineno) for alias in child.names)
+                found.extend(Import(module, alias.name, (), in_function, child.lineno, type_only)
+                             for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
@@ -83,8 +88,8 @@ def imports_of(module: str) -> list[Import]:
                 for alias in child.names:  # `from zerograd import runs` imports the module zerograd.runs
                     full = f"{base}.{alias.name}"
                     target, names = (full, ()) if full in MODULES else (base, (alias.name,))
-                    found.append(Import(module, target, names, in_function, child.lineno))
-            visit(child, in_function)
+                    found.append(Import(module, target, names, in_function, child.lineno, type_only))
+            visit(child, in_function, type_only)
 
     visit(ast.parse(path.read_text()), False)
     return found
@@ -162,7 +167,7 @@ def test_the_command_line_loads_no_torch_before_a_command_runs() -> None:
         if module in seen:
             continue
         seen.add(module)
-        for imp in (i for i in ALL_IMPORTS if i.source == module and not i.in_function):
+        for imp in (i for i in ALL_IMPORTS if i.source == module and not i.in_function and not i.type_only):
             if internal(imp):
                 todo.append(resolve(imp.target))
             elif imp.target == "torch" or imp.target.startswith("torch.") or imp.target.startswith("safetensors"):

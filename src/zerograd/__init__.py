@@ -50,7 +50,33 @@ _LAZY = {
 # old did (`zerograd.sweep(...)` and `zerograd.lr_find(...)` stay callable whatever was imported).
 _FUNCTIONS_NAMED_LIKE_MODULES = ("lr_find", "sweep")
 
-__all__ = sorted(_LAZY, key=str.lower)
+__all__ = [  # the same names, in the same order, as when they were imported eagerly (a test keeps it equal to _LAZY)
+    "Callback",
+    "ConfigError",
+    "DataError",
+    "EarlyStopping",
+    "FitOptions",
+    "History",
+    "LoopState",
+    "LRFindResult",
+    "Prediction",
+    "Predictor",
+    "Run",
+    "SweepResult",
+    "TrainingError",
+    "ZerogradError",
+    "evaluate",
+    "evaluate_run",
+    "export_csv",
+    "fit",
+    "load",
+    "load_history",
+    "load_run",
+    "lr_find",
+    "predict",
+    "sweep",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:
