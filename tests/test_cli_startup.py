@@ -7,6 +7,7 @@ what was imported, not how long it took: the timing is bench/startup.py's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,19 @@ def test_submodule_functions_stay_callable_in_a_fresh_process() -> None:
               "print(isinstance(zerograd.sweep, types.FunctionType), isinstance(zerograd.lr_find, types.FunctionType))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["True", "True"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`zerograd recipes | head -1`: the pipe's reader closes first; no traceback, exit 141 (as a
+    shell reports SIGPIPE), and torch still not imported on the way out."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "zerograd", "recipes"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert lines == []
+    assert not any(line.rsplit("|", 1)[-1].strip() == "torch" for line in done.stderr.splitlines())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from zerograd.predictor import Prediction
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader closed the pipe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # zerograd's own warnings as one line each, like its errors
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
-            return int(args.handler(args) or 0)
+            code = int(args.handler(args) or 0)
+            sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit
+            return code
+    except BrokenPipeError:  # `zerograd recipes | head -1`: the reader has all it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's own flush would fail again)
+        return EXIT_BROKEN_PIPE
     except TrainingInterrupted as error:  # a checkpoint was saved: say how to go on, exit 128 + signal
         from zerograd import distributed  # (torch: loaded by then, as every command that raises this trains)
 
