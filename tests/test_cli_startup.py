@@ -80,6 +80,13 @@ def test_the_public_api_is_unchanged() -> None:
         zerograd.not_a_name  # noqa: B018
 
 
+def test_submodules_are_attributes_after_a_bare_import_as_before() -> None:
+    script = ("import zerograd; print(zerograd.config.resolve('mnist-mlp')['batch_size'], "
+              "zerograd.runs.__name__, hasattr(zerograd, 'no_such_module'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["10", "zerograd.runs", "False"]
+
+
 def test_submodule_functions_stay_callable_in_a_fresh_process() -> None:
     """`import zerograd.sweep` (the package) after `import zerograd` must leave `zerograd.sweep` the
     function, as the eager imports did."""

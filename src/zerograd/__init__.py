@@ -81,8 +81,13 @@ __all__ = [  # the same names, in the same order, as when they were imported eag
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zerograd' has no attribute {name!r}")
+    if module is None:  # a submodule (`zerograd.config` after a bare `import zerograd`), as the eager imports gave
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'zerograd' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # cached: the next access is a plain attribute
     return value
