@@ -1,11 +1,8 @@
 """The `zerograd` command: a thin shell over the library API.
 
 Every mistake a user can make ends as one line on stderr and exit code 2; a training run that is
-interrupted exits 130.
-
-The parser is built from torch-free modules only, and each command imports what it uses inside
-its `cmd_*` function: `zerograd --help`, `zerograd recipes` and a mistyped flag answer without
-importing torch (about 0.1 s instead of 1.5 s; tests/test_cli_startup.py checks it).
+interrupted exits 130. The parser is built from torch-free modules and each `cmd_*` imports what it
+uses, so `--help`, `recipes` and a mistyped flag answer without torch (tests/test_cli_startup.py).
 """
 from __future__ import annotations
 
