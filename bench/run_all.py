@@ -22,6 +22,7 @@ from rich.table import Table
 
 import loader_throughput
 import overhead
+import own_data_start
 import peers
 import recipes_vs_tutorial
 import scaling
@@ -40,6 +41,8 @@ BENCHES = {
     "peers": (lambda: peers.run(rounds=3), lambda: peers.run(rounds=1, samples=peers.QUICK_SAMPLES)),
     "whole_process": (lambda: whole_process.run(rounds=3), lambda: whole_process.run(rounds=1, epochs=1)),
     "startup": (lambda: startup.run(rounds=5), lambda: startup.run(rounds=3)),
+    "own_data": (lambda: own_data_start.run(rounds=3),
+                 lambda: own_data_start.run(images=2000, rows=100_000, rounds=1)),
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if "ZEROGRAD_DATA" not in os.environ and (SHARED_DATA / "mnist").is_dir():
         os.environ["ZEROGRAD_DATA"] = str(SHARED_DATA)
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # parsed data sets are cached (zerograd.data.idx); the tests' caches never reach the user's
+    os.environ.setdefault("ZEROGRAD_PARSED_CACHE", tempfile.mkdtemp(prefix="zerograd-test-parsed-"))
 
 
 @pytest.fixture

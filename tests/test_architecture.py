@@ -27,6 +27,10 @@ LAZY_LIBRARIES = ("matplotlib", "optuna", "onnx", "onnxruntime", "onnxscript", "
 # and the run's reporters import them inside the function that needs them, so `zerograd train`
 # never loads matplotlib before it plots. Such an import must still point down the layers.
 LAZY_MODULES = ("zerograd.reporting.plots", "zerograd.reporting.report", "zerograd.serve")
+# Modules whose functions may import any zerograd module (still down the layers): the command line,
+# whose `cmd_*` handlers import what they use, so `zerograd --help`, `zerograd recipes` and a mistyped
+# flag answer without importing torch (tests/test_cli_startup.py). Nothing else gets this pass.
+LAZY_IMPORTERS = ("zerograd.cli",)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Import:
     names: tuple[str, ...]  # what `from target import ...` takes (empty for `import target`)
     in_function: bool
     line: int
+    type_only: bool = False  # under `if TYPE_CHECKING:`, never run
 
 
 def module_files() -> dict[str, Path]:
@@ -63,13 +68,17 @@ def imports_of(module: str) -> list[Import]:
     is_package = path.name == "__init__.py"
     found: list[Import] = []
 
-    def visit(node: ast.AST, in_function: bool) -> None:
+    def visit(node: ast.AST, in_function: bool, type_only: bool = False) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                visit(child, True)
+                visit(child, True, type_only)
+                continue
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                visit(child, in_function, True)
                 continue
             if isinstance(child, ast.Import):
-                found.extend(Import(module, alias.name, (), in_function, child.lineno) for alias in child.names)
+                found.extend(Import(module, alias.name, (), in_function, child.lineno, type_only)
+                             for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
@@ -80,8 +89,8 @@ def imports_of(module: str) -> list[Import]:
                 for alias in child.names:  # `from zerograd import runs` imports the module zerograd.runs
                     full = f"{base}.{alias.name}"
                     target, names = (full, ()) if full in MODULES else (base, (alias.name,))
-                    found.append(Import(module, target, names, in_function, child.lineno))
-            visit(child, in_function)
+                    found.append(Import(module, target, names, in_function, child.lineno, type_only))
+            visit(child, in_function, type_only)
 
     visit(ast.parse(path.read_text()), False)
     return found
@@ -144,8 +153,27 @@ def test_functions_import_only_optional_or_heavy_libraries() -> None:
     allowed = tuple(f"{name}." for name in LAZY_LIBRARIES)
     lazy = [i for i in ALL_IMPORTS if i.in_function]
     wrong = [f"{i.source}:{i.line} imports {i.target}" for i in lazy
-             if not (i.target in LAZY_LIBRARIES or i.target.startswith(allowed) or i.target in LAZY_MODULES)]
+             if not (i.target in LAZY_LIBRARIES or i.target.startswith(allowed) or i.target in LAZY_MODULES
+                     or (i.source in LAZY_IMPORTERS and internal(i)))]
     assert wrong == []
+
+
+def test_the_command_line_loads_no_torch_before_a_command_runs() -> None:
+    """What cli.py imports when it loads (followed through every zerograd module it reaches) never
+    imports torch: the reason its handlers may import lazily (the running check is in
+    tests/test_cli_startup.py)."""
+    seen, todo, heavy = set(), ["zerograd.cli"], []
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for imp in (i for i in ALL_IMPORTS if i.source == module and not i.in_function and not i.type_only):
+            if internal(imp):
+                todo.append(resolve(imp.target))
+            elif imp.target == "torch" or imp.target.startswith("torch.") or imp.target.startswith("safetensors"):
+                heavy.append(f"{module}:{imp.line} imports {imp.target}")
+    assert heavy == []
 
 
 def test_lazy_modules_really_import_something_heavy() -> None:

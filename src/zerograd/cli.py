@@ -1,32 +1,38 @@
 """The `zerograd` command: a thin shell over the library API.
 
 Every mistake a user can make ends as one line on stderr and exit code 2; a training run that is
-interrupted exits 130.
+interrupted exits 130. The parser is built from torch-free modules and each `cmd_*` imports what it
+uses, so `--help`, `recipes` and a mistyped flag answer without torch (tests/test_cli_startup.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zerograd import api, distributed, launch, own_data, predictor, runs
-from zerograd import config as configs
-from zerograd.console import make_console, plain
+from zerograd import sources
+from zerograd.cli_flags import (
+    OWN_DATA_FLAGS,
+    add_launch_arguments,
+    add_own_data_arguments,
+    add_sweep_arguments,
+    add_training_arguments,
+    add_trust_argument,
+    add_tta_argument,
+)
 from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
-from zerograd.export import export_run
-from zerograd.lr_find import lr_find_config
-from zerograd.models import check_trusted
-from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
-from zerograd.reporting.profile_table import print_profile
-from zerograd.sweep import add_sweep_arguments, cross_validate, print_cv
-from zerograd.sweep import print_result as print_sweep_result
-from zerograd.sweep import sweep as run_sweep
+
+if TYPE_CHECKING:
+    from zerograd.launch import LaunchOptions
+    from zerograd.predictor import Prediction
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader closed the pipe
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,13 +45,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # zerograd's own warnings as one line each, like its errors
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
-            return int(args.handler(args) or 0)
+            code = int(args.handler(args) or 0)
+            sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit
+            return code
+    except BrokenPipeError:  # `zerograd recipes | head -1`: the reader has all it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the exit's own flush would fail again)
+        return EXIT_BROKEN_PIPE
     except TrainingInterrupted as error:  # a checkpoint was saved: say how to go on, exit 128 + signal
+        from zerograd import distributed  # (torch: loaded by then, as every command that raises this trains)
+
         if distributed.is_main():  # every rank stops at the same step; one says so
             print(f"zerograd: {error}", file=sys.stderr)
         distributed.record_error(error)
         return error.exit_code
     except ZerogradError as error:
+        from zerograd import distributed
+
         print(f"zerograd: error: {distributed.rank_prefix()}{error}", file=sys.stderr)
         distributed.record_error(error)  # under torchrun: the launcher shows this rank's message
         return EXIT_USAGE
@@ -53,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("zerograd: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
+        from zerograd import distributed
+
         if distributed.is_peer_failure(error):  # another rank died first; its error is the one to read
             print(f"zerograd: error: {distributed.rank_prefix()}a collective operation failed; another worker "
                   f"crashed or stopped responding ({str(error).splitlines()[0][:300]})", file=sys.stderr)
@@ -89,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue this interrupted run in place from its newest checkpoint (same config)")
     add_trust_argument(train, "with --resume RUN_DIR alone: ")
-    launch.add_launch_arguments(train)
+    add_launch_arguments(train)
     train.set_defaults(handler=cmd_train)
 
     resume = commands.add_parser("resume", help="continue an interrupted run from its newest checkpoint, exactly")
@@ -97,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
     resume.add_argument("--progress", choices=("bar", "plain", "none"), help="as for train")
     add_trust_argument(resume)
-    launch.add_launch_arguments(resume)  # a DDP run resumes with as many processes as it had
+    add_launch_arguments(resume)  # a DDP run resumes with as many processes as it had
     resume.set_defaults(handler=cmd_resume)
 
     evaluate = commands.add_parser("evaluate", help="re-load a run's weights and print its test loss and metrics")
@@ -195,43 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_trust_argument(parser: argparse.ArgumentParser, when: str = "") -> None:
-    parser.add_argument("--trust-code", action="store_true",
-                        help=f"{when}import the model class (module:Class, file.py:Class) the run's config.yaml names; "
-                             "that runs its code, so only for runs you trust (zerograd's own models need no flag)")
-
-
-def add_tta_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="average over flipped/shifted views of each image (the run's augmentation; default: as "
-                             "the run's `tta:` says)")
-
-
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="set any config key, dotted for nested ones (e.g. --set model.sizes=[784,128,10])")
-    parser.add_argument("--out", help="run directory (default runs/<recipe>-<timestamp>)")
-    parser.add_argument("--quiet", action="store_true", help="print only the summary")
-    parser.add_argument("--progress", choices=("bar", "plain", "none"),
-                        help="bar: live progress bar (default; per-epoch lines when not a terminal), "
-                             "plain: the tutorials' text, none: no progress")
-    parser.add_argument("--tensorboard", action="store_true", default=None,
-                        help="also write TensorBoard event files to RUN_DIR/tensorboard/ "
-                             "(pip install 'zerograd[tensorboard]')")
-    parser.add_argument("--profile", action="store_true", default=None,
-                        help="time where the run's time goes (RUN_DIR/profile.json, printed at the end) and trace a "
-                             "few steps with torch.profiler (RUN_DIR/profile/trace.json, for Perfetto)")
-    parser.add_argument("--logger", dest="loggers", action="append", metavar="NAME[,NAME]",
-                        help="experiment trackers to log the run to: mlflow, tensorboard (repeat it or give a comma "
-                             "list; replaces the config's loggers:); mlflow: pip install 'zerograd[mlflow]'")
-
-
 def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from zerograd import config as configs
+
     overrides = dict(configs.parse_assignment(text) for text in args.assignments)
     for key in ("epochs", "lr", "batch_size", "seed", "device", "progress", "tensorboard", "profile"):
         value = getattr(args, key, None)
@@ -244,13 +227,16 @@ def training_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    for name in configs.recipe_names():
-        description = configs.load_source(name).get("description", "")
+    for name in sources.recipe_names():
+        description = sources.load_source(name).get("description", "")
         print(f"{name:20s} {description}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from zerograd import api, distributed, launch, runs
+    from zerograd.reporting.profile_table import print_profile
+
     job = launch.launch_options(args)
     if job is not None:
         return launch_workers(job, args)
@@ -268,6 +254,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from zerograd import api, distributed, launch
+    from zerograd.reporting.profile_table import print_profile
+
     job = launch.launch_options(args) if hasattr(args, "nproc") else None
     if job is not None:
         return launch_workers(job, args)
@@ -279,8 +268,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch_workers(job: launch.LaunchOptions, args: argparse.Namespace) -> int:
+def launch_workers(job: LaunchOptions, args: argparse.Namespace) -> int:
     """Check the config once here (a typo fails before any worker starts), then run torchrun."""
+    from zerograd import distributed, launch, own_data, runs
+    from zerograd.models import check_trusted
+
     resuming = getattr(args, "run_dir", None) or getattr(args, "resume", None)
     if resuming and getattr(args, "recipe", None) is None and getattr(args, "data", None) is None:
         config = runs.resume_config(resuming)
@@ -296,6 +288,8 @@ def launch_workers(job: launch.LaunchOptions, args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    from zerograd.console import make_console, plain
+
     console = make_console()
     final = summary["final"]
     figures = "  ".join(f"{k} {v:.4f}" for k, v in final.items()
@@ -321,6 +315,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from zerograd.sweep import print_result as print_sweep_result
+    from zerograd.sweep import sweep as run_sweep
+
     result = run_sweep(args.recipe, grid=args.grid, space=args.space, random=args.random, optuna=args.optuna,
                        seeds=args.seeds, sweep_seed=args.sweep_seed, overrides=training_overrides(args), out=args.out,
                        jobs=args.jobs, metric=args.metric, median_stop=args.median_stop, quiet=args.quiet,
@@ -331,6 +328,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
+    from zerograd.sweep import cross_validate, print_cv
+
     result = cross_validate(train_source(args), folds=args.folds, overrides=training_overrides(args), out=args.out,
                             jobs=args.jobs, metric=args.metric, cv_seed=args.cv_seed, quiet=args.quiet)
     if args.quiet:
@@ -339,6 +338,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
+    from zerograd import config as configs
+    from zerograd.lr_find import lr_find_config
+
     overrides = dict(configs.parse_assignment(text) for text in args.assignments)
     result, folder = lr_find_config(args.recipe, overrides=overrides, out=args.out, start_lr=args.start_lr,
                                     end_lr=args.end_lr, steps=args.steps)
@@ -368,6 +370,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from zerograd.console import make_console, plain
+    from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
+
     rows = compare_runs(args.run_dirs, metric=args.metric)
     plot = plot_comparison(rows, args.out or default_plot_path(rows))
     if args.json:
@@ -380,12 +385,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from zerograd import api
+
     results = api.evaluate_run(args.run_dir, device=args.device, trust_code=args.trust_code, tta=args.tta)
     print("  ".join(f"{k} {v:.4f}" for k, v in results.items()))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from zerograd import predictor
+
     model = predictor.load(args.run_dir, trust_code=args.trust_code, tta=args.tta)
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
@@ -401,7 +410,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_prediction(label: str, prediction: predictor.Prediction, *, as_json: bool) -> str:
+def format_prediction(label: str, prediction: Prediction, *, as_json: bool) -> str:
     """`digit.png: 7  (7 98.1%, 1 1.2%, 9 0.3%)`, or one JSON object per input."""
     if as_json:
         return json.dumps({"input": label, **prediction.to_dict()})
@@ -421,34 +430,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from zerograd.export import export_run
+
     result = export_run(args.run_dir, args.format, args.out, trust_code=args.trust_code)
     print(f"exported {result.path} ({result.format}); checked on {result.checked_inputs} inputs against PyTorch: "
           f"largest difference {result.max_abs_diff:.2g}")
     return 0
-
-
-def add_own_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", metavar="PATH", help="train on your own data: an image folder (PATH/<class>/*.png), "
-                                                       "a CSV, Parquet, Feather, .npy or .npz file")
-    parser.add_argument("--target", metavar="COLUMN", help="with --data: the table column to predict (default: the "
-                                                           "last)")
-    parser.add_argument("--model", metavar="NAME|module:Class",
-                        help="with --data: cnn, mlp, linear, a zoo model, or your nn.Module as package.module:Class "
-                             "(default: cnn for images, mlp for tables)")
-    parser.add_argument("--task", choices=("classify", "regress"),
-                        help="with --data: what to learn (default: inferred from the target)")
-    parser.add_argument("--features", metavar="COL,...", help="with a table: the columns to use as inputs (default: "
-                                                              "all but the target, IDs and free text)")
-    parser.add_argument("--drop", metavar="COL,...", help="with a table: columns to leave out (an ID, a leak)")
-    parser.add_argument("--max-classes", type=int, metavar="N",
-                        help="with --task classify: allow up to N classes (a target with more than 50 values, or "
-                             "more than 10 that are most of the rows, is refused as classes)")
-    parser.add_argument("--encoding", metavar="NAME", help="with a CSV file: its text encoding, e.g. latin-1 "
-                                                           "(default: UTF-8, or as its BOM says)")
-
-
-OWN_DATA_FLAGS = {"--target": "target", "--model": "model", "--task": "task", "--features": "features",
-                  "--drop": "drop", "--max-classes": "max_classes", "--encoding": "encoding"}
 
 
 def train_source(args: argparse.Namespace) -> str | dict[str, Any]:
@@ -465,6 +452,8 @@ def train_source(args: argparse.Namespace) -> str | dict[str, Any]:
         return args.recipe
     if args.recipe is not None:
         raise ConfigError(f"give a recipe or config ({args.recipe}) or --data PATH, not both")
+    from zerograd import own_data
+
     return own_data.data_source(args.data, **{key: getattr(args, key, None) for key in OWN_DATA_FLAGS.values()})
 
 

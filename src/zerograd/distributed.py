@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 
 import torch
 
+from zerograd.defaults import DIST_TIMEOUT_S
 from zerograd.errors import ConfigError
 
-DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_TIMEOUT_S = DIST_TIMEOUT_S
 # Set by every launcher (torchrun) in its workers; any one of them means "started by a launcher".
 LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "GROUP_RANK", "LOCAL_RANK", "RANK")
 LAUNCHED_MARK = "ZEROGRAD_LAUNCHED"  # set by `launch` in its workers' environment

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from zerograd.errors import CheckpointError, WriteError
+from zerograd.safe_yaml import yaml_load as yaml_load  # (re-exported: files are read here, YAML there)
+from zerograd.safe_yaml import yaml_problem as yaml_problem
 
 # ----------------------------------------------------------------------------------------------
 # Writing
@@ -111,30 +111,3 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path} is not a valid safetensors file ({error})") from None
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """The safe loader (no code runs), but reading `1e-3` as a number as YAML 1.2 and Python do;
-    plain YAML 1.1 makes it the string "1e-3", and `lr: 1e-3` would then be rejected."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def yaml_load(text: str) -> Any:
-    """Plain data from YAML text; a Python tag is refused (`yaml.YAMLError`), never run."""
-    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no tags that run code
-
-
-def yaml_problem(what: str, error: yaml.YAMLError) -> str:
-    """One line saying what is wrong with the YAML of `what` and where; a Python tag (which the
-    safe loader refuses, so no code runs) is named as such."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    if "tag:yaml.org,2002:python/" in str(error):
-        return (f"{what} is not a plain config: it holds a Python tag (!!python/...){where}, which zerograd never "
-                "loads because it could run code")
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    return f"{what} is not valid YAML: {problem}{where}"

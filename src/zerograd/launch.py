@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from zerograd.distributed import DEFAULT_TIMEOUT_S, LAUNCHED_MARK, WorkerEnv, reads_as_peer_failure
+from zerograd.distributed import LAUNCHED_MARK, WorkerEnv, reads_as_peer_failure
 from zerograd.errors import ConfigError
 from zerograd.performance import CPU_SHARE, THREAD_ENV_VARS, usable_cores
 
@@ -90,24 +90,6 @@ def _node_range(nnodes: str) -> tuple[int, int]:
     if not 0 < low <= high:
         raise ConfigError(f'--nnodes must be a number of nodes or a range MIN:MAX (e.g. 2 or 1:4), got "{nnodes}"')
     return low, high
-
-
-def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of a distributed launch, for `zerograd train` (and any command that trains)."""
-    group = parser.add_argument_group("distributed (data parallel, started through torchrun)")
-    group.add_argument("--nproc", type=int, metavar="N",
-                       help="start N worker processes on this machine (one per GPU; on CPU, at most one per core)")
-    group.add_argument("--nnodes", metavar="N|MIN:MAX", help="number of machines (default 1)")
-    group.add_argument("--node-rank", type=int, metavar="R",
-                       help="this machine's index, only for --rdzv-backend static (c10d assigns it)")
-    group.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
-                       help="rendezvous point of a multi-node job, the same on every node (e.g. node0:29400)")
-    group.add_argument("--rdzv-backend", default="c10d", help="torchrun rendezvous backend (default c10d)")
-    group.add_argument("--rdzv-id", default="zerograd", help="job id, the same on every node (default zerograd)")
-    group.add_argument("--max-restarts", type=int, default=0, metavar="N",
-                       help="restart all workers up to N times after a failure (default 0)")
-    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                       help=f"fail a collective operation that waits longer than this (default {DEFAULT_TIMEOUT_S:g})")
 
 
 def launch_options(args: argparse.Namespace) -> LaunchOptions | None:

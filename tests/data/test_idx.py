@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from zerograd.data.idx import read_idx, write_idx
+from zerograd.data.idx import CACHE_ENV_VAR, cache_dir, cache_entry, read_idx, write_idx
 from zerograd.errors import DataError
 
 ROUND_TRIP_ARRAYS = [
@@ -120,3 +121,71 @@ def test_corrupt_gzip_stream(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     _assert_data_error(tmp_path / "nowhere-idx1-ubyte", "not found")
+
+
+# --- the parsed-array cache -------------------------------------------------------------------
+
+def _big(seed: int) -> np.ndarray:
+    """Over the 4 MiB below which a file is parsed every time."""
+    return np.random.default_rng(seed).integers(0, 256, size=(5, 1024, 1024), dtype=np.uint8)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV_VAR, str(folder))
+    return folder
+
+
+def test_a_gzipped_file_is_parsed_once_then_read_from_the_cache(tmp_path: Path, cache: Path) -> None:
+    path = write_idx(tmp_path / "images-idx3-ubyte.gz", _big(0))
+    np.testing.assert_array_equal(read_idx(path), _big(0))
+    entry = cache_entry(path)
+    assert entry is not None and entry.parent == cache and entry.is_file()
+    np.save(entry, _big(1))  # a marked entry: reading it back proves the cache was used
+    again = read_idx(path)
+    np.testing.assert_array_equal(again, _big(1))
+    assert again.flags.writeable
+
+
+def test_a_changed_file_is_parsed_again_and_its_old_entry_dropped(tmp_path: Path, cache: Path) -> None:
+    path = write_idx(tmp_path / "images-idx3-ubyte.gz", _big(0))
+    read_idx(path)
+    old_entry = cache_entry(path)
+    write_idx(path, _big(2)[:4])
+    os.utime(path, ns=(1, 1))  # a different mtime whatever the file system's resolution
+    np.testing.assert_array_equal(read_idx(path), _big(2)[:4])
+    assert [p.name for p in cache.iterdir()] == [cache_entry(path).name] != [old_entry.name]
+
+
+def test_a_broken_entry_is_parsed_again_and_rewritten(tmp_path: Path, cache: Path) -> None:
+    path = write_idx(tmp_path / "images-idx3-ubyte.gz", _big(0))
+    read_idx(path)
+    cache_entry(path).write_bytes(b"\x93NUMPY half a file")
+    np.testing.assert_array_equal(read_idx(path), _big(0))
+    np.testing.assert_array_equal(np.load(cache_entry(path)), _big(0))
+
+
+def test_a_cache_that_cannot_be_written_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(CACHE_ENV_VAR, str(blocker / "cache"))
+    path = write_idx(tmp_path / "images-idx3-ubyte.gz", _big(0))
+    np.testing.assert_array_equal(read_idx(path), _big(0))
+
+
+def test_the_cache_can_be_turned_off_and_skips_raw_and_small_files(tmp_path: Path, cache: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    read_idx(write_idx(tmp_path / "raw-idx3-ubyte", _big(0)))  # read fast already: not cached
+    read_idx(write_idx(tmp_path / "small-idx1-ubyte.gz", np.arange(10, dtype=np.uint8)))
+    assert not cache.exists()
+    monkeypatch.setenv(CACHE_ENV_VAR, "0")
+    assert cache_dir() is None
+    read_idx(write_idx(tmp_path / "images-idx3-ubyte.gz", _big(0)))
+    assert not cache.exists()
+
+
+def test_the_cache_defaults_to_the_user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(CACHE_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "zerograd" / "parsed"

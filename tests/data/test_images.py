@@ -281,3 +281,17 @@ def test_a_folder_of_16_bit_pngs_trains_on_their_real_greys(tmp_path: Path) -> N
     labels = splits.train.labels
     assert pixels[labels == 0].round().tolist() == [16.0] * 6  # 4096 / 257
     assert pixels[labels == 1].min() >= 127 and pixels[labels == 1].max() <= 134  # mid-grey, not white (255)
+
+
+def test_channel_stats_are_the_exact_mean_and_std_of_each_channel() -> None:
+    """From the histogram of the 256 values (no float copy of the pixels): equal to numpy's float64
+    figures, and a flat channel gets std 1 (nothing to divide by)."""
+    from zerograd.data.image_decode import channel_stats
+
+    pixels = torch.randint(0, 256, (1500, 3, 9, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels[:, 2] = 17
+    mean, std = channel_stats(pixels)
+    reference = pixels.numpy().astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+    np.testing.assert_allclose(mean, reference.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(std[:2], reference.std(axis=1)[:2], rtol=1e-9)
+    assert std[2] == 1.0

@@ -178,18 +178,18 @@ def raise_unreadable(failures: list[str]) -> None:
 
 
 def channel_stats(pixels: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in 0..1 units (summed in chunks, in float64)."""
+    """Per-channel mean and std of uint8 images, in 0..1 units, from each channel's histogram of its
+    256 values: exact, several times faster than summing floats, and with no float copy of the
+    pixels (float64 chunks of them made a 2,000-image folder's peak memory double)."""
     channels = pixels.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
-    count = 0
+    counts = torch.zeros(channels, 256, dtype=torch.float64)
     for chunk in torch.split(pixels, 1024):
-        values = chunk.to(torch.float64).div_(255.0).transpose(0, 1).reshape(channels, -1)
-        total += values.sum(1)
-        squares += (values * values).sum(1)
-        count += values.shape[1]
-    mean = total / max(1, count)
-    std = (squares / max(1, count) - mean * mean).clamp_min(0).sqrt()
+        for channel in range(channels):
+            counts[channel] += torch.bincount(chunk[:, channel].reshape(-1), minlength=256).to(torch.float64)
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    count = counts.sum(1).clamp_min(1)
+    mean = (counts * levels).sum(1) / count
+    std = ((counts * levels * levels).sum(1) / count - mean * mean).clamp_min(0).sqrt()
     return mean.tolist(), [s if s > 1e-6 else 1.0 for s in std.tolist()]
 
 

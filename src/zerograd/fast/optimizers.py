@@ -31,6 +31,22 @@ def _unhooked(function: Callable) -> Callable:
     return function.__wrapped__ if getattr(function, "hooked", False) else function
 
 
+def _undecorated(function: Callable) -> Callable:
+    """The function under `torch._disable_dynamo` (which keeps it as `__wrapped__`), else itself."""
+    return getattr(function, "__wrapped__", function)
+
+
+def _without_graph_breaks(step: Callable, optimizer: Any) -> Callable | None:
+    """The `step` inside torch's `_use_grad_for_differentiable` wrapper, for a non-differentiable
+    optimizer: the wrapper only sets grad mode and marks dynamo graph breaks (importing dynamo, the
+    first time, to do so); outside `torch.compile` those are no-ops. None if `step` is not that."""
+    code = getattr(step, "__code__", None)
+    inner = getattr(step, "__wrapped__", None)
+    if code is None or code.co_name != "_use_grad" or inner is None or optimizer.defaults.get("differentiable"):
+        return None
+    return None if torch.compiler.is_compiling() else inner
+
+
 def _hooks_or_profiler(optimizer: torch.optim.Optimizer) -> bool:
     return bool(
         optimizer._optimizer_step_pre_hooks
@@ -82,12 +98,28 @@ class _LeanStep:
         calls = None if closure is not None or scaled else self._fused_calls()
         if calls is None:
             torch_step = _unhooked(super().step.__func__)
+            plain = _without_graph_breaks(torch_step, self)
+            if plain is not None:
+                with torch.no_grad():  # what torch's wrapper does, minus the dynamo graph breaks it imports dynamo for
+                    return plain(self, closure)
             return torch_step(self, closure)
         with torch.no_grad():  # as in torch's step: the update is no part of any graph
             self._run(calls)
         return None
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(lambda self, closure=None: self._step(closure))
+
+    # torch wraps these three in `torch._disable_dynamo`, whose first call imports torch._dynamo:
+    # 1-1.5 s (as long as `import torch`) in a process that never compiles anything (issue 18,
+    # docs/performance.md). The functions it wraps are the same code, run without that import.
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """`Optimizer.zero_grad` without its profiler range: gradients to None (or zeroed)."""

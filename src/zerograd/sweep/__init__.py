@@ -25,7 +25,7 @@ from __future__ import annotations
 from zerograd.reporting.sweep_section import load_sweep
 from zerograd.sweep.cv import CVResult, cross_validate, print_cv
 from zerograd.sweep.results import SweepResult, print_result
-from zerograd.sweep.runner import add_sweep_arguments, sweep
+from zerograd.sweep.runner import sweep
 
-__all__ = ["CVResult", "SweepResult", "add_sweep_arguments", "cross_validate", "load_sweep", "print_cv", "print_result",
-           "sweep"]
+# (the `zerograd sweep` flags are defined in cli_flags.py, which builds its parser without importing torch)
+__all__ = ["CVResult", "SweepResult", "cross_validate", "load_sweep", "print_cv", "print_result", "sweep"]

@@ -23,6 +23,7 @@ from zerograd import config as configs
 from zerograd import runs
 from zerograd.api import train
 from zerograd.callbacks import Callback
+from zerograd.defaults import MEDIAN_STOP_MIN_RUNS
 from zerograd.errors import ConfigError, TrainingError, ZerogradError, did_you_mean
 from zerograd.losses import task_of
 from zerograd.metrics import DEFAULT_METRICS
@@ -37,7 +38,7 @@ PREFIXES = ("val_", "test_", "train_")  # the order in which a metric is looked 
 IGNORED_IN_COMPARISON = ("threads", "name", "description", "progress", "tensorboard", "plots", "log_every",
                          "loggers", "mlflow")
 RUN_NAME = re.compile(r"^(\d{3,})-")
-DEFAULT_MIN_RUNS = 3
+DEFAULT_MIN_RUNS = MEDIAN_STOP_MIN_RUNS
 
 
 # --------------------------------------------------------------------------- metrics

@@ -2,7 +2,6 @@
 `jobs` > 1), rank them, and write the sweep directory's files (see `zerograd.sweep`)."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,6 @@ from zerograd.models import MODELS
 from zerograd.ownership import LOCK_FILE, DirectoryLock
 from zerograd.reporting.sweep_section import BEST_YAML, PLOTS, RESULTS_CSV, RESULTS_JSON, RESULTS_MD, SWEEP_FILE
 from zerograd.sweep.jobs import (
-    DEFAULT_MIN_RUNS,
     Job,
     MakeJob,
     OptunaPlan,
@@ -369,25 +367,3 @@ def _relative(value: Any, base: Path) -> Any:
     return str(Path(value).relative_to(base)) if str(value).startswith(str(base)) else value
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `zerograd sweep` besides the training ones (--epochs, --set, --out, ...)."""
-    parser.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
-                        help="sweep every combination, e.g. --grid lr=0.01,0.001 batch_size=100,1000")
-    search = parser.add_mutually_exclusive_group()
-    search.add_argument("--random", type=int, metavar="N", help="sample N configurations from --space")
-    search.add_argument("--optuna", type=int, metavar="N",
-                        help='let Optuna\'s TPE pick N configurations from --space (needs "zerograd[sweep]")')
-    parser.add_argument("--space", nargs="+", metavar="KEY=DIST",
-                        help="log(a,b), uniform(a,b), int(a,b) or choice(x,y,...), e.g. --space 'lr=log(1e-4,1e-1)'")
-    parser.add_argument("--seeds", type=int, default=1,
-                        help="runs per configuration, with seeds seed, seed+1, ... (default 1)")
-    parser.add_argument("--sweep-seed", type=int, default=0, help="seed of the random/Optuna sampling (default 0)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes (default 1)")
-    parser.add_argument("--metric", help="rank by this logged metric (default: accuracy for classification, else loss; "
-                                          "val_, else test_, else train_)")
-    parser.add_argument("--cv", type=int, metavar="K",
-                        help="rank by K-fold cross-validation: train every configuration on each of K folds of the "
-                             "training set and rank by the mean validation metric over the folds")
-    parser.add_argument("--median-stop", type=int, nargs="?", const=DEFAULT_MIN_RUNS, metavar="MIN_RUNS",
-                        help=f"stop a run whose metric falls below the median of the finished runs at the same epoch, "
-                             f"once MIN_RUNS (default {DEFAULT_MIN_RUNS}) have finished")
