@@ -47,20 +47,10 @@ RIGHT_COLOR = "#2F6B3A"
 PERCENT_METRICS = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1")
 DPI = 110
 STYLE: dict[str, Any] = {
-    "font.size": 11,
-    "axes.titlesize": 13,
-    "axes.titleweight": "bold",
-    "axes.labelsize": 11,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linestyle": "-",
-    "legend.frameon": False,
-    "legend.fontsize": 10,
-    "lines.linewidth": 2.0,
-    "figure.facecolor": "white",
-    "savefig.facecolor": "white",
+    "font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold", "axes.labelsize": 11,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "grid.linestyle": "-",
+    "legend.frameon": False, "legend.fontsize": 10, "lines.linewidth": 2.0,
+    "figure.facecolor": "white", "savefig.facecolor": "white",
 }
 
 
