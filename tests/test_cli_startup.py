@@ -61,8 +61,7 @@ def test_import_zerograd_loads_no_torch_until_a_name_is_used() -> None:
 
 
 def test_the_public_api_is_unchanged() -> None:
-    from zerograd.api import Run, train
-    from zerograd.engine import fit
+    from zerograd.api import Run, fit, train  # fit: the loop's, with the notebook display around it
     from zerograd.errors import ZerogradError
     from zerograd.lr_find import lr_find
     from zerograd.sweep import sweep
