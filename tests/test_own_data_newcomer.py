@@ -313,3 +313,15 @@ def test_save_keeps_a_tables_preprocessing(tmp_path: Path) -> None:
         expected = expected.softmax(dim=1)
     assert loaded.predict(row).label == splits.class_names[int(expected.argmax())]
     assert np.allclose(loaded.predict_proba([row]), expected.numpy(), atol=1e-6)
+
+
+def test_cv_of_own_data_trains_like_train_does(tmp_path: Path) -> None:
+    # `zerograd cv --data FILE` (in README) was refused with 'the config has no "model" section'
+    data = write_flowers(tmp_path / "flowers.csv")
+    assert main(["cv", "--data", str(data), "--target", "species", "--folds", "3", "--epochs", "3", "--quiet",
+                 "--out", str(tmp_path / "cv"), *QUIET]) == 0
+    fold = yaml.safe_load((tmp_path / "cv" / "fold1" / "config.yaml").read_text())
+    assert fold["model"]["sizes"] == [3, 64, 64, 3] and fold["cv"] == {"folds": 3, "fold": 1, "seed": 0}
+    assert fold["data"]["val_split"] == 0 and fold["early_stopping"]["monitor"] == "val_loss"
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert saved["status"] == "complete" and len(saved["runs"]) == 3

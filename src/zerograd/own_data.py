@@ -141,9 +141,12 @@ def complete(raw: dict[str, Any], *, trust_code: bool = True) -> tuple[dict[str,
     config.setdefault("loss", TASK_LOSSES[facts["task"]])
     if task_of(config["loss"]) == "regression":
         config.setdefault("metrics", list(REGRESSION_METRICS))
-    batch = config.setdefault("batch_size", min(IMAGE_BATCH if kind == "images" else TABLE_BATCH, facts["rows"]))
+    rows = facts["rows"]
+    if isinstance(config.get("cv"), dict) and isinstance(config["cv"].get("folds"), int):
+        rows -= -(-rows // max(1, config["cv"]["folds"]))  # a cross-validation fold trains without the part it holds
+    batch = config.setdefault("batch_size", min(IMAGE_BATCH if kind == "images" else TABLE_BATCH, rows))
     given_epochs = "epochs" in config
-    config.setdefault("epochs", _default_epochs(kind, facts["rows"], batch, early_stopping=validated))
+    config.setdefault("epochs", _default_epochs(kind, rows, batch, early_stopping=validated))
     return config, notes + [_model_note(config, given_epochs)]
 
 

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zerograd import config as configs
-from zerograd import runs
+from zerograd import own_data, runs
 from zerograd.console import make_console, plain
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
 from zerograd.files import write_atomic, writing
@@ -91,6 +91,12 @@ class CVResult:
         return self.summary.get(self.metric, {}).get("std")
 
 
+def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config, own data's defaults filled in as `train` fills them (a config naming only
+    its data, or `--data`, has no model section of its own)."""
+    return own_data.resolve_config(source, overrides)[0]
+
+
 def cross_validate(
     source: str | Path | dict[str, Any],
     *,
@@ -110,7 +116,7 @@ def cross_validate(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
     overrides = dict(overrides or {})
-    base = configs.resolve(source, overrides)
+    base = resolve(source, overrides)
     spec = {"version": 1, "source": source_label(source), "overrides": overrides, "folds": folds, "cv_seed": cv_seed,
             "jobs": jobs, "metric": metric}
     spec["command"] = command_line(spec)
@@ -121,11 +127,11 @@ def cross_validate(
     extra = run_defaults(source, overrides, jobs, threads) | cv_defaults(base)
 
     def make_job(fold: int) -> Job:
-        config = configs.resolve(source, extra | overrides | {"cv": {"folds": folds, "fold": fold, "seed": cv_seed}})
+        config = resolve(source, extra | overrides | {"cv": {"folds": folds, "fold": fold, "seed": cv_seed}})
         return Job(fold - 1, {}, config["seed"], str(cv_dir / f"fold{fold}"), config, metric_name)
 
     plan = FoldPlan([make_job(fold) for fold in range(1, folds + 1)])  # every config resolved: a typo fails now
-    check_fold_count(configs.resolve(source, extra | overrides), folds)
+    check_fold_count(resolve(source, extra | overrides), folds)
     with DirectoryLock(cv_dir, "cv"):  # one cross-validation at a time per folder
         _claim(cv_dir, spec)
         console = make_console()
