@@ -325,3 +325,13 @@ def test_cv_of_own_data_trains_like_train_does(tmp_path: Path) -> None:
     assert fold["data"]["val_split"] == 0 and fold["early_stopping"]["monitor"] == "val_loss"
     saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert saved["status"] == "complete" and len(saved["runs"]) == 3
+
+
+def test_sweep_of_a_yaml_naming_only_its_data(tmp_path: Path) -> None:
+    # was refused with 'the config has no "model" section', though `train` takes the same file
+    (tmp_path / "flowers.yaml").write_text("data: {train: flowers.csv, target: species}\n")
+    write_flowers(tmp_path / "flowers.csv")
+    assert main(["sweep", str(tmp_path / "flowers.yaml"), "--grid", "lr=0.001,0.01", "--epochs", "2", "--quiet",
+                 "--out", str(tmp_path / "sweep"), *QUIET]) == 0
+    best = yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())
+    assert best["model"]["sizes"] == [3, 64, 64, 3] and best["data"]["target"] == "species"

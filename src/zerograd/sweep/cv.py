@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zerograd import config as configs
-from zerograd import own_data, runs
+from zerograd import runs
 from zerograd.console import make_console, plain
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
 from zerograd.files import write_atomic, writing
@@ -51,7 +51,7 @@ from zerograd.sweep.jobs import (
     resolve_metric,
     worker_pool,
 )
-from zerograd.sweep.runner import check_fold_count, cv_defaults, run_defaults, source_label
+from zerograd.sweep.runner import check_fold_count, cv_defaults, resolve, run_defaults, source_label
 
 CV_FILE, CV_TABLE, PLOTS = "cv.json", "cv.md", "plots"
 IDENTITY_KEYS = ("source", "overrides", "folds", "cv_seed")  # changing one makes a different cross-validation
@@ -89,12 +89,6 @@ class CVResult:
     @property
     def std(self) -> float | None:
         return self.summary.get(self.metric, {}).get("std")
-
-
-def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config, own data's defaults filled in as `train` fills them (a config naming only
-    its data, or `--data`, has no model section of its own)."""
-    return own_data.resolve_config(source, overrides)[0]
 
 
 def cross_validate(
