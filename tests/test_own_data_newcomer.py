@@ -325,6 +325,7 @@ def test_cv_of_own_data_trains_like_train_does(tmp_path: Path) -> None:
     assert fold["data"]["val_split"] == 0 and fold["early_stopping"]["monitor"] == "val_loss"
     saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert saved["status"] == "complete" and len(saved["runs"]) == 3
+    assert saved["command"].startswith(f"zerograd cv --data {data} --target species --folds 3 ")
 
 
 def test_sweep_of_a_yaml_naming_only_its_data(tmp_path: Path) -> None:

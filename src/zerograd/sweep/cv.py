@@ -156,10 +156,27 @@ class FoldPlan(Plan):
         self.total = len(jobs)
 
 
+def source_text(source: Any) -> str:
+    """A recipe or file as given; `--data PATH` and its flags for the config they stand for."""
+    if isinstance(source, str):
+        return source
+    data = source.get("data") if isinstance(source, dict) else None
+    path = (data.get("images") or data.get("train")) if isinstance(data, dict) else None
+    if not isinstance(path, str) or set(source) - {"name", "data", "model"}:
+        return "<config mapping>"
+    flags = [f"--data {path}"]
+    for key in ("target", "features", "drop", "task", "max_classes", "encoding"):
+        if key in data:
+            value = data[key]
+            flags.append(f"--{key.replace('_', '-')} {','.join(map(str, value)) if isinstance(value, list) else value}")
+    if isinstance(source.get("model"), str):
+        flags.append(f"--model {source['model']}")
+    return " ".join(flags)
+
+
 def command_line(spec: dict[str, Any]) -> str:
     """The `zerograd cv` command that runs (and resumes) this cross-validation."""
-    source = spec["source"] if isinstance(spec["source"], str) else "<config mapping>"
-    parts = ["zerograd cv", source, f"--folds {spec['folds']}"]
+    parts = ["zerograd cv", source_text(spec["source"]), f"--folds {spec['folds']}"]
     parts += [f"--set {k}={configs.dump(v).strip().removesuffix('...').strip()}" for k, v in spec["overrides"].items()]
     if spec["cv_seed"]:
         parts.append(f"--cv-seed {spec['cv_seed']}")
