@@ -175,6 +175,16 @@ def test_save_a_fit_model_and_load_it(tmp_path: Path) -> None:
         zerograd.save(model, path, input_shape=[4])
 
 
+def test_evaluating_a_saved_model_says_it_has_no_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # was: 'unknown dataset "saved"; choose from mnist, ...', a name the user never wrote
+    path = zerograd.save(nn.Sequential(nn.Linear(4, 2)), tmp_path / "saved", input_shape=[4])
+    assert main(["evaluate", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "zerograd: error: this run was written by zerograd.save (data: {dataset: saved}): it holds a model but no "
+        "data to train or evaluate on; predict with it, serve or export it, or name data in its config (data: "
+        "{train: file.csv, target: COLUMN})")
+
+
 def test_save_asks_for_what_it_cannot_tell(tmp_path: Path) -> None:
     class Local(nn.Module):
         def __init__(self) -> None:
