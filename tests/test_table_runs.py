@@ -88,3 +88,11 @@ def test_a_misspelt_column_at_predict_time_gets_a_did_you_mean(diabetes_run: tup
     assert main(["predict", str(run), str(tmp_path / "rows.csv")]) == 2
     err = capsys.readouterr().err
     assert "columns ['bmi'] are missing" in err and '("bmii" is there: did you mean "bmi"?)' in err
+
+
+def test_predict_on_a_folder_says_it_is_a_folder(diabetes_run: tuple[Path, pd.DataFrame], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = diabetes_run
+    assert main(["predict", str(run), str(tmp_path)]) == 2  # was: "input file ... does not exist"
+    assert capsys.readouterr().err.strip() == (f"zerograd: error: {tmp_path} is a folder; give predict the files in "
+                                               f"it (e.g. {tmp_path}/*)")

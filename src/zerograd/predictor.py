@@ -163,6 +163,8 @@ class Predictor:
     # -- inputs ------------------------------------------------------------------------------------
 
     def _from_file(self, path: Path) -> tuple[torch.Tensor, bool]:
+        if path.is_dir():
+            raise DataError(f"{path} is a folder; give predict the files in it (e.g. {path}/*)")
         if not path.is_file():
             raise DataError(f"input file {path} does not exist")
         suffix = path.suffix.lower()
