@@ -346,3 +346,10 @@ def test_sweep_of_a_yaml_naming_only_its_data(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "sweep"), *QUIET]) == 0
     best = yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())
     assert best["model"]["sizes"] == [3, 64, 64, 3] and best["data"]["target"] == "species"
+
+
+def test_the_model_note_counts_one_layer_in_the_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_flowers(tmp_path / "flowers.csv")
+    assert main(["train", "--data", str(data), "--model", "linear", "--epochs", "1", "--out", str(tmp_path / "run"),
+                 *QUIET]) == 0
+    assert "model: layer list of 1 layer (1 linear; all in config.yaml)" in capsys.readouterr().out  # was "1 layers"

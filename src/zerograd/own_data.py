@@ -271,7 +271,7 @@ def _model_note(config: dict[str, Any], given_epochs: bool) -> str:
     if isinstance(model, list):
         names = [next(iter(layer)) if isinstance(layer, dict) else str(layer) for layer in model]
         counts = ", ".join(f"{names.count(n)} {n}" for n in dict.fromkeys(names) if n in ("conv2d", "linear"))
-        shown = f"layer list of {len(model)} layers ({counts}; all in config.yaml)"
+        shown = f"layer list of {len(model)} layer{'s' * (len(model) != 1)} ({counts}; all in config.yaml)"
     elif isinstance(model, dict):
         shown = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
         shown = f"{model['name']}" + (f" ({shown})" if shown else "")
