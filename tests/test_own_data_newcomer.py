@@ -353,3 +353,14 @@ def test_the_model_note_counts_one_layer_in_the_singular(tmp_path: Path, capsys:
     assert main(["train", "--data", str(data), "--model", "linear", "--epochs", "1", "--out", str(tmp_path / "run"),
                  *QUIET]) == 0
     assert "model: layer list of 1 layer (1 linear; all in config.yaml)" in capsys.readouterr().out  # was "1 layers"
+
+
+def test_warnings_of_parallel_folds_are_one_line_each(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # the worker processes of --jobs 2 printed Python's two-line form ("read.py:67: ZerogradWarning: ...")
+    frame = pd.read_csv(write_flowers(tmp_path / "flowers.csv"))
+    frame.to_csv(tmp_path / "comma.csv", sep=";", decimal=",", index=False)
+    assert main(["cv", "--data", str(tmp_path / "comma.csv"), "--target", "species", "--folds", "2", "--jobs", "2",
+                 "--epochs", "1", "--quiet", "--out", str(tmp_path / "cv"), *QUIET]) == 0
+    err = capfd.readouterr().err
+    assert "decimal comma" in err and "ZerogradWarning" not in err
+    assert all(line.startswith("zerograd: warning: ") for line in err.splitlines() if line.strip())

@@ -16,7 +16,7 @@ from typing import Any
 from zerograd import api, distributed, launch, own_data, predictor, runs
 from zerograd import config as configs
 from zerograd.console import make_console, plain
-from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
+from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, one_line_warnings
 from zerograd.export import export_run
 from zerograd.lr_find import lr_find_config
 from zerograd.models import check_trusted
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         with warnings.catch_warnings():  # zerograd's own warnings as one line each, like its errors
-            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            warnings.showwarning = one_line_warnings(warnings.showwarning)
             return int(args.handler(args) or 0)
     except TrainingInterrupted as error:  # a checkpoint was saved: say how to go on, exit 128 + signal
         if distributed.is_main():  # every rank stops at the same step; one says so
@@ -60,17 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         distributed.record_error(error)
         raise
-
-
-def _one_line_warnings(show: Any) -> Any:
-    def show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
-                     line: str | None = None) -> None:
-        if issubclass(category, ZerogradWarning):
-            print(f"zerograd: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    return show_warning
 
 
 def build_parser() -> argparse.ArgumentParser:
