@@ -122,6 +122,7 @@ def test_n_targets_against_n_by_1_outputs_under_mse_is_an_error_not_a_silent_bro
     x = torch.randn(50, 3)
     message = fails(r"would broadcast them to \[16, 16\]", mlp(3, 1), (x, x.sum(dim=1)), loss="mse")
     assert "y.view(-1, 1)" in message
+    assert "a NumPy array or pandas Series y: numpy.asarray(y).reshape(-1, 1)" in message  # the view is torch's only
 
 
 def test_n_by_1_targets_against_n_outputs_is_an_error_too() -> None:

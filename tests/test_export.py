@@ -285,3 +285,13 @@ def test_an_export_that_fails_at_another_batch_size_is_refused(shapes_run: Path,
                                           r"written to "):
         export_run(shapes_run, "export", tmp_path / "frozen.pt2")
     assert not (tmp_path / "frozen.pt2").exists()
+
+
+def test_an_existing_file_of_another_kind_is_not_overwritten(shapes_run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert main(["export", str(shapes_run), "--out", str(notes)]) == 2  # was: replaced by the ONNX bytes
+    assert capsys.readouterr().err == (f"zerograd: error: {notes} already exists and is not a .onnx file; nothing "
+                                       "was written (give --out a new file, or one ending in .onnx to replace)\n")
+    assert notes.read_text() == "my notes"

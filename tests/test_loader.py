@@ -1,6 +1,8 @@
 """The batch loader: every sample once per epoch, a reproducible order, exact resume, rank shards."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -186,6 +188,17 @@ def test_non_contiguous_arrays_are_accepted() -> None:
     x = np.arange(40, dtype=np.float32).reshape(10, 4)[:, ::2]
     tensors = in_memory_tensors((x, np.arange(10)))
     assert tensors is not None and torch.equal(tensors[0], torch.from_numpy(x.copy()))
+
+
+def test_read_only_arrays_are_copied_without_torchs_warning() -> None:
+    # pandas' Series.to_numpy() is read-only under copy-on-write: torch warned about it from inside zerograd
+    x, y = np.ones((6, 2), dtype=np.float32), np.arange(6)
+    x.flags.writeable = y.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensors = as_tensors(x, y)
+    assert tensors[0].shape == (6, 2) and tensors[1].tolist() == list(range(6))
+    assert not np.shares_memory(tensors[0].numpy(), x)  # (torch warns only once per process)
 
 
 @pytest.mark.parametrize("data", [

@@ -175,6 +175,16 @@ def test_save_a_fit_model_and_load_it(tmp_path: Path) -> None:
         zerograd.save(model, path, input_shape=[4])
 
 
+def test_evaluating_a_saved_model_says_it_has_no_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # was: 'unknown dataset "saved"; choose from mnist, ...', a name the user never wrote
+    path = zerograd.save(nn.Sequential(nn.Linear(4, 2)), tmp_path / "saved", input_shape=[4])
+    assert main(["evaluate", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "zerograd: error: this run was written by zerograd.save (data: {dataset: saved}): it holds a model but no "
+        "data to train or evaluate on; predict with it, serve or export it, or name data in its config (data: "
+        "{train: file.csv, target: COLUMN})")
+
+
 def test_save_asks_for_what_it_cannot_tell(tmp_path: Path) -> None:
     class Local(nn.Module):
         def __init__(self) -> None:
@@ -313,3 +323,44 @@ def test_save_keeps_a_tables_preprocessing(tmp_path: Path) -> None:
         expected = expected.softmax(dim=1)
     assert loaded.predict(row).label == splits.class_names[int(expected.argmax())]
     assert np.allclose(loaded.predict_proba([row]), expected.numpy(), atol=1e-6)
+
+
+def test_cv_of_own_data_trains_like_train_does(tmp_path: Path) -> None:
+    # `zerograd cv --data FILE` (in README) was refused with 'the config has no "model" section'
+    data = write_flowers(tmp_path / "flowers.csv")
+    assert main(["cv", "--data", str(data), "--target", "species", "--folds", "3", "--epochs", "3", "--quiet",
+                 "--out", str(tmp_path / "cv"), *QUIET]) == 0
+    fold = yaml.safe_load((tmp_path / "cv" / "fold1" / "config.yaml").read_text())
+    assert fold["model"]["sizes"] == [3, 64, 64, 3] and fold["cv"] == {"folds": 3, "fold": 1, "seed": 0}
+    assert fold["data"]["val_split"] == 0 and fold["early_stopping"]["monitor"] == "val_loss"
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert saved["status"] == "complete" and len(saved["runs"]) == 3
+    assert saved["command"].startswith(f"zerograd cv --data {data} --target species --folds 3 ")
+
+
+def test_sweep_of_a_yaml_naming_only_its_data(tmp_path: Path) -> None:
+    # was refused with 'the config has no "model" section', though `train` takes the same file
+    (tmp_path / "flowers.yaml").write_text("data: {train: flowers.csv, target: species}\n")
+    write_flowers(tmp_path / "flowers.csv")
+    assert main(["sweep", str(tmp_path / "flowers.yaml"), "--grid", "lr=0.001,0.01", "--epochs", "2", "--quiet",
+                 "--out", str(tmp_path / "sweep"), *QUIET]) == 0
+    best = yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())
+    assert best["model"]["sizes"] == [3, 64, 64, 3] and best["data"]["target"] == "species"
+
+
+def test_the_model_note_counts_one_layer_in_the_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_flowers(tmp_path / "flowers.csv")
+    assert main(["train", "--data", str(data), "--model", "linear", "--epochs", "1", "--out", str(tmp_path / "run"),
+                 *QUIET]) == 0
+    assert "model: layer list of 1 layer (1 linear; all in config.yaml)" in capsys.readouterr().out  # was "1 layers"
+
+
+def test_warnings_of_parallel_folds_are_one_line_each(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # the worker processes of --jobs 2 printed Python's two-line form ("read.py:67: ZerogradWarning: ...")
+    frame = pd.read_csv(write_flowers(tmp_path / "flowers.csv"))
+    frame.to_csv(tmp_path / "comma.csv", sep=";", decimal=",", index=False)
+    assert main(["cv", "--data", str(tmp_path / "comma.csv"), "--target", "species", "--folds", "2", "--jobs", "2",
+                 "--epochs", "1", "--quiet", "--out", str(tmp_path / "cv"), *QUIET]) == 0
+    err = capfd.readouterr().err
+    assert "decimal comma" in err and "ZerogradWarning" not in err
+    assert all(line.startswith("zerograd: warning: ") for line in err.splitlines() if line.strip())

@@ -78,3 +78,21 @@ def test_predict_reads_parquet_and_feather_rows(kind: str, tmp_path: Path, capsy
     labels = [json.loads(line)["label"] for line in captured.out.strip().splitlines()]
     assert labels[:2] == ["setosa", "virginica"] and len(labels) == 3
     assert "column 'colour' holds 1 value not seen in training ('green'; 1 row)" in captured.err
+
+
+def test_a_misspelt_column_at_predict_time_gets_a_did_you_mean(diabetes_run: tuple[Path, pd.DataFrame],
+                                                               tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run, frame = diabetes_run
+    frame.drop(columns="target").rename(columns={"bmi": "bmii"}).head(2).to_csv(tmp_path / "rows.csv", index=False)
+    assert main(["predict", str(run), str(tmp_path / "rows.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "columns ['bmi'] are missing" in err and '("bmii" is there: did you mean "bmi"?)' in err
+
+
+def test_predict_on_a_folder_says_it_is_a_folder(diabetes_run: tuple[Path, pd.DataFrame], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = diabetes_run
+    assert main(["predict", str(run), str(tmp_path)]) == 2  # was: "input file ... does not exist"
+    assert capsys.readouterr().err.strip() == (f"zerograd: error: {tmp_path} is a folder; give predict the files in "
+                                               f"it (e.g. {tmp_path}/*)")

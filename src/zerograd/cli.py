@@ -25,7 +25,7 @@ from zerograd.cli_flags import (
     add_trust_argument,
     add_tta_argument,
 )
-from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, ZerogradWarning
+from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, one_line_warnings
 
 if TYPE_CHECKING:
     from zerograd.launch import LaunchOptions
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         with warnings.catch_warnings():  # zerograd's own warnings as one line each, like its errors
-            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            warnings.showwarning = one_line_warnings(warnings.showwarning)
             code = int(args.handler(args) or 0)
             sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit
             return code
@@ -77,17 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         distributed.record_error(error)
         raise
-
-
-def _one_line_warnings(show: Any) -> Any:
-    def show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
-                     line: str | None = None) -> None:
-        if issubclass(category, ZerogradWarning):
-            print(f"zerograd: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    return show_warning
 
 
 def build_parser() -> argparse.ArgumentParser:

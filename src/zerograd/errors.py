@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
@@ -90,3 +92,16 @@ def user_stacklevel() -> int:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def one_line_warnings(show: Any) -> Any:
+    """A `warnings.showwarning` that prints zerograd's own warnings as one line each, like its
+    errors (`zerograd: warning: ...`), and hands any other warning to `show`."""
+    def show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                     line: str | None = None) -> None:
+        if issubclass(category, ZerogradWarning):
+            print(f"zerograd: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning

@@ -136,6 +136,10 @@ def build_data(spec: dict[str, Any]) -> DataBundle:
         raise ConfigError(f"the data section needs a 'dataset' key (one of {', '.join(DATA_SOURCES)}), got {spec!r}")
     options = dict(spec)
     name = options.pop("dataset")
+    if name == "saved":  # what zerograd.save records: the model was trained outside of a run
+        raise ConfigError("this run was written by zerograd.save (data: {dataset: saved}): it holds a model but no "
+                          "data to train or evaluate on; predict with it, serve or export it, or name data in its "
+                          "config (data: {train: file.csv, target: COLUMN})")
     if name not in DATA_SOURCES:
         raise ConfigError(f'unknown dataset "{name}"{did_you_mean(str(name), DATA_SOURCES)}; choose from '
                           f'{", ".join(DATA_SOURCES)}')

@@ -84,6 +84,10 @@ def export_run(run_dir: str | Path, format: str = "onnx", out: str | Path | None
         raise ExportError(f"{run_dir} does not record its input shape, so no example input can be made to trace the "
                           "model")
     path = Path(out) if out else Path(predictor.run_dir or run_dir) / FORMATS[format]
+    suffix = Path(FORMATS[format]).suffix
+    if path.exists() and path.suffix.lower() != suffix:  # an older export is replaced; a file of the user's is not
+        raise ExportError(f"{path} already exists and is not a {suffix} file; nothing was written (give --out a new "
+                          f"file, or one ending in {suffix} to replace)")
     model = predictor.model.cpu().eval()  # eval: BatchNorm's running statistics, no Dropout, in the export
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(EXAMPLE_BATCH, *predictor.input_shape, generator=generator)

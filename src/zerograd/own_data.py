@@ -141,9 +141,12 @@ def complete(raw: dict[str, Any], *, trust_code: bool = True) -> tuple[dict[str,
     config.setdefault("loss", TASK_LOSSES[facts["task"]])
     if task_of(config["loss"]) == "regression":
         config.setdefault("metrics", list(REGRESSION_METRICS))
-    batch = config.setdefault("batch_size", min(IMAGE_BATCH if kind == "images" else TABLE_BATCH, facts["rows"]))
+    rows = facts["rows"]
+    if isinstance(config.get("cv"), dict) and isinstance(config["cv"].get("folds"), int):
+        rows -= -(-rows // max(1, config["cv"]["folds"]))  # a cross-validation fold trains without the part it holds
+    batch = config.setdefault("batch_size", min(IMAGE_BATCH if kind == "images" else TABLE_BATCH, rows))
     given_epochs = "epochs" in config
-    config.setdefault("epochs", _default_epochs(kind, facts["rows"], batch, early_stopping=validated))
+    config.setdefault("epochs", _default_epochs(kind, rows, batch, early_stopping=validated))
     return config, notes + [_model_note(config, given_epochs)]
 
 
@@ -268,7 +271,7 @@ def _model_note(config: dict[str, Any], given_epochs: bool) -> str:
     if isinstance(model, list):
         names = [next(iter(layer)) if isinstance(layer, dict) else str(layer) for layer in model]
         counts = ", ".join(f"{names.count(n)} {n}" for n in dict.fromkeys(names) if n in ("conv2d", "linear"))
-        shown = f"layer list of {len(model)} layers ({counts}; all in config.yaml)"
+        shown = f"layer list of {len(model)} layer{'s' * (len(model) != 1)} ({counts}; all in config.yaml)"
     elif isinstance(model, dict):
         shown = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
         shown = f"{model['name']}" + (f" ({shown})" if shown else "")

@@ -14,6 +14,7 @@ MNIST run are prepared the way MNIST digits were made (see `zerograd.digits`).
 """
 from __future__ import annotations
 
+import difflib
 import io
 import re
 import threading
@@ -162,6 +163,8 @@ class Predictor:
     # -- inputs ------------------------------------------------------------------------------------
 
     def _from_file(self, path: Path) -> tuple[torch.Tensor, bool]:
+        if path.is_dir():
+            raise DataError(f"{path} is a folder; give predict the files in it (e.g. {path}/*)")
         if not path.is_file():
             raise DataError(f"input file {path} does not exist")
         suffix = path.suffix.lower()
@@ -267,7 +270,10 @@ class Predictor:
         assert encoder is not None
         missing = [name for name in encoder.feature_names if name not in table.columns]
         if missing:
-            raise DataError(f"{table.source}: columns {missing} are missing; this run needs "
+            extra = [name for name in table.columns if name not in encoder.feature_names]
+            hints = "".join(f' ("{name}" is there: did you mean "{close[0]}"?)' for name in extra
+                            if (close := difflib.get_close_matches(name, missing, n=1, cutoff=0.6)))
+            raise DataError(f"{table.source}: columns {missing} are missing{hints}; this run needs "
                             f"{', '.join(encoder.feature_names)}")
         return torch.from_numpy(encoder.transform(table))
 

@@ -278,7 +278,8 @@ def check_regression_targets(outputs: torch.Tensor, targets: torch.Tensor, name:
         return
     fix = "make the shapes equal"
     if outputs.dim() == 2 and outputs.shape[1] == 1 and targets.dim() == 1:
-        fix = "reshape the targets with y.view(-1, 1) (or y.unsqueeze(1))"
+        fix = ("reshape the targets with y.view(-1, 1) (or y.unsqueeze(1); a NumPy array or pandas Series y: "
+               "numpy.asarray(y).reshape(-1, 1))")
     elif targets.dim() == 2 and targets.shape[1] == 1 and outputs.dim() == 1:
         fix = "give targets of shape [N] (y.view(-1)), or end the model in one output column"
     try:

@@ -200,7 +200,7 @@ def test_unseen_categories_are_warned_of_naming_the_column_and_values(iris: pd.D
     assert encoded[0, 4:].tolist() == [0.0, 0.0, 0.0] and encoded[1, 4:].tolist() == [0.0, 0.0, 1.0]
     # the missing value (None) is quiet
     assert zerograd_warnings(caught) == ["column 'colour' holds 1 value not seen in training ('green'; 2 rows); "
-                                         "encoded as no category (all zeros). Known: blue, purple, red"]
+                                         "encoded as no category (all zeros). Known: 'blue', 'purple', 'red'"]
 
 
 def test_json_of_the_old_table_encoder_still_loads() -> None:
@@ -212,3 +212,11 @@ def test_json_of_the_old_table_encoder_still_loads() -> None:
     assert encoder.target_mean is None and encoder.to_dict() == {"columns": old["columns"], "input_shape": [3]}
     assert encoder.transform_array([[150.0, "Paris"]]).tolist() == [[1.0, 0.0, 1.0]]
     assert encoder.decode_outputs(np.array([[0.5]])).tolist() == [[0.5]]  # values as the model gave them
+
+
+def test_known_categories_with_commas_stay_readable(iris: pd.DataFrame) -> None:
+    splits = load_table_data(iris.assign(colour=["dark, blue", "red"] * 75), target="species")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits.encoder.transform_array([[5.0, 3.0, 1.5, 0.2, "green"]])
+    assert zerograd_warnings(caught)[0].endswith("Known: 'dark, blue', 'red'")  # was: Known: dark, blue, red

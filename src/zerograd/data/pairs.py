@@ -32,6 +32,8 @@ def as_array(value: Any, what: str) -> Any:
                             "--data`, which encode text columns and keep the encoding for predict")
         value = np.array(value.to_numpy())  # a copy: pandas hands out read-only views
     array = np.asarray(value) if isinstance(value, list) else value
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        array = array.copy()  # torch warns about sharing read-only memory (Series.to_numpy() under copy-on-write)
     if isinstance(array, np.ndarray) and array.dtype.kind in "OUS":
         distinct = [repr(str(v)) for v in dict.fromkeys(array.reshape(-1)[:1000].tolist())]
         shown = ", ".join(distinct[:3]) + (", ..." if len(distinct) > 3 else "")

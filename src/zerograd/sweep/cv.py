@@ -51,7 +51,7 @@ from zerograd.sweep.jobs import (
     resolve_metric,
     worker_pool,
 )
-from zerograd.sweep.runner import check_fold_count, cv_defaults, run_defaults, source_label
+from zerograd.sweep.runner import check_fold_count, cv_defaults, resolve, run_defaults, source_label
 
 CV_FILE, CV_TABLE, PLOTS = "cv.json", "cv.md", "plots"
 IDENTITY_KEYS = ("source", "overrides", "folds", "cv_seed")  # changing one makes a different cross-validation
@@ -110,7 +110,7 @@ def cross_validate(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
     overrides = dict(overrides or {})
-    base = configs.resolve(source, overrides)
+    base = resolve(source, overrides)
     spec = {"version": 1, "source": source_label(source), "overrides": overrides, "folds": folds, "cv_seed": cv_seed,
             "jobs": jobs, "metric": metric}
     spec["command"] = command_line(spec)
@@ -121,11 +121,11 @@ def cross_validate(
     extra = run_defaults(source, overrides, jobs, threads) | cv_defaults(base)
 
     def make_job(fold: int) -> Job:
-        config = configs.resolve(source, extra | overrides | {"cv": {"folds": folds, "fold": fold, "seed": cv_seed}})
+        config = resolve(source, extra | overrides | {"cv": {"folds": folds, "fold": fold, "seed": cv_seed}})
         return Job(fold - 1, {}, config["seed"], str(cv_dir / f"fold{fold}"), config, metric_name)
 
     plan = FoldPlan([make_job(fold) for fold in range(1, folds + 1)])  # every config resolved: a typo fails now
-    check_fold_count(configs.resolve(source, extra | overrides), folds)
+    check_fold_count(resolve(source, extra | overrides), folds)
     with DirectoryLock(cv_dir, "cv"):  # one cross-validation at a time per folder
         _claim(cv_dir, spec)
         console = make_console()
@@ -156,10 +156,27 @@ class FoldPlan(Plan):
         self.total = len(jobs)
 
 
+def source_text(source: Any) -> str:
+    """A recipe or file as given; `--data PATH` and its flags for the config they stand for."""
+    if isinstance(source, str):
+        return source
+    data = source.get("data") if isinstance(source, dict) else None
+    path = (data.get("images") or data.get("train")) if isinstance(data, dict) else None
+    if not isinstance(path, str) or set(source) - {"name", "data", "model"}:
+        return "<config mapping>"
+    flags = [f"--data {path}"]
+    for key in ("target", "features", "drop", "task", "max_classes", "encoding"):
+        if key in data:
+            value = data[key]
+            flags.append(f"--{key.replace('_', '-')} {','.join(map(str, value)) if isinstance(value, list) else value}")
+    if isinstance(source.get("model"), str):
+        flags.append(f"--model {source['model']}")
+    return " ".join(flags)
+
+
 def command_line(spec: dict[str, Any]) -> str:
     """The `zerograd cv` command that runs (and resumes) this cross-validation."""
-    source = spec["source"] if isinstance(spec["source"], str) else "<config mapping>"
-    parts = ["zerograd cv", source, f"--folds {spec['folds']}"]
+    parts = ["zerograd cv", source_text(spec["source"]), f"--folds {spec['folds']}"]
     parts += [f"--set {k}={configs.dump(v).strip().removesuffix('...').strip()}" for k, v in spec["overrides"].items()]
     if spec["cv_seed"]:
         parts.append(f"--cv-seed {spec['cv_seed']}")

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import statistics
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -24,7 +25,7 @@ from zerograd import runs
 from zerograd.api import train
 from zerograd.callbacks import Callback
 from zerograd.defaults import MEDIAN_STOP_MIN_RUNS
-from zerograd.errors import ConfigError, TrainingError, ZerogradError, did_you_mean
+from zerograd.errors import ConfigError, TrainingError, ZerogradError, did_you_mean, one_line_warnings
 from zerograd.losses import task_of
 from zerograd.metrics import DEFAULT_METRICS
 from zerograd.reporting.compare import higher_is_better
@@ -347,11 +348,17 @@ def worker_pool(jobs: int, threads: int) -> Iterator[Executor]:
         return
     # The workers inherit the environment when they start; OpenMP reads it once, at import.
     with _environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)):
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_start)
         try:
             yield pool
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_start() -> None:
+    """A worker's warnings read as the main process's do: one line each (see `one_line_warnings`)."""
+    warnings.showwarning = one_line_warnings(warnings.showwarning)
 
 
 @contextlib.contextmanager

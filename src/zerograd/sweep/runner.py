@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 
 from zerograd import config as configs
-from zerograd import runs
+from zerograd import own_data, runs
 from zerograd.console import make_console, plain
 from zerograd.errors import ConfigError, DataError, RunDirError, TrainingError, WriteError
 from zerograd.experiment import DATA_SOURCES, build_data, data_spec, own_data_kind
@@ -87,7 +87,7 @@ def sweep(
     """
     spec, dimensions = _build_spec(source, grid, space, random, optuna, seeds, sweep_seed, overrides or {}, jobs,
                                    metric, median_stop, cv)
-    base = configs.resolve(source, spec["overrides"])
+    base = resolve(source, spec["overrides"])
     metric_name = metric or default_metric(base)
     folds: list[int | None] = list(range(1, cv + 1)) if cv else [None]
     check_metric_name(metric_name, base | ({"cv": {"folds": cv, "fold": 1}} if cv else {}))
@@ -100,14 +100,14 @@ def sweep(
 
     def make_job(index: int, params: dict[str, Any], seed: int, fold: int | None = None) -> Job:
         cross = {"cv": {"folds": cv, "fold": fold}} if fold else {}  # one fold of a cross-validation (--cv K)
-        config = configs.resolve(source, extra | spec["overrides"] | params | {"seed": seed} | cross)
+        config = resolve(source, extra | spec["overrides"] | params | {"seed": seed} | cross)
         run_dir = sweep_dir / (run_name(index, params, seed) + (f"-fold{fold}" if fold else ""))
         return Job(index, params, seed, str(run_dir), config, metric_name, median_stop)
 
     plan = _make_plan(spec, dimensions, seed_list, make_job, mode, sweep_dir, folds)  # resolves every config
     _check_before_running(plan, source, spec, dimensions)
     if cv:
-        check_fold_count(configs.resolve(source, extra | spec["overrides"]), cv)
+        check_fold_count(resolve(source, extra | spec["overrides"]), cv)
     # One sweep at a time per folder: a second one would clear and retrain the first's runs.
     with DirectoryLock(sweep_dir, "sweep"):
         _claim_sweep_dir(sweep_dir, spec)
@@ -210,6 +210,12 @@ def check_swept_key(dotted: str) -> None:
         raise ConfigError(f'"{top}" is not a section, so "{dotted}" cannot be swept; sweep {top} itself')
 
 
+def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config, own data's defaults filled in as `train` fills them (a config naming only
+    its data, or `--data`, has no model section of its own)."""
+    return own_data.resolve_config(source, overrides)[0]
+
+
 def source_label(source: Any) -> Any:
     if isinstance(source, dict):
         return copy.deepcopy(source)
@@ -273,7 +279,7 @@ def _check_before_running(plan: Plan, source: Any, spec: dict[str, Any], dimensi
     if isinstance(plan, OptunaPlan):
         probes = [{key: value} for key, dim in dimensions.items()
                   for value in (dim.choices if dim.kind == "choice" else (_typed(dim, dim.low), _typed(dim, dim.high)))]
-        checked = [configs.resolve(source, spec["overrides"] | probe) for probe in probes]
+        checked = [resolve(source, spec["overrides"] | probe) for probe in probes]
     else:
         checked = [job.config for job in plan.queue]
     seen: list[Any] = []
@@ -345,7 +351,7 @@ def _summarise(sweep_dir: Path, spec: dict[str, Any], results: list[tuple[Job, O
     write_atomic(files[RESULTS_MD], results_markdown(result))
     if result.best is not None:
         overrides = spec["overrides"] | result.best.params
-        best = {k: v for k, v in configs.resolve(source, overrides).items() if k not in MACHINE_KEYS}
+        best = {k: v for k, v in resolve(source, overrides).items() if k not in MACHINE_KEYS}
         result.best_config = best
         write_atomic(files[BEST_YAML], best_config_yaml(result, best, spec["command"]))
     plots = sweep_dir / PLOTS

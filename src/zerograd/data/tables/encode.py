@@ -256,8 +256,9 @@ def _one_hot(column: Column, values: np.ndarray, out: np.ndarray, offset: int, s
         counts = unseen.value_counts()
         shown = ", ".join(repr(v) for v in counts.index[:5]) + (", ..." if len(counts) > 5 else "")
         where = "" if source == "input" else f"{source}: "
+        known = ", ".join(map(repr, column.values[:10])) + (", ..." if len(column.values) > 10 else "")
         warnings.warn(f"{where}column {column.name!r} holds {len(counts)} value{'s' * (len(counts) > 1)} not seen in "
                       f"training ({shown}; {len(unseen)} row{'s' * (len(unseen) > 1)}); encoded as no category (all "
-                      f"zeros). Known: {', '.join(column.values[:10])}{', ...' if len(column.values) > 10 else ''}",
+                      f"zeros). Known: {known}",
                       ZerogradWarning, stacklevel=4)
 
