@@ -173,8 +173,11 @@ def test_torch_files_are_read_with_weights_only(tmp_path: Path) -> None:
     init_from(target, tmp_path / "ok.pt")
     assert torch.equal(target[0].weight, source[0].weight)
     torch.save({"model": source}, tmp_path / "pickled.pt")  # a whole module: unpickling it would run code
-    with pytest.raises(CheckpointError, match="weights_only=True and never unpickles"):
+    with pytest.raises(CheckpointError, match="weights_only=True and never unpickles") as refused:
         init_from(classifier(), tmp_path / "pickled.pt")
+    # one readable line: the class it would unpickle, not torch's cut-off paragraph with terminal escapes
+    assert "torch.nn.modules.container.Sequential" in str(refused.value)
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_a_run_initialised_from_another_records_it_and_the_summary_marks_frozen_layers(tmp_path: Path,
