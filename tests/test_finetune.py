@@ -16,6 +16,7 @@ from zerograd.config import resolve
 from zerograd.engine import fit
 from zerograd.errors import CheckpointError, ConfigError, WeightsMismatchError, ZerogradWarning
 from zerograd.models import build_model
+from zerograd.own_data import resolve_config
 from zerograd.transfer import init_from
 
 # 160 samples, batch 16: 10 steps per epoch
@@ -87,6 +88,18 @@ def test_fine_tune_freezes_all_but_the_head_and_sets_the_epochs() -> None:
     assert (config["epochs"], config["unfreeze_after"]) == (5, 1)
     with pytest.raises(ConfigError, match="epochs is 3; leave epochs out .* or make it 5"):
         fit(classifier(), data(), fine_tune={"frozen_epochs": 1, "epochs": 4}, **OPTIONS)
+
+
+def test_a_fine_tune_plan_replaces_the_epochs_of_a_recipe_or_of_own_data_but_not_the_users(tmp_path: Path) -> None:
+    plan = {"fine_tune.frozen_epochs": 1, "fine_tune.epochs": 2}
+    config, _ = resolve_config("linear-regression", plan)  # the recipe says epochs: 100
+    assert (config["epochs"], config["unfreeze_after"]) == (3, 1)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    config, notes = resolve_config({"name": "rows", "data": {"train": str(rows), "target": "y"}}, plan)
+    assert config["epochs"] == 3 and "3 epochs" in notes[-1]  # not own data's budget of epochs
+    with pytest.raises(ConfigError, match="but epochs is 7"):
+        resolve_config("linear-regression", plan | {"epochs": 7})
 
 
 @pytest.mark.parametrize(("options", "message"), [
