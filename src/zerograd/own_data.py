@@ -103,6 +103,16 @@ def resolve_config(source: str | Path | dict[str, Any], overrides: dict[str, Any
     return configs.resolve(completed, given=given), notes
 
 
+def completed_source(source: str | Path | dict[str, Any]) -> str | Path | dict[str, Any]:
+    """A config of your own data with what `complete` fills in from the data (model, loss, batch
+    size, epochs), as a mapping, for the sweeps and cross-validations that resolve it many times
+    over; any other config as it is."""
+    raw = configs.load_source(source)
+    if own_kind(raw.get("data")) is None:
+        return source
+    return complete(raw)[0]
+
+
 def own_kind(data: Any) -> str | None:
     """"table" or "images" for a data section of your own files, else None."""
     if not isinstance(data, dict):

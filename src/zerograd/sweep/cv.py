@@ -36,6 +36,7 @@ from zerograd import runs
 from zerograd.console import make_console, plain
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
 from zerograd.files import write_atomic, writing
+from zerograd.own_data import completed_source
 from zerograd.ownership import LOCK_FILE, DirectoryLock
 from zerograd.reporting.compare import compare_runs, plot_comparison
 from zerograd.sweep.jobs import (
@@ -110,9 +111,10 @@ def cross_validate(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
     overrides = dict(overrides or {})
-    base = configs.resolve(source, overrides)
     spec = {"version": 1, "source": source_label(source), "overrides": overrides, "folds": folds, "cv_seed": cv_seed,
             "jobs": jobs, "metric": metric}
+    source = completed_source(source)  # own data that names no model gets the one `zerograd train` would choose
+    base = configs.resolve(source, overrides)
     spec["command"] = command_line(spec)
     metric_name = metric or default_metric(base)
     check_metric_name(metric_name, base | {"cv": {"folds": folds, "fold": 1}})

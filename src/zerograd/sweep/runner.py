@@ -20,6 +20,7 @@ from zerograd.experiment import DATA_SOURCES, build_data, data_spec, own_data_ki
 from zerograd.files import write_atomic, writing
 from zerograd.layers import check_kwargs
 from zerograd.models import MODELS
+from zerograd.own_data import completed_source
 from zerograd.ownership import LOCK_FILE, DirectoryLock
 from zerograd.reporting.sweep_section import BEST_YAML, PLOTS, RESULTS_CSV, RESULTS_JSON, RESULTS_MD, SWEEP_FILE
 from zerograd.sweep.jobs import (
@@ -89,6 +90,7 @@ def sweep(
     """
     spec, dimensions = _build_spec(source, grid, space, random, optuna, seeds, sweep_seed, overrides or {}, jobs,
                                    metric, median_stop, cv)
+    source = completed_source(source)  # own data that names no model gets the one `zerograd train` would choose
     base = configs.resolve(source, spec["overrides"])
     metric_name = metric or default_metric(base)
     folds: list[int | None] = list(range(1, cv + 1)) if cv else [None]
