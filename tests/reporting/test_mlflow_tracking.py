@@ -180,6 +180,17 @@ def test_a_tracking_store_that_cannot_be_used_is_one_clear_error(tmp_path: Path,
     assert len(err.splitlines()) == 1
 
 
+def test_a_sqlite_store_that_cannot_be_opened_fails_at_once_without_mlflows_retries(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "store").mkdir()  # a folder where the database file should be: sqlite cannot open it
+    uri = f"sqlite:///{tmp_path / 'store'}"
+    assert main(["train", "linear-regression", "--logger", "mlflow", "--set", f"mlflow.tracking_uri={uri}",
+                 "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("zerograd: error: the MLflow tracking store") and "unable to open database file" in err
+    assert "retried" not in err and len(err.splitlines()) == 1  # not MLflow's two minutes of retry warnings
+
+
 def test_a_given_tracking_uri_and_experiment_are_used(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     zerograd.train("linear-regression", out=tmp_path / "runs" / "line", quiet=True,

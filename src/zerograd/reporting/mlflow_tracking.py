@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -91,6 +92,17 @@ def artifact_root(tracking_uri: str) -> str | None:
     return (file.parent / DEFAULT_ARTIFACTS).as_uri() if file is not None else None
 
 
+def open_sqlite(tracking_uri: str) -> None:
+    """Open a local SQLite store once, directly: MLflow retries a database it cannot open for about
+    two minutes, printing a warning each time, before it gives up."""
+    file = sqlite_file(tracking_uri)
+    if file is None:
+        return
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(file)) as connection:
+        connection.execute("pragma schema_version")
+
+
 @contextlib.contextmanager
 def quiet_store() -> Iterator[None]:
     """MLflow and alembic say at INFO level that they create the database's tables; keep that off
@@ -129,6 +141,7 @@ class MLflowLogger(RunLogger):
         uri = saved.get("tracking_uri", self.tracking_uri)  # a resumed run stays in the store it began in
         try:
             with quiet_store():
+                open_sqlite(uri)
                 self.client = self.client_class(tracking_uri=uri)
                 if saved.get("run_id"):
                     self.run_id = str(saved["run_id"])
