@@ -203,6 +203,12 @@ def test_a_run_initialised_from_another_records_it_and_the_summary_marks_frozen_
                        load_file(second.dir / "model.safetensors")["0.weight"])
     table = (second.dir / "model_summary.txt").read_text()
     assert "frozen: 48 parameters" in table and " frozen" in table.splitlines()[2]
+    counts = [line.split("frozen")[0].rstrip() for line in table.splitlines()[2:7]]  # 0 (frozen), tanh, 2, ...
+    assert len({len(line) for line in counts}) == 1, counts  # the counts right-aligned in one column
+    second_run = train(config | {"progress": "plain"}, out=tmp_path / "third")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit() and "[N," in line]
+    assert len({len(line.split("frozen")[0].rstrip()) for line in printed}) == 1, printed
+    assert second_run.summary["init"]["loaded"] == 6
     assert second.config["freeze"] == ["0"] and second.config["init"] == str(first.dir)  # recorded in the run
     command = ["train", "sinc-surface", "--set", "init=/nowhere", "--set", "epochs=1", "--out", str(tmp_path / "x")]
     assert cli(command) == 2
