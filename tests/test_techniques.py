@@ -211,6 +211,8 @@ def test_cv_and_a_sweep_of_own_data_that_names_no_model_train_the_model_zerograd
     assert cli.main(["cv", "--data", str(shapes_folder), "--folds", "2", "--epochs", "1", "--batch-size", "8",
                      "--quiet", "--out", str(tmp_path / "cv")]) == 0
     assert runs.read_config(tmp_path / "cv" / "fold2")["model"][-1] == {"linear": 3}  # own data's small CNN
+    command = json.loads((tmp_path / "cv" / "cv.json").read_text())["command"]
+    assert command.startswith(f"zerograd cv --data {shapes_folder} --folds 2 ")  # one that runs it again
     path = tmp_path / "shapes.yaml"
     # a config that names only its data (and the run's length)
     path.write_text(yaml.safe_dump({"data": {"images": str(shapes_folder)}, "epochs": 1, "batch_size": 8}))

@@ -159,6 +159,9 @@ def test_logger_names_are_checked_before_training(tmp_path: Path, capsys: pytest
     with pytest.raises(ConfigError, match="unknown mlflow key 'uri'"):
         zerograd.train("linear-regression", out=tmp_path / "run3", quiet=True,
                        overrides={"loggers": ["mlflow"], "mlflow": {"uri": "x"}})
+    with pytest.raises(ConfigError, match="unknown mlflow key 'experimnt' \\(did you mean \"experiment\"\\?\\)"):
+        zerograd.train("linear-regression", out=tmp_path / "run4", quiet=True,
+                       overrides={"loggers": ["mlflow"], "mlflow": {"experimnt": "x"}})
 
 
 def test_the_cli_takes_repeated_and_comma_separated_loggers(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from zerograd.callbacks.loggers import FAILED, FINISHED, INTERRUPTED, RunInfo, RunLogger, flatten
-from zerograd.errors import ConfigError, ZerogradWarning
+from zerograd.errors import ConfigError, ZerogradWarning, did_you_mean
 from zerograd.files import write_atomic
 
 INSTALL_HINT = "pip install 'zerograd[mlflow]'"
@@ -58,7 +58,8 @@ def mlflow_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"mlflow must be a section like {{tracking_uri: sqlite:///mlflow.db}}, got {section!r}")
     unknown = [key for key in section if key not in SETTINGS]
     if unknown:
-        raise ConfigError(f"unknown mlflow key {unknown[0]!r}; valid keys: {', '.join(SETTINGS)}")
+        raise ConfigError(f"unknown mlflow key {unknown[0]!r}{did_you_mean(str(unknown[0]), SETTINGS)}; valid keys: "
+                          f"{', '.join(SETTINGS)}")
     for key in SETTINGS:
         if section.get(key) is not None and not isinstance(section[key], str):
             raise ConfigError(f"mlflow.{key} must be text, got {section[key]!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -160,8 +161,7 @@ class FoldPlan(Plan):
 
 def command_line(spec: dict[str, Any]) -> str:
     """The `zerograd cv` command that runs (and resumes) this cross-validation."""
-    source = spec["source"] if isinstance(spec["source"], str) else "<config mapping>"
-    parts = ["zerograd cv", source, f"--folds {spec['folds']}"]
+    parts = ["zerograd cv", source_words(spec["source"]), f"--folds {spec['folds']}"]
     parts += [f"--set {k}={configs.dump(v).strip().removesuffix('...').strip()}" for k, v in spec["overrides"].items()]
     if spec["cv_seed"]:
         parts.append(f"--cv-seed {spec['cv_seed']}")
@@ -170,6 +170,24 @@ def command_line(spec: dict[str, Any]) -> str:
     if spec["metric"]:
         parts.append(f"--metric {spec['metric']}")
     return " ".join(parts)
+
+
+def source_words(source: Any) -> str:
+    """A recipe or file as it is; the config `--data PATH` (and its flags) stands for as those flags
+    again, so cv.json's command runs it; another mapping as a placeholder."""
+    if isinstance(source, str):
+        return source
+    data = source.get("data") if isinstance(source, dict) else None
+    if not isinstance(data, dict) or not set(source) <= {"name", "data", "model"} or not (
+            "images" in data or "train" in data):
+        return "<config mapping>"
+    words = ["--data", str(data.get("images") or data["train"])]
+    for key, value in data.items():
+        if key not in ("images", "train"):
+            words += [f"--{key.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]
+    if "model" in source:
+        words += ["--model", str(source["model"])]
+    return shlex.join(words)
 
 
 def _claim(cv_dir: Path, spec: dict[str, Any]) -> None:
