@@ -16,6 +16,7 @@ from zerograd.config import resolve
 from zerograd.engine import fit
 from zerograd.errors import CheckpointError, ConfigError, WeightsMismatchError, ZerogradWarning
 from zerograd.models import build_model
+from zerograd.own_data import resolve_config
 from zerograd.transfer import init_from
 
 # 160 samples, batch 16: 10 steps per epoch
@@ -87,6 +88,18 @@ def test_fine_tune_freezes_all_but_the_head_and_sets_the_epochs() -> None:
     assert (config["epochs"], config["unfreeze_after"]) == (5, 1)
     with pytest.raises(ConfigError, match="epochs is 3; leave epochs out .* or make it 5"):
         fit(classifier(), data(), fine_tune={"frozen_epochs": 1, "epochs": 4}, **OPTIONS)
+
+
+def test_a_fine_tune_plan_replaces_the_epochs_of_a_recipe_or_of_own_data_but_not_the_users(tmp_path: Path) -> None:
+    plan = {"fine_tune.frozen_epochs": 1, "fine_tune.epochs": 2}
+    config, _ = resolve_config("linear-regression", plan)  # the recipe says epochs: 100
+    assert (config["epochs"], config["unfreeze_after"]) == (3, 1)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    config, notes = resolve_config({"name": "rows", "data": {"train": str(rows), "target": "y"}}, plan)
+    assert config["epochs"] == 3 and "3 epochs" in notes[-1]  # not own data's budget of epochs
+    with pytest.raises(ConfigError, match="but epochs is 7"):
+        resolve_config("linear-regression", plan | {"epochs": 7})
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -173,8 +186,11 @@ def test_torch_files_are_read_with_weights_only(tmp_path: Path) -> None:
     init_from(target, tmp_path / "ok.pt")
     assert torch.equal(target[0].weight, source[0].weight)
     torch.save({"model": source}, tmp_path / "pickled.pt")  # a whole module: unpickling it would run code
-    with pytest.raises(CheckpointError, match="weights_only=True and never unpickles"):
+    with pytest.raises(CheckpointError, match="weights_only=True and never unpickles") as refused:
         init_from(classifier(), tmp_path / "pickled.pt")
+    # one readable line: the class it would unpickle, not torch's cut-off paragraph with terminal escapes
+    assert "torch.nn.modules.container.Sequential" in str(refused.value)
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_a_run_initialised_from_another_records_it_and_the_summary_marks_frozen_layers(tmp_path: Path,
@@ -187,6 +203,12 @@ def test_a_run_initialised_from_another_records_it_and_the_summary_marks_frozen_
                        load_file(second.dir / "model.safetensors")["0.weight"])
     table = (second.dir / "model_summary.txt").read_text()
     assert "frozen: 48 parameters" in table and " frozen" in table.splitlines()[2]
+    counts = [line.split("frozen")[0].rstrip() for line in table.splitlines()[2:7]]  # 0 (frozen), tanh, 2, ...
+    assert len({len(line) for line in counts}) == 1, counts  # the counts right-aligned in one column
+    second_run = train(config | {"progress": "plain"}, out=tmp_path / "third")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line[:1].isdigit() and "[N," in line]
+    assert len({len(line.split("frozen")[0].rstrip()) for line in printed}) == 1, printed
+    assert second_run.summary["init"]["loaded"] == 6
     assert second.config["freeze"] == ["0"] and second.config["init"] == str(first.dir)  # recorded in the run
     command = ["train", "sinc-surface", "--set", "init=/nowhere", "--set", "epochs=1", "--out", str(tmp_path / "x")]
     assert cli(command) == 2

@@ -246,3 +246,14 @@ def test_a_folder_of_digit_pngs_trains_and_recognises_drawn_digits(tmp_path: Pat
         drawn.append(str(tmp_path / f"drawn-{digit}.png"))
     assert main(["predict", str(tmp_path / "run"), *drawn, "--json"]) == 0
     assert [json.loads(line)["label"] for line in capsys.readouterr().out.strip().splitlines()] == ["0", "1", "7"]
+
+
+def test_decoding_many_images_writes_nothing_to_a_piped_stderr(shapes_maker, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The decoding bar is for a terminal: piped (or in each process of `zerograd cv --jobs 2`) it left
+    an empty line on stderr."""
+    from zerograd.data.image_decode import ImageSpec, decode_all
+
+    files = sorted(shapes_maker(tmp_path / "many", per_class=34, size=8).glob("*/*.png"))
+    assert decode_all(files, ImageSpec(size=(8, 8))).shape == (102, 3, 8, 8)
+    assert capsys.readouterr().err == ""

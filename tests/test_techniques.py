@@ -206,6 +206,21 @@ def test_cross_validate_trains_one_run_per_fold_and_summarises(shapes_folder: Pa
         {"folds": 3, "fold": k, "seed": 0} for k in (1, 2, 3)]
 
 
+def test_cv_and_a_sweep_of_own_data_that_names_no_model_train_the_model_zerograd_train_would(
+        shapes_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["cv", "--data", str(shapes_folder), "--folds", "2", "--epochs", "1", "--batch-size", "8",
+                     "--quiet", "--out", str(tmp_path / "cv")]) == 0
+    assert runs.read_config(tmp_path / "cv" / "fold2")["model"][-1] == {"linear": 3}  # own data's small CNN
+    command = json.loads((tmp_path / "cv" / "cv.json").read_text())["command"]
+    assert command.startswith(f"zerograd cv --data {shapes_folder} --folds 2 ")  # one that runs it again
+    path = tmp_path / "shapes.yaml"
+    # a config that names only its data (and the run's length)
+    path.write_text(yaml.safe_dump({"data": {"images": str(shapes_folder)}, "epochs": 1, "batch_size": 8}))
+    assert cli.main(["sweep", str(path), "--grid", "lr=0.01", "--cv", "2", "--quiet",
+                     "--out", str(tmp_path / "sweep")]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
 def test_zerograd_cv_refuses_a_single_fold_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["cv", "mnist-mlp", "--folds", "1"]) == 2
     assert capsys.readouterr().err.strip() == "zerograd: error: --folds must be a whole number >= 2, got 1"

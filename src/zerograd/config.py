@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,22 @@ def check_top_key(key: str, *, what: str = "config key") -> None:
         raise ConfigError(f'unknown {what} "{key}"{did_you_mean(key, TOP_KEYS)}; valid keys: {", ".join(TOP_KEYS)}')
 
 
-def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The complete, validated config: source + extends + overrides + defaults."""
+def user_keys(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> set[str]:
+    """The top-level keys the user set: the overrides' and a config file's or mapping's own, not a
+    recipe's or an `extends` parent's (so that a `fine_tune` plan replaces a recipe's `epochs`)."""
+    own: set[str] = set()
+    if isinstance(source, dict):
+        own = set(source)
+    elif Path(str(source)).is_file():
+        own = set(load_yaml(str(source)))
+    return own | {key.split(".")[0] for key in overrides or {}}
+
+
+def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None, *,
+            given: Collection[str] | None = None) -> dict[str, Any]:
+    """The complete, validated config: source + extends + overrides + defaults. `given`: the keys
+    the user set (default: `user_keys(source, overrides)`)."""
+    given = user_keys(source, overrides) if given is None else given
     config = apply_overrides(load_source(source), overrides or {})
     for key in config:
         check_top_key(key)
@@ -79,7 +94,7 @@ def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | Non
     defaults = FitOptions().to_dict()
     options = {key: config.get(key, defaults[key]) for key in TRAIN_KEYS}
     # type and range checks, with clear messages; a fine_tune plan fills in epochs and unfreeze_after
-    checked = FitOptions.from_kwargs(options, given=[key for key in config if key in options])
+    checked = FitOptions.from_kwargs(options, given=[key for key in config if key in options and key in given])
     options |= {key: getattr(checked, key) for key in ("epochs", "unfreeze_after")}
     resolved = {"name": config.get("name", "custom"), "description": config.get("description", "")}
     resolved |= {"data": config["data"], "model": config["model"]}

@@ -22,6 +22,7 @@ import copy
 import inspect
 import math
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,9 @@ def resolve_config(source: str | Path | dict[str, Any], overrides: dict[str, Any
     """`config.resolve` for every config, with own data's defaults filled in first (`complete`);
     returns the resolved config and the notes on what was chosen."""
     raw = configs.apply_overrides(configs.load_source(source), overrides or {})
-    completed, notes = complete(raw, trust_code=trust_code)
-    return configs.resolve(completed), notes
+    given = configs.user_keys(source, overrides)
+    completed, notes = complete(raw, trust_code=trust_code, given=given)
+    return configs.resolve(completed, given=given), notes
 
 
 def own_kind(data: Any) -> str | None:
@@ -112,16 +114,22 @@ def own_kind(data: Any) -> str | None:
     return "images" if "images" in data else "table" if "train" in data else None
 
 
-def complete(raw: dict[str, Any], *, trust_code: bool = True) -> tuple[dict[str, Any], list[str]]:
+def complete(raw: dict[str, Any], *, trust_code: bool = True,
+             given: Collection[str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """(config, notes): `raw` (a config before `config.resolve`) with what own data needs and the
     config does not say filled in from the data (see the module doc). Other configs, and configs
-    that say everything, are returned as they are, without reading the data."""
+    that say everything, are returned as they are, without reading the data. `given`: the keys the
+    user set (default: all of `raw`'s)."""
     kind = own_kind(raw.get("data"))
     if kind is None:
         return raw, []
     config = copy.deepcopy(raw)
     # a bad training option (--epochs 0) fails before the data is read or anything is said about it
-    FitOptions.from_kwargs({key: config[key] for key in configs.TRAIN_KEYS if key in config})
+    given = set(raw) if given is None else given
+    checked = FitOptions.from_kwargs({key: config[key] for key in configs.TRAIN_KEYS if key in config},
+                                     given=[key for key in config if key in given])
+    if config.get("fine_tune") is not None and "epochs" not in given:
+        config["epochs"] = checked.epochs  # the plan's frozen + unfrozen epochs, not a default budget
     data = config["data"]
     data.setdefault("seed", config.get("seed", 0))  # `--seed` / `seed:` moves the split too
     if not isinstance(data["seed"], int) or isinstance(data["seed"], bool) or data["seed"] < 0:

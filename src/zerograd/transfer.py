@@ -12,6 +12,7 @@ nothing else (no config, no import, so no `--trust-code`); a torch file (.pt, .p
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +96,11 @@ def torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        # torch's message is a paragraph with terminal escapes; the class it refused is what tells the user
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"it pickles {refused.group(1)}" if refused else type(error).__name__
         raise CheckpointError(
-            f"{path} holds Python objects besides tensors ({first[:120]}); zerograd reads torch files with "
+            f"{path} holds Python objects besides tensors ({what}); zerograd reads torch files with "
             "weights_only=True and never unpickles code: save the state dict (torch.save(model.state_dict(), "
             "PATH)) rather than the model, or convert it to safetensors") from None
     except (RuntimeError, OSError, EOFError, ValueError) as error:

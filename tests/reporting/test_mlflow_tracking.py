@@ -159,6 +159,9 @@ def test_logger_names_are_checked_before_training(tmp_path: Path, capsys: pytest
     with pytest.raises(ConfigError, match="unknown mlflow key 'uri'"):
         zerograd.train("linear-regression", out=tmp_path / "run3", quiet=True,
                        overrides={"loggers": ["mlflow"], "mlflow": {"uri": "x"}})
+    with pytest.raises(ConfigError, match="unknown mlflow key 'experimnt' \\(did you mean \"experiment\"\\?\\)"):
+        zerograd.train("linear-regression", out=tmp_path / "run4", quiet=True,
+                       overrides={"loggers": ["mlflow"], "mlflow": {"experimnt": "x"}})
 
 
 def test_the_cli_takes_repeated_and_comma_separated_loggers(tmp_path: Path) -> None:
@@ -178,6 +181,17 @@ def test_a_tracking_store_that_cannot_be_used_is_one_clear_error(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("zerograd: error: the MLflow tracking store") and "mlflow.tracking_uri" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_sqlite_store_that_cannot_be_opened_fails_at_once_without_mlflows_retries(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "store").mkdir()  # a folder where the database file should be: sqlite cannot open it
+    uri = f"sqlite:///{tmp_path / 'store'}"
+    assert main(["train", "linear-regression", "--logger", "mlflow", "--set", f"mlflow.tracking_uri={uri}",
+                 "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("zerograd: error: the MLflow tracking store") and "unable to open database file" in err
+    assert "retried" not in err and len(err.splitlines()) == 1  # not MLflow's two minutes of retry warnings
 
 
 def test_a_given_tracking_uri_and_experiment_are_used(tmp_path: Path) -> None:

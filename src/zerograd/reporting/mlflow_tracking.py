@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from zerograd.callbacks.loggers import FAILED, FINISHED, INTERRUPTED, RunInfo, RunLogger, flatten
-from zerograd.errors import ConfigError, ZerogradWarning
+from zerograd.errors import ConfigError, ZerogradWarning, did_you_mean
 from zerograd.files import write_atomic
 
 INSTALL_HINT = "pip install 'zerograd[mlflow]'"
@@ -57,7 +58,8 @@ def mlflow_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"mlflow must be a section like {{tracking_uri: sqlite:///mlflow.db}}, got {section!r}")
     unknown = [key for key in section if key not in SETTINGS]
     if unknown:
-        raise ConfigError(f"unknown mlflow key {unknown[0]!r}; valid keys: {', '.join(SETTINGS)}")
+        raise ConfigError(f"unknown mlflow key {unknown[0]!r}{did_you_mean(str(unknown[0]), SETTINGS)}; valid keys: "
+                          f"{', '.join(SETTINGS)}")
     for key in SETTINGS:
         if section.get(key) is not None and not isinstance(section[key], str):
             raise ConfigError(f"mlflow.{key} must be text, got {section[key]!r}")
@@ -89,6 +91,17 @@ def artifact_root(tracking_uri: str) -> str | None:
     own default is ./mlruns of whatever folder the command ran in). Other stores choose their own."""
     file = sqlite_file(tracking_uri)
     return (file.parent / DEFAULT_ARTIFACTS).as_uri() if file is not None else None
+
+
+def open_sqlite(tracking_uri: str) -> None:
+    """Open a local SQLite store once, directly: MLflow retries a database it cannot open for about
+    two minutes, printing a warning each time, before it gives up."""
+    file = sqlite_file(tracking_uri)
+    if file is None:
+        return
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(file)) as connection:
+        connection.execute("pragma schema_version")
 
 
 @contextlib.contextmanager
@@ -129,6 +142,7 @@ class MLflowLogger(RunLogger):
         uri = saved.get("tracking_uri", self.tracking_uri)  # a resumed run stays in the store it began in
         try:
             with quiet_store():
+                open_sqlite(uri)
                 self.client = self.client_class(tracking_uri=uri)
                 if saved.get("run_id"):
                     self.run_id = str(saved["run_id"])

@@ -14,6 +14,8 @@ from torch import nn
 
 from zerograd.data.loader import in_memory_tensors
 
+FROZEN = " frozen"  # after a frozen layer's parameter count
+
 
 @dataclass
 class LayerRow:
@@ -25,7 +27,7 @@ class LayerRow:
 
     @property
     def parameters_text(self) -> str:
-        return f"{self.parameters:,}" + (" frozen" if self.frozen else "")
+        return f"{self.parameters:,}" + (FROZEN if self.frozen else "")
 
 
 @dataclass
@@ -40,10 +42,16 @@ class ModelSummary:
     error: str = ""
     frozen_note: str = ""  # e.g. "frozen: 4 layers (1,234 parameters) until epoch 2, then trained"
 
+    def parameter_cell(self, parameters: int, frozen: bool = False) -> str:
+        """A parameter count, then " frozen" or, when another row says it, as many spaces: the
+        right-aligned counts stay in one column."""
+        pad = " " * len(FROZEN) if any(r.frozen for r in self.layers) else ""
+        return f"{parameters:,}" + (FROZEN if frozen else pad)
+
     def to_text(self) -> str:
         """A plain-text table (what `model_summary.txt` holds)."""
         header = ("layer", "type", "output shape", "parameters")
-        rows = [(r.name, r.kind, r.output_shape, r.parameters_text) for r in self.layers]
+        rows = [(r.name, r.kind, r.output_shape, self.parameter_cell(r.parameters, r.frozen)) for r in self.layers]
         widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
         line = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + f"  {{:>{widths[-1]}}}"
         rule = "-" * (sum(widths) + 2 * (len(widths) - 1))

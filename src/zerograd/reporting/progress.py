@@ -272,11 +272,15 @@ class ProgressPrinter(Callback):
         table.add_column("type")
         table.add_column("output shape")
         table.add_column("parameters", justify="right", footer=f"{self.summary.total_parameters:,}")
+        marks = any(row.frozen for row in self.summary.layers)
+        if marks:  # a column of its own, so the counts stay right-aligned
+            table.add_column("", no_wrap=True)
         for row in layer_table_rows(self.summary):
             if row is None:
-                table.add_row("…", "", "", "")
+                table.add_row("…", "", "", "", *([""] if marks else []))
             else:
-                table.add_row(plain(row.name), plain(row.kind), plain(row.output_shape), row.parameters_text)
+                cells = [plain(row.name), plain(row.kind), plain(row.output_shape), f"{row.parameters:,}"]
+                table.add_row(*cells, *(["frozen" if row.frozen else ""] if marks else []))
         return table
 
     def _print_plain_epoch(self, logs: dict[str, Any]) -> None:
