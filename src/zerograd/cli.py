@@ -359,7 +359,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from zerograd.console import make_console, plain
+    from zerograd.console import make_console, plain, print_whole
     from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
 
     rows = compare_runs(args.run_dirs, metric=args.metric)
@@ -368,7 +368,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": [r.to_dict() for r in rows], "plot": str(plot)}, indent=2))
         return 0
     console = make_console()
-    console.print(comparison_table(rows))
+    print_whole(console, comparison_table(rows))
     console.print(f"overlay plot: {plain(plot)}", soft_wrap=True)
     return 0
 

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from zerograd import config as configs
 from zerograd import runs
-from zerograd.console import make_console, plain
+from zerograd.console import make_console, plain, print_whole
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
 from zerograd.files import write_atomic, writing
 from zerograd.ownership import LOCK_FILE, DirectoryLock
@@ -298,7 +298,7 @@ def cv_markdown(result: CVResult) -> str:
 
 def print_cv(result: CVResult, console: Console | None = None) -> None:
     console = console or make_console()
-    console.print(cv_table(result))
+    print_whole(console, cv_table(result))
     if result.mean is not None:
         console.print(plain(f"cross-validated {result.metric}: {result.mean:.4g} ± {result.std:.2g} over "
                             f"{len(result.summary[result.metric]['values'])} folds"))

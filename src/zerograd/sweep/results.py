@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zerograd import config as configs
-from zerograd.console import make_console, plain
+from zerograd.console import make_console, plain, print_whole
 from zerograd.files import write_atomic
 from zerograd.reporting.inline import inline_html
 from zerograd.reporting.sweep_section import (
@@ -127,7 +127,7 @@ def results_markdown(result: SweepResult) -> str:
 def print_result(result: SweepResult, console: Console | None = None) -> None:
     """The ranked table, the best configuration and where the files are."""
     console = console or make_console()
-    console.print(results_table(result))
+    print_whole(console, results_table(result))
     best = result.best
     if best is None:
         console.print("[red]no run finished with a value for the metric[/]")
