@@ -283,7 +283,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     final = summary["final"]
     figures = "  ".join(f"{k} {v:.4f}" for k, v in final.items()
                         if isinstance(v, float) and k not in ("weight", "bias"))
-    console.print(f"[bold]{plain(summary['recipe'])}[/]: {summary['epochs_completed']} epochs in "
+    epochs = summary["epochs_completed"]
+    console.print(f"[bold]{plain(summary['recipe'])}[/]: {epochs} epoch{'' if epochs == 1 else 's'} in "
                   f"{summary['train_seconds']:.1f} s  "
                   f"{plain(figures)}", soft_wrap=True)
     if "weight" in summary:

@@ -130,8 +130,8 @@ def cross_validate(
         _claim(cv_dir, spec)
         console = make_console()
         if not quiet:
-            console.print(f"[bold]{plain(spec['command'])}[/]: {folds} folds, {jobs} at a time ({threads} threads "
-                          f"each) -> {plain(cv_dir)}")
+            console.print(f"[bold]{plain(spec['command'])}[/]: {folds} folds, {jobs} at a time ({threads} thread"
+                          f"{'' if threads == 1 else 's'} each) -> {plain(cv_dir)}")
         results = _train(plan, jobs, threads, console if not quiet else None)
         try:
             result = _summarise(cv_dir, spec, results, metric_name)
