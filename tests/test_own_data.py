@@ -246,3 +246,12 @@ def test_a_folder_of_digit_pngs_trains_and_recognises_drawn_digits(tmp_path: Pat
         drawn.append(str(tmp_path / f"drawn-{digit}.png"))
     assert main(["predict", str(tmp_path / "run"), *drawn, "--json"]) == 0
     assert [json.loads(line)["label"] for line in capsys.readouterr().out.strip().splitlines()] == ["0", "1", "7"]
+
+
+def test_an_image_folder_is_named_as_the_user_gave_it_like_a_table(shapes_folder: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # was the resolved absolute path ("data: image folder /tmp/.../shapes"), where a table says "data: iris.csv"
+    assert main(["train", "--data", str(shapes_folder), "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--progress", "none", "--set", "plots=false"]) == 0
+    out = capsys.readouterr().out
+    assert "data: image folder shapes with 3 classes (" in out, out
