@@ -148,9 +148,9 @@ def decode_all(files: Sequence[Path], spec: ImageSpec, *, progress: bool = True)
     threads = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
         jobs = pool.map(decode, range(len(files)))
-        if progress and len(files) >= 100:
-            jobs = track(jobs, total=len(files), description="decoding images", console=Console(stderr=True),
-                         transient=True)
+        console = Console(stderr=True)
+        if progress and len(files) >= 100 and console.is_terminal:  # elsewhere the bar would leave an empty line
+            jobs = track(jobs, total=len(files), description="decoding images", console=console, transient=True)
         for _ in jobs:
             pass
     raise_unreadable(failures)
