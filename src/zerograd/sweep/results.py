@@ -108,7 +108,7 @@ def results_table(result: SweepResult, limit: int | None = None) -> Table:
         table.add_column(plain(key), justify="right")
     table.add_column(plain(result.metric) + (" mean ± std" if any(len(r.values) > 1 for r in result.configs) else ""),
                      justify="right")
-    for name in ("runs", "epochs", "time s", "notes"):
+    for name in ("runs", "epochs done", "time s", "notes"):
         table.add_column(name, justify="right" if name != "notes" else "left")
     for rank, row in enumerate(result.configs[:limit], start=1):
         table.add_row(*map(plain, config_row_cells(rank, row, result.keys)),
@@ -117,7 +117,7 @@ def results_table(result: SweepResult, limit: int | None = None) -> Table:
 
 
 def results_markdown(result: SweepResult) -> str:
-    header = ["#", *result.keys, f"{result.metric} (mean ± std)", "runs", "epochs", "time s", "notes"]
+    header = ["#", *result.keys, f"{result.metric} (mean ± std)", "runs", "epochs done", "time s", "notes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, row in enumerate(result.configs, start=1):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in config_row_cells(rank, row, result.keys)) + " |")
