@@ -260,6 +260,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def launch_workers(job: LaunchOptions, args: argparse.Namespace) -> int:
     """Check the config once here (a typo fails before any worker starts), then run torchrun."""
     from zerograd import distributed, launch, own_data, runs
+    from zerograd.experiment import check_data_spec
     from zerograd.models import check_trusted
 
     resuming = getattr(args, "run_dir", None) or getattr(args, "resume", None)
@@ -268,6 +269,7 @@ def launch_workers(job: LaunchOptions, args: argparse.Namespace) -> int:
         check_trusted(config["model"], trust_code=args.trust_code, origin=Path(resuming) / runs.CONFIG)
     else:
         config, _ = own_data.resolve_config(train_source(args), training_overrides(args))
+        check_data_spec(config["data"])  # a data option's typo: one line here, not one per worker
     if job.fixed_world_size is not None:
         distributed.check_global_batch(config["batch_size"], job.fixed_world_size)
     argv = args.argv
