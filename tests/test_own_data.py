@@ -255,3 +255,13 @@ def test_an_image_folder_is_named_as_the_user_gave_it_like_a_table(shapes_folder
                  "--progress", "none", "--set", "plots=false"]) == 0
     out = capsys.readouterr().out
     assert "data: image folder shapes with 3 classes (" in out, out
+
+
+def test_a_regression_table_says_its_target_is_1_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # was "target price: 1 value(s)"
+    rng = np.random.default_rng(0)
+    rows = "\n".join(f"{a:.3f},{b:.3f},{3 * a - b + 0.1 * rng.normal():.4f}" for a, b in rng.normal(size=(60, 2)))
+    (tmp_path / "houses.csv").write_text("size,age,price\n" + rows + "\n")
+    assert main(["train", "--data", str(tmp_path / "houses.csv"), "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--progress", "none", "--set", "plots=false"]) == 0
+    assert "data: houses.csv with 2 input values per row; target price: 1 value\n" in capsys.readouterr().out

@@ -175,7 +175,7 @@ def _table_facts(data: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
         data["target"] = splits.target
     targets = splits.train.tensors[1]
     outputs = len(splits.class_names) if splits.class_names else int(targets.reshape(len(targets), -1).shape[1])
-    described = f"{len(splits.class_names)} classes" if splits.class_names else f"{outputs} value(s)"
+    described = f"{len(splits.class_names)} classes" if splits.class_names else f"{outputs} value{'s' * (outputs != 1)}"
     shape = splits.input_shape
     plural = "s" if shape[0] != 1 else ""
     inputs = f"{shape[0]} input value{plural} per row" if len(shape) == 1 else f"inputs of shape {shape}"
