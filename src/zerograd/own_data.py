@@ -196,8 +196,8 @@ def _image_facts(data: dict[str, Any]) -> dict[str, Any]:
     parts = stratified_split(labels, test_split, data.get("val_split", 0.0), data["seed"])
     shown = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
     held = f"{len(parts['train'])} to train, {len(parts['val'])} to validate, {len(parts['test'])} to test"
-    notes = [f"data: image folder {root.name} with {len(class_names)} classes ({shown}); task: classification (one "
-             f"folder per class); {held} (seed {data['seed']}, stratified by class)"]
+    notes = [f"data: image folder {root.name or root} with {len(class_names)} classes ({shown}); task: "
+             f"classification (one folder per class); {held} (seed {data['seed']}, stratified by class)"]
     return {"task": "classification", "input_shape": [channels, height, width], "outputs": len(class_names),
             "rows": len(parts["train"]), "notes": notes}
 
