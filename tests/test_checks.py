@@ -186,6 +186,9 @@ def test_a_batch_larger_than_the_data_set_is_an_error() -> None:
     message = fails("batch_size 16 is larger than the training set", mlp(8, 3),
                     (torch.randn(10, 8), torch.zeros(10, dtype=torch.long)))
     assert "batch_size 10 or less" in message
+    message = fails("batch_size 16 is larger than the training set", mlp(8, 3),
+                    (torch.randn(1, 8), torch.zeros(1, dtype=torch.long)))
+    assert "the training set (1 sample)," in message  # was "(1 samples)"
 
 
 def test_a_dataset_that_fails_to_read_names_the_sample() -> None:

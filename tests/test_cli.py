@@ -104,6 +104,12 @@ def test_train_prints_the_learned_line(capsys: pytest.CaptureFixture[str], tmp_p
     assert "epoch 1/" not in out  # --quiet: the summary only
 
 
+def test_train_of_one_epoch_says_1_epoch(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run_cli(capsys, "train", "linear-regression", "--epochs", "1", "--out", str(tmp_path / "r"),
+                           "--quiet")
+    assert code == 0 and "linear-regression: 1 epoch in " in out, out  # was "1 epochs in"
+
+
 def test_train_shows_progress_and_final_test_accuracy(capsys: pytest.CaptureFixture[str], tiny_mnist: Path,
                                                       tmp_path: Path) -> None:
     code, out, err = run_cli(capsys, "train", "mnist-mlp", "--out", str(tmp_path / "run"), "--epochs", "2",

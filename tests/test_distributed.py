@@ -183,6 +183,15 @@ def test_cli_checks_the_global_batch_before_starting_workers(capsys: pytest.Capt
     assert err.count("\n") == 1 and "batch_size 3 is the global batch and must divide evenly over 2 processes" in err
 
 
+def test_cli_checks_the_data_options_before_starting_workers(capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # was one error per worker plus torchrun's own log line, after both workers had started
+    monkeypatch.setattr(launch, "launch", lambda *args: pytest.fail("the workers were started"))
+    assert cli.main(["train", "sinc-surface", "--nproc", "2", "--set", "data.nn=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'dataset sinc has no option "nn" (did you mean "n"?)' in err, err
+
+
 def test_cli_rejects_multi_node_without_an_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["train", "sinc-surface", "--nproc", "2", "--nnodes", "2"]) == 2
     assert "--rdzv-endpoint" in capsys.readouterr().err

@@ -248,12 +248,20 @@ def test_a_folder_of_digit_pngs_trains_and_recognises_drawn_digits(tmp_path: Pat
     assert [json.loads(line)["label"] for line in capsys.readouterr().out.strip().splitlines()] == ["0", "1", "7"]
 
 
-def test_decoding_many_images_writes_nothing_to_a_piped_stderr(shapes_maker, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """The decoding bar is for a terminal: piped (or in each process of `zerograd cv --jobs 2`) it left
-    an empty line on stderr."""
-    from zerograd.data.image_decode import ImageSpec, decode_all
+def test_an_image_folder_is_named_as_the_user_gave_it_like_a_table(shapes_folder: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # was the resolved absolute path ("data: image folder /tmp/.../shapes"), where a table says "data: iris.csv"
+    assert main(["train", "--data", str(shapes_folder), "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--progress", "none", "--set", "plots=false"]) == 0
+    out = capsys.readouterr().out
+    assert "data: image folder shapes with 3 classes (" in out, out
 
-    files = sorted(shapes_maker(tmp_path / "many", per_class=34, size=8).glob("*/*.png"))
-    assert decode_all(files, ImageSpec(size=(8, 8))).shape == (102, 3, 8, 8)
-    assert capsys.readouterr().err == ""
+
+def test_a_regression_table_says_its_target_is_1_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # was "target price: 1 value(s)"
+    rng = np.random.default_rng(0)
+    rows = "\n".join(f"{a:.3f},{b:.3f},{3 * a - b + 0.1 * rng.normal():.4f}" for a, b in rng.normal(size=(60, 2)))
+    (tmp_path / "houses.csv").write_text("size,age,price\n" + rows + "\n")
+    assert main(["train", "--data", str(tmp_path / "houses.csv"), "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--progress", "none", "--set", "plots=false"]) == 0
+    assert "data: houses.csv with 2 input values per row; target price: 1 value\n" in capsys.readouterr().out

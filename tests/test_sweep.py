@@ -133,6 +133,14 @@ def test_grid_sweep_picks_the_known_best_lr_and_writes_a_self_describing_dir(tmp
     assert capsys.readouterr().out == ""  # quiet
 
 
+def test_a_sweep_over_epochs_has_one_epochs_column_and_one_epochs_done_column(tmp_path):
+    # both were headed "epochs": the swept key and the epochs each configuration trained
+    out = tmp_path / "sweep"
+    sweep(write_yaml(tmp_path / "line.yaml", LINE), grid={"epochs": [2, 3]}, out=out, quiet=True)
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert header.count("| epochs |") == 1 and "| epochs done |" in header, header
+
+
 def test_best_yaml_is_ready_to_train_and_reproduces_the_best_run(tmp_path, capsys):
     out = tmp_path / "sweep"
     result = sweep(write_yaml(tmp_path / "line.yaml", LINE), grid={"lr": [0.0001, 0.01], "batch_size": [1, 3]},

@@ -20,7 +20,7 @@ from torch import nn
 
 from zerograd import config as configs
 from zerograd import distributed, own_data, ownership, runs, signals
-from zerograd.accelerator import Accelerator
+from zerograd.accelerator import Accelerator, resolve_device
 from zerograd.cadence import Every
 from zerograd.callbacks.base import Callback
 from zerograd.callbacks.checkpointing import Checkpointer, ResumeFrom, settings_from
@@ -324,7 +324,10 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", trust_code: bool 
     model, config = load_run(run_dir, trust_code=trust_code)
     data = build_data(data_spec(config))
     prefix, eval_data = ("test_", data.test) if data.test is not None else ("train_", data.train)
+    precision = config.get("precision", "fp32")  # as the run evaluated itself, so the figures are its own
+    if precision == "fp16" and resolve_device(device).type != "cuda":
+        precision = "fp32"  # a GPU run looked at on a CPU: fp16 autocast needs CUDA
     results = evaluate(model, eval_data, loss=config["loss"], metrics=config.get("metrics"),
-                       batch_size=config.get("eval_batch_size", 1000), device=device,
+                       batch_size=config.get("eval_batch_size", 1000), device=device, precision=precision,
                        tta=tta_spec(tta, config.get("tta")), augmentation=augmentation_of(data.train))
     return {prefix + key: value for key, value in results.items()}

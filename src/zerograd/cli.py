@@ -260,6 +260,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def launch_workers(job: LaunchOptions, args: argparse.Namespace) -> int:
     """Check the config once here (a typo fails before any worker starts), then run torchrun."""
     from zerograd import distributed, launch, own_data, runs
+    from zerograd.experiment import check_data_spec
     from zerograd.models import check_trusted
 
     resuming = getattr(args, "run_dir", None) or getattr(args, "resume", None)
@@ -268,6 +269,7 @@ def launch_workers(job: LaunchOptions, args: argparse.Namespace) -> int:
         check_trusted(config["model"], trust_code=args.trust_code, origin=Path(resuming) / runs.CONFIG)
     else:
         config, _ = own_data.resolve_config(train_source(args), training_overrides(args))
+        check_data_spec(config["data"])  # a data option's typo: one line here, not one per worker
     if job.fixed_world_size is not None:
         distributed.check_global_batch(config["batch_size"], job.fixed_world_size)
     argv = args.argv
@@ -283,7 +285,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     final = summary["final"]
     figures = "  ".join(f"{k} {v:.4f}" for k, v in final.items()
                         if isinstance(v, float) and k not in ("weight", "bias"))
-    console.print(f"[bold]{plain(summary['recipe'])}[/]: {summary['epochs_completed']} epochs in "
+    epochs = summary["epochs_completed"]
+    console.print(f"[bold]{plain(summary['recipe'])}[/]: {epochs} epoch{'' if epochs == 1 else 's'} in "
                   f"{summary['train_seconds']:.1f} s  "
                   f"{plain(figures)}", soft_wrap=True)
     if "weight" in summary:
@@ -359,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from zerograd.console import make_console, plain
+    from zerograd.console import make_console, plain, print_whole
     from zerograd.reporting.compare import compare_runs, comparison_table, default_plot_path, plot_comparison
 
     rows = compare_runs(args.run_dirs, metric=args.metric)
@@ -368,7 +371,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": [r.to_dict() for r in rows], "plot": str(plot)}, indent=2))
         return 0
     console = make_console()
-    console.print(comparison_table(rows))
+    print_whole(console, comparison_table(rows))
     console.print(f"overlay plot: {plain(plot)}", soft_wrap=True)
     return 0
 

@@ -11,7 +11,7 @@ into rich markup, so "runs/exp[lr=0.1]" is printed as it is and not read as a st
 """
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 
 UNLIMITED_WIDTH = 100_000  # wide enough for any table row; rich pads nothing to this width
@@ -29,3 +29,14 @@ def make_console(*, stderr: bool = False) -> Console:
 def plain(text: object) -> str:
     """`text` escaped for rich markup: shown as it is."""
     return escape(str(text))
+
+
+def print_whole(console: Console, table: RenderableType) -> None:
+    """Print `table` with whole cells. In a terminal narrower than the table, rich would squeeze
+    every column to a letter or two (a config key read down a column, one letter a line); there
+    the table is printed as into a pipe instead, each row one line that the terminal wraps."""
+    natural = console.measure(table, options=console.options.update_width(UNLIMITED_WIDTH)).maximum
+    if console.is_terminal and not console.is_jupyter and natural > console.width:
+        console = Console(highlight=False, file=console.file, force_terminal=True, width=UNLIMITED_WIDTH,
+                          soft_wrap=True)
+    console.print(table)

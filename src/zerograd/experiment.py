@@ -130,6 +130,13 @@ DATA_SOURCES: dict[str, Callable[..., DataBundle]] = {
 def build_data(spec: dict[str, Any]) -> DataBundle:
     """The data named by a config's `data:` section, e.g. `{dataset: mnist, normalize: true}`, or your
     own files: `{train: file.csv, target: column}` (a table), `{images: DIR}` (an image folder)."""
+    name, options = check_data_spec(spec)
+    return DATA_SOURCES[name](**options)
+
+
+def check_data_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The data source a `data:` section names and its options, checked without reading any data
+    (an unknown dataset or option is one line here, before `--nproc` starts its workers)."""
     if isinstance(spec, dict) and "dataset" not in spec:
         spec = {"dataset": own_data_kind(spec), **spec}
     if not isinstance(spec, dict) or "dataset" not in spec:
@@ -144,7 +151,7 @@ def build_data(spec: dict[str, Any]) -> DataBundle:
         raise ConfigError(f'unknown dataset "{name}"{did_you_mean(str(name), DATA_SOURCES)}; choose from '
                           f'{", ".join(DATA_SOURCES)}')
     check_kwargs(f"dataset {name}", DATA_SOURCES[name], options)
-    return DATA_SOURCES[name](**options)
+    return name, options
 
 
 @dataclass

@@ -183,7 +183,7 @@ def _table_facts(data: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
         data["target"] = splits.target
     targets = splits.train.tensors[1]
     outputs = len(splits.class_names) if splits.class_names else int(targets.reshape(len(targets), -1).shape[1])
-    described = f"{len(splits.class_names)} classes" if splits.class_names else f"{outputs} value(s)"
+    described = f"{len(splits.class_names)} classes" if splits.class_names else f"{outputs} value{'s' * (outputs != 1)}"
     shape = splits.input_shape
     plural = "s" if shape[0] != 1 else ""
     inputs = f"{shape[0]} input value{plural} per row" if len(shape) == 1 else f"inputs of shape {shape}"
@@ -204,8 +204,8 @@ def _image_facts(data: dict[str, Any]) -> dict[str, Any]:
     parts = stratified_split(labels, test_split, data.get("val_split", 0.0), data["seed"])
     shown = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
     held = f"{len(parts['train'])} to train, {len(parts['val'])} to validate, {len(parts['test'])} to test"
-    notes = [f"data: image folder {root} with {len(class_names)} classes ({shown}); task: classification (one "
-             f"folder per class); {held} (seed {data['seed']}, stratified by class)"]
+    notes = [f"data: image folder {root.name or root} with {len(class_names)} classes ({shown}); task: "
+             f"classification (one folder per class); {held} (seed {data['seed']}, stratified by class)"]
     return {"task": "classification", "input_shape": [channels, height, width], "outputs": len(class_names),
             "rows": len(parts["train"]), "notes": notes}
 

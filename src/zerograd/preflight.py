@@ -78,8 +78,9 @@ def check_sizes(source: BatchSource) -> None:
         raise DataError("the training set is empty: it has no samples to train on (check the data path or filter)")
     if batch_size is not None and batch_size > n:
         raise DataError(
-            f"batch_size {batch_size} is larger than the training set ({n} samples), so every epoch would be a "
-            f"single step on all of it; use batch_size {n} or less (batch_size: {n} trains on the full set each step)"
+            f"batch_size {batch_size} is larger than the training set ({n} sample{'' if n == 1 else 's'}), so every "
+            f"epoch would be a single step on all of it; use batch_size {n} or less (batch_size: {n} trains on the "
+            "full set each step)"
         )
 
 

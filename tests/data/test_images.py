@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zerograd.data.image_decode import ImageSpec
+from zerograd.data.image_decode import ImageSpec, decode_all
 from zerograd.data.images import (
     Augment,
     BatchTransform,
@@ -295,3 +295,15 @@ def test_channel_stats_are_the_exact_mean_and_std_of_each_channel() -> None:
     np.testing.assert_allclose(mean, reference.mean(axis=1), rtol=1e-12)
     np.testing.assert_allclose(std[:2], reference.std(axis=1)[:2], rtol=1e-9)
     assert std[2] == 1.0
+
+
+def test_decoding_many_images_into_a_pipe_writes_nothing_to_stderr(tmp_path: Path, capsys) -> None:
+    # the transient "decoding images" bar left an empty line on a stderr that is not a terminal
+    files = []
+    for index in range(100):
+        path = tmp_path / f"{index:03d}.png"
+        Image.new("RGB", (4, 4), (index, 0, 0)).save(path)
+        files.append(path)
+    pixels = decode_all(files, ImageSpec((4, 4), "rgb", "stretch"))
+    assert pixels.shape == (100, 3, 4, 4)
+    assert capsys.readouterr().err == ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,18 @@ def test_compare_command_prints_the_table_and_writes_the_overlay(line_runs: list
     assert f"overlay plot: {out}" in printed
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+def test_compare_in_a_terminal_narrower_than_the_table_keeps_every_cell_whole(line_runs: list[Path], tmp_path: Path,
+                                                                             capsys, monkeypatch) -> None:
+    # rich squeezed each column to a letter or two in an 80-column terminal: headers read down, one letter a line
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich takes stdout for a terminal, COLUMNS wide
+    monkeypatch.setenv("COLUMNS", "40")
+    assert main(["compare", *map(str, line_runs), "--out", str(tmp_path / "c.png")]) == 0
+    printed = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out)
+    header = next(line for line in printed.splitlines() if " run " in line)
+    assert all(name in header for name in ("train_loss", "epochs done", " lr ")), printed
+    assert all(any(name in line for line in printed.splitlines()) for name in ("line-lr0.001", "line-lr0.02")), printed
 
 
 def test_compare_a_folder_of_runs_as_json_with_the_default_plot_path(line_runs: list[Path], capsys) -> None:

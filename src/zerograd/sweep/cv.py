@@ -33,7 +33,7 @@ from rich.table import Table
 
 from zerograd import config as configs
 from zerograd import runs
-from zerograd.console import make_console, plain
+from zerograd.console import make_console, plain, print_whole
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
 from zerograd.files import write_atomic, writing
 from zerograd.ownership import LOCK_FILE, DirectoryLock
@@ -130,8 +130,8 @@ def cross_validate(
         _claim(cv_dir, spec)
         console = make_console()
         if not quiet:
-            console.print(f"[bold]{plain(spec['command'])}[/]: {folds} folds, {jobs} at a time ({threads} threads "
-                          f"each) -> {plain(cv_dir)}")
+            console.print(f"[bold]{plain(spec['command'])}[/]: {folds} folds, {jobs} at a time ({threads} thread"
+                          f"{'' if threads == 1 else 's'} each) -> {plain(cv_dir)}")
         results = _train(plan, jobs, threads, console if not quiet else None)
         try:
             result = _summarise(cv_dir, spec, results, metric_name)
@@ -298,7 +298,7 @@ def cv_markdown(result: CVResult) -> str:
 
 def print_cv(result: CVResult, console: Console | None = None) -> None:
     console = console or make_console()
-    console.print(cv_table(result))
+    print_whole(console, cv_table(result))
     if result.mean is not None:
         console.print(plain(f"cross-validated {result.metric}: {result.mean:.4g} ± {result.std:.2g} over "
                             f"{len(result.summary[result.metric]['values'])} folds"))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zerograd import config as configs
-from zerograd.console import make_console, plain
+from zerograd.console import make_console, plain, print_whole
 from zerograd.files import write_atomic
 from zerograd.reporting.inline import inline_html
 from zerograd.reporting.sweep_section import (
@@ -108,7 +108,7 @@ def results_table(result: SweepResult, limit: int | None = None) -> Table:
         table.add_column(plain(key), justify="right")
     table.add_column(plain(result.metric) + (" mean ± std" if any(len(r.values) > 1 for r in result.configs) else ""),
                      justify="right")
-    for name in ("runs", "epochs", "time s", "notes"):
+    for name in ("runs", "epochs done", "time s", "notes"):
         table.add_column(name, justify="right" if name != "notes" else "left")
     for rank, row in enumerate(result.configs[:limit], start=1):
         table.add_row(*map(plain, config_row_cells(rank, row, result.keys)),
@@ -117,7 +117,7 @@ def results_table(result: SweepResult, limit: int | None = None) -> Table:
 
 
 def results_markdown(result: SweepResult) -> str:
-    header = ["#", *result.keys, f"{result.metric} (mean ± std)", "runs", "epochs", "time s", "notes"]
+    header = ["#", *result.keys, f"{result.metric} (mean ± std)", "runs", "epochs done", "time s", "notes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, row in enumerate(result.configs, start=1):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in config_row_cells(rank, row, result.keys)) + " |")
@@ -127,7 +127,7 @@ def results_markdown(result: SweepResult) -> str:
 def print_result(result: SweepResult, console: Console | None = None) -> None:
     """The ranked table, the best configuration and where the files are."""
     console = console or make_console()
-    console.print(results_table(result))
+    print_whole(console, results_table(result))
     best = result.best
     if best is None:
         console.print("[red]no run finished with a value for the metric[/]")

@@ -115,7 +115,8 @@ def sweep(
         if not quiet:
             console.print(f"[bold]{plain(spec['command'])}[/]: {plan.total} runs{f' ({cv} folds each)' if cv else ''}, "
                           f"{jobs} at a time "
-                          f"({threads} threads each), ranked by {plain(metric_name)} -> {plain(sweep_dir)}")
+                          f"({threads} thread{'' if threads == 1 else 's'} each), ranked by {plain(metric_name)} -> "
+                          f"{plain(sweep_dir)}")
 
         results = _run_plan(plan, jobs, threads, metric_name, console if not quiet else None)
         try:
