@@ -103,6 +103,9 @@ def test_missing_and_broken_files_are_config_errors(tmp_path: Path) -> None:
         configs.resolve(write(tmp_path / "bad.yaml", "lr: [0.1\n"))
     with pytest.raises(ConfigError, match="must hold a mapping"):
         configs.resolve(write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+    for text in ("", "# only a comment\n"):  # was "must hold a mapping ..., got NoneType"
+        with pytest.raises(ConfigError, match=r"empty\.yaml is empty; give it keys such as `extends: mnist-mlp`"):
+            configs.resolve(write(tmp_path / "empty.yaml", text))
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -34,6 +34,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as error:
         raise ConfigError(yaml_problem(f"config file {path}", error)) from None
+    if data is None:  # an empty file, or comments only
+        raise ConfigError(f"config file {path} is empty; give it keys such as `extends: mnist-mlp` or `data:` and "
+                          "`model:` (see the recipes in `zerograd recipes`)")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
     return data
