@@ -10,11 +10,10 @@ with `ZEROGRAD_LAUNCHED`; a marked process refuses to launch, so a launcher neve
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 
 from zerograd.distributed import LAUNCHED_MARK, WorkerEnv, reads_as_peer_failure
 from zerograd.errors import ConfigError
-from zerograd.performance import CPU_SHARE, THREAD_ENV_VARS, usable_cores
+from zerograd.performance import CPU_SHARE, THREAD_ENV_VARS, environment, usable_cores
 
 _INTERRUPTED = "TrainingInterrupted: "  # how a worker's error file names a graceful stop
 _NO_REPORT = "it wrote no error report (see its output above)"
@@ -136,7 +135,7 @@ def launch(options: LaunchOptions, argv: Sequence[str]) -> int:
     # Set after parsing: torchrun's own parser would take worker flags such as --nproc for its own.
     torchrun.training_script_args = list(argv)
     try:
-        with _environment(worker_environment(options.nproc)):  # the workers inherit it
+        with environment(worker_environment(options.nproc)):  # the workers inherit it
             run(torchrun)
     except ChildFailedError as error:
         failed_rank, failure = root_failure(error)
@@ -197,21 +196,6 @@ def worker_environment(nproc: int, environ: Mapping[str, str] = os.environ) -> d
         if nproc > 1:
             values["OMP_NUM_THREADS"] = str(share)
     return values
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """`values` in os.environ for the block (the launcher's own environment is left as it was)."""
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def root_failure(error: Any) -> tuple[int, Any]:

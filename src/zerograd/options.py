@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,16 +141,21 @@ def check_on_nan(value: str) -> None:
                           f'{value!r}')
 
 
+def check_option_keys(section: str, options: Mapping[str, Any], valid: Sequence[str]) -> None:
+    """A section's keys (`early_stopping:`, `ema:`, ...) are among `valid`; else one line with a "did you mean"."""
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f'{section} has no option "{key}"{did_you_mean(str(key), valid)}; valid: '
+                              f'{", ".join(valid)}')
+
+
 def early_stopping_options(spec: dict[str, Any] | bool | None) -> dict[str, Any] | None:
     """The keyword arguments of `EarlyStopping` that an `early_stopping:` value asks for, checked
     (None: no early stopping; true: the defaults)."""
     if not spec:
         return None
     options = {} if spec is True else dict(spec)
-    for key in options:
-        if key not in EARLY_STOPPING_KEYS:
-            raise ConfigError(f'early_stopping has no option "{key}"{did_you_mean(key, EARLY_STOPPING_KEYS)}; '
-                              f'valid: {", ".join(EARLY_STOPPING_KEYS)}')
+    check_option_keys("early_stopping", options, EARLY_STOPPING_KEYS)
     check_early_stopping(options.get("monitor", ""), options.get("mode", "auto"), options.get("patience", 0))
     return options
 
@@ -205,10 +210,7 @@ def check_fine_tuning(opts: FitOptions, given: Collection[str] = ()) -> None:
 
 def fine_tune_options(spec: dict[str, Any]) -> dict[str, int]:
     """`fine_tune: {frozen_epochs, epochs}` checked: whole numbers, frozen_epochs >= 1, epochs >= 1."""
-    unknown = [key for key in spec if key not in FINE_TUNE_KEYS]
-    if unknown:
-        raise ConfigError(f'fine_tune has no option "{unknown[0]}"{did_you_mean(str(unknown[0]), FINE_TUNE_KEYS)}; '
-                          f'valid: {", ".join(FINE_TUNE_KEYS)}')
+    check_option_keys("fine_tune", spec, FINE_TUNE_KEYS)
     plan = {"frozen_epochs": spec.get("frozen_epochs", 1), "epochs": spec.get("epochs")}
     if plan["epochs"] is None:
         raise ConfigError("fine_tune needs epochs, the epochs that train everything after the frozen ones (e.g. "
@@ -225,10 +227,7 @@ def ema_options(spec: dict[str, Any] | bool | float | None) -> dict[str, Any] | 
     if spec is None or spec is False:
         return None
     options = {} if spec is True else {"decay": spec} if isinstance(spec, (int, float)) else dict(spec)
-    for key in options:
-        if key not in EMA_KEYS:
-            raise ConfigError(f'ema has no option "{key}"{did_you_mean(str(key), EMA_KEYS)}; valid: '
-                              f'{", ".join(EMA_KEYS)}')
+    check_option_keys("ema", options, EMA_KEYS)
     decay, warmup = options.get("decay", DEFAULT_EMA_DECAY), options.get("warmup", True)
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
         raise ConfigError(f"ema decay must be a number in (0, 1), e.g. 0.999, got {decay!r}")
@@ -243,10 +242,7 @@ def swa_options(spec: dict[str, Any] | bool | None, *, epochs: int, lr: float) -
     if spec is None or spec is False:
         return None
     options = {} if spec is True else dict(spec)
-    for key in options:
-        if key not in SWA_KEYS:
-            raise ConfigError(f'swa has no option "{key}"{did_you_mean(str(key), SWA_KEYS)}; valid: '
-                              f'{", ".join(SWA_KEYS)}')
+    check_option_keys("swa", options, SWA_KEYS)
     start = options.get("start_epoch", max(1, math.ceil(0.75 * epochs)))
     swa_lr, anneal = options.get("lr", lr), options.get("anneal_epochs", 1)
     if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= epochs:

@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +154,19 @@ def _cpu_times(cores: list[int] | None) -> list[tuple[int, int]] | None:
         values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
         times.append((values[3] + values[4], sum(values)))
     return times or None
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the block, as the child processes started in it (torchrun's
+    workers, a sweep's trials) should see them; this process's environment is put back after."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

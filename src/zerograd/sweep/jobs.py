@@ -28,6 +28,7 @@ from zerograd.defaults import MEDIAN_STOP_MIN_RUNS
 from zerograd.errors import ConfigError, TrainingError, ZerogradError, did_you_mean, one_line_warnings
 from zerograd.losses import task_of
 from zerograd.metrics import DEFAULT_METRICS
+from zerograd.performance import THREAD_ENV_VARS, environment
 from zerograd.reporting.compare import higher_is_better
 from zerograd.reporting.sweep_section import value_text
 from zerograd.state import LoopState
@@ -347,7 +348,7 @@ def worker_pool(jobs: int, threads: int) -> Iterator[Executor]:
         yield InlineExecutor()
         return
     # The workers inherit the environment when they start; OpenMP reads it once, at import.
-    with _environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)):
+    with environment({name: str(threads) for name in THREAD_ENV_VARS}):
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_start)
         try:
@@ -359,20 +360,6 @@ def worker_pool(jobs: int, threads: int) -> Iterator[Executor]:
 def _worker_start() -> None:
     """A worker's warnings read as the main process's do: one line each (see `one_line_warnings`)."""
     warnings.showwarning = one_line_warnings(warnings.showwarning)
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    before = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def available_cores() -> int:
