@@ -152,6 +152,46 @@ class _LeanStep:
 
 
 class _LeanAdam(_LeanStep):
+    # Adam counts steps per parameter (state["step"], a 0-dim tensor each); `_foreach_add_` on CPU
+    # adds to them one by one, ~13 us for the tutorial MLP's 8 counters against ~3 us for one add
+    # (docs/performance.md, section 7). So the counters of a param group are made views of one
+    # buffer, and one add counts them all: the same values, the same state layout (`state_dict`
+    # hands out copies, so a checkpoint never sees the shared storage). Counters replaced from
+    # outside (`load_state_dict`) are shared again at the next step.
+    _shared_steps: dict[int, tuple[Tensor, list[Tensor]]]
+
+    def _count_step(self, index: int, params: list[Tensor], steps: list[Tensor]) -> list[Tensor]:
+        """Add 1 to the counters of `params` (whose counters are `steps`, of the group with id `index`);
+        the counters as they are now."""
+        # (torch's Optimizer.__getstate__ leaves this out of pickles and deep copies: a copy shares again)
+        shared = self.__dict__.setdefault("_shared_steps", {}).get(index)
+        if shared is None or len(shared[1]) != len(steps) or any(a is not b for a, b in zip(shared[1], steps)):
+            shared = self._share_steps(index, params, steps)
+        if shared is None:
+            torch._foreach_add_(steps, 1)
+            return steps
+        shared[0].add_(1)
+        return shared[1]
+
+    def _share_steps(self, index: int, params: list[Tensor], steps: list[Tensor]) -> tuple | None:
+        first = steps[0]
+        if any(s.dim() or s.dtype != first.dtype or s.device != first.device or s.requires_grad for s in steps):
+            self._shared_steps.pop(index, None)
+            return None
+        buffer = torch.stack(steps)  # a copy of the counts as they are: no value changes
+        views = list(buffer.unbind())
+        for p, view in zip(params, views):
+            self.state[p]["step"] = view  # type: ignore[attr-defined]
+        self._shared_steps[index] = (buffer, views)
+        return buffer, views
+
+    def state_dict(self) -> dict[str, Any]:
+        state_dict = super().state_dict()
+        # each counter its own tensor again, as torch's optimizer has them (safetensors refuses shared storage)
+        state_dict["state"] = {key: {**value, "step": value["step"].clone()} if isinstance(value.get("step"), Tensor)
+                               else value for key, value in state_dict["state"].items()}
+        return state_dict
+
     def _fused_calls(self) -> list[tuple] | None:
         """Per param group: the lists one fused call takes, or None where torch's step must run."""
         groups = self._groups_with_grads("amsgrad", "maximize", "capturable", "differentiable")
@@ -170,7 +210,7 @@ class _LeanAdam(_LeanStep):
         for group, params, grads, exp_avgs, exp_avg_sqs, steps in calls:
             beta1, beta2 = (float(b) for b in group["betas"])
             kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
-            torch._foreach_add_(steps, 1)
+            steps = self._count_step(id(group), params, steps)
             kernel(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
                    beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                    grad_scale=None, found_inf=None)
