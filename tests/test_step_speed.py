@@ -101,3 +101,28 @@ def test_shared_step_counters_follow_groups_that_skip_steps_and_counters_replace
     step(True)
     assert [float(optimizer.state[p]["step"]) for p in second.parameters()] == [41.0, 7.0]
     assert [float(optimizer.state[p]["step"]) for p in first.parameters()] == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("make", [lambda p: fused.Adam(p, lr=0.01, fused=True),
+                                  lambda p: fused.SGD(p, lr=0.01, momentum=0.9, fused=True)])
+def test_the_lean_step_turns_grad_mode_off_for_the_update_and_puts_it_back(make, monkeypatch) -> None:
+    model = _model()
+    optimizer = make(model.parameters())
+    _train(model, optimizer, _batches(2))  # past torch's first step: the short path from here on
+    seen: list[bool] = []
+    run = type(optimizer)._run
+    monkeypatch.setattr(type(optimizer), "_run", lambda self, calls: (seen.append(torch.is_grad_enabled()),
+                                                                      run(self, calls)))
+    _train(model, optimizer, _batches(1))
+    assert seen == [False] and torch.is_grad_enabled()
+    with torch.no_grad():
+        optimizer.step()
+        assert not torch.is_grad_enabled()
+
+    def failing(self, calls) -> None:
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(type(optimizer), "_run", failing)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        optimizer.step()
+    assert torch.is_grad_enabled()

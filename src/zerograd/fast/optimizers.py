@@ -103,8 +103,14 @@ class _LeanStep:
                 with torch.no_grad():  # what torch's wrapper does, minus the dynamo graph breaks it imports dynamo for
                     return plain(self, closure)
             return torch_step(self, closure)
-        with torch.no_grad():  # as in torch's step: the update is no part of any graph
+        # as in torch's step, the update is no part of any graph: grad mode off (set directly, not through a
+        # `no_grad()` object: ~0.3 instead of ~1.6 us, and this runs every step)
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
             self._run(calls)
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
         return None
 
     _hooked_step = torch.optim.Optimizer.profile_hook_step(lambda self, closure=None: self._step(closure))
@@ -208,11 +214,11 @@ class _LeanAdam(_LeanStep):
 
     def _run(self, calls: list[tuple]) -> None:
         for group, params, grads, exp_avgs, exp_avg_sqs, steps in calls:
-            beta1, beta2 = (float(b) for b in group["betas"])
+            beta1, beta2 = group["betas"]
             kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
             steps = self._count_step(id(group), params, steps)
-            kernel(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
-                   beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+            kernel(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=float(beta1),
+                   beta2=float(beta2), weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                    grad_scale=None, found_inf=None)
 
 
