@@ -181,7 +181,9 @@ class _LeanAdam(_LeanStep):
 
     def _share_steps(self, index: int, params: list[Tensor], steps: list[Tensor]) -> tuple | None:
         first = steps[0]
-        if any(s.dim() or s.dtype != first.dtype or s.device != first.device or s.requires_grad for s in steps):
+        # CPU only: on a GPU `_foreach_add_` is already one kernel launch (and this path has not run on one)
+        if first.device.type != "cpu" or any(s.dim() or s.dtype != first.dtype or s.device != first.device
+                                             or s.requires_grad for s in steps):
             self._shared_steps.pop(index, None)
             return None
         buffer = torch.stack(steps)  # a copy of the counts as they are: no value changes
