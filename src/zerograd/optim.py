@@ -116,9 +116,11 @@ SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, spec: dict[str, Any] | str | None, *, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer, spec: dict[str, Any] | str | None, *, steps_per_epoch: int, epochs: int,
+    max_steps: int | None = None,
 ) -> Schedule | None:
-    """The schedule named by `spec`, sized to the run (`steps_per_epoch` optimizer steps per epoch).
+    """The schedule named by `spec`, sized to the run (`steps_per_epoch` optimizer steps per epoch,
+    at most `max_steps` in all).
 
     step, exponential: every epoch, lr x gamma (every `step_size` epochs for step).
     cosine: per step, from lr down to min_lr over the run.  onecycle: per step, up from
@@ -140,7 +142,8 @@ def build_schedule(
             raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: '
                               f'{", ".join(valid)}')
     try:
-        return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, steps_per_epoch * epochs))
+        total = steps_per_epoch * epochs if max_steps is None else min(steps_per_epoch * epochs, max_steps)
+        return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, total))
     except (TypeError, ValueError, ZeroDivisionError) as error:
         raise ConfigError(f"bad options for schedule {name}: {error}") from None
 
