@@ -168,7 +168,7 @@ def _onecycle(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: 
     if isinstance(pct_start, (int, float)) and pct_start * total <= 1:
         raise ValueError(f"the warm-up part (pct_start {pct_start} of {total} optimizer steps) must span more than one "
                          "step; "
-                         "train more epochs, use a smaller batch or a larger pct_start")
+                         "train more epochs (or a larger max_steps), use a smaller batch or a larger pct_start")
     scheduler = lr_scheduler.OneCycleLR(
         optimizer,
         # per param group (lr_groups, lr_decay): each group's peak keeps its ratio to the run's lr
