@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from zerograd import config as configs
-from zerograd.callbacks import Callback
+from zerograd.callbacks import Callback, Checkpointer, ResumeFrom
 from zerograd.cli import main
 from zerograd.engine import run_fit
 from zerograd.errors import ConfigError
@@ -104,3 +104,10 @@ def test_max_steps_is_a_config_and_set_key_and_a_bad_one_is_one_line(tmp_path: P
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--set", "max_steps=0", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "max_steps must be > 0" in err[0]
+
+
+def test_a_checkpoint_is_not_resumed_with_another_max_steps(tmp_path: Path):
+    """max_steps sizes the schedule and ends the run: changing it is changing the computation."""
+    run_fit(mlp(), toy_data(), max_steps=9, callbacks=[Checkpointer(tmp_path, every=2)], **OPTIONS)
+    with pytest.raises(ConfigError, match="max_steps 9 -> 12"):
+        run_fit(mlp(), toy_data(), max_steps=12, callbacks=[ResumeFrom(tmp_path)], **OPTIONS)
