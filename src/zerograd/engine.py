@@ -141,7 +141,7 @@ class _Training:
         batches = len(self.source)
         self.schedule = with_swa(build_schedule(self.optimizer, opts.schedule,  # swa: SWALR from its start epoch
                                                 steps_per_epoch=math.ceil(batches / opts.accumulate),
-                                                epochs=opts.epochs), self.optimizer, opts)
+                                                epochs=opts.epochs, max_steps=opts.max_steps), self.optimizer, opts)
         train_loss = acc.prepare_loss(self.loss_fn)  # DDP: 0, not NaN, for a rank's empty share of a tiny tail batch
         self.unit_scale = target_unit_scale(given_train)  # a standardised regression target: errors in its units
         self.totals = EpochTotals(acc.device, self.metrics(), summed=is_summed(train_loss))
@@ -203,7 +203,7 @@ class _Training:
             self.profiler.mark_setup_done()
         for callback in callbacks:
             callback.on_fit_start(state)  # may restore a checkpoint: epoch, batch, weights
-        while state.epoch < opts.epochs and not state.stop_requested:
+        while state.epoch < opts.epochs and not state.stop_requested and not self.steps_done():
             self.freeze_for_epoch()
             for callback in callbacks:
                 callback.on_epoch_start(state)
@@ -230,6 +230,10 @@ class _Training:
         for callback in callbacks:
             callback.on_fit_end(state)
         return self._result()
+
+    def steps_done(self) -> bool:
+        """`max_steps`: the run's optimizer steps are all taken."""
+        return self.opts.max_steps is not None and self.state.global_step >= self.opts.max_steps
 
     def freeze_for_epoch(self) -> None:
         """freeze / unfreeze_after: which parameters train this epoch. Under DDP the model is
@@ -278,6 +282,8 @@ class _Training:
                 callback.on_batch_end(state)
             if state.stop_requested:
                 return {}
+            if self.steps_done():  # max_steps: this epoch ends here, and is evaluated like a whole one
+                break
 
         guard.check_epoch(state)
         state.batch = 0

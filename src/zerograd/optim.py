@@ -116,9 +116,11 @@ SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, spec: dict[str, Any] | str | None, *, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer, spec: dict[str, Any] | str | None, *, steps_per_epoch: int, epochs: int,
+    max_steps: int | None = None,
 ) -> Schedule | None:
-    """The schedule named by `spec`, sized to the run (`steps_per_epoch` optimizer steps per epoch).
+    """The schedule named by `spec`, sized to the run (`steps_per_epoch` optimizer steps per epoch,
+    at most `max_steps` in all).
 
     step, exponential: every epoch, lr x gamma (every `step_size` epochs for step).
     cosine: per step, from lr down to min_lr over the run.  onecycle: per step, up from
@@ -140,7 +142,8 @@ def build_schedule(
             raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: '
                               f'{", ".join(valid)}')
     try:
-        return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, steps_per_epoch * epochs))
+        total = steps_per_epoch * epochs if max_steps is None else min(steps_per_epoch * epochs, max_steps)
+        return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, total))
     except (TypeError, ValueError, ZeroDivisionError) as error:
         raise ConfigError(f"bad options for schedule {name}: {error}") from None
 
@@ -165,7 +168,7 @@ def _onecycle(optimizer: torch.optim.Optimizer, options: dict[str, Any], total: 
     if isinstance(pct_start, (int, float)) and pct_start * total <= 1:
         raise ValueError(f"the warm-up part (pct_start {pct_start} of {total} optimizer steps) must span more than one "
                          "step; "
-                         "train more epochs, use a smaller batch or a larger pct_start")
+                         "train more epochs (or a larger max_steps), use a smaller batch or a larger pct_start")
     scheduler = lr_scheduler.OneCycleLR(
         optimizer,
         # per param group (lr_groups, lr_decay): each group's peak keeps its ratio to the run's lr

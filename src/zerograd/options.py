@@ -40,6 +40,7 @@ class FitOptions:
     batch_size: int = 64
     eval_batch_size: int = 1000
     epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps in all (the epoch it ends in is cut short)
     metrics: list | None = None
     seed: int = 0
     shuffle: bool = True
@@ -91,6 +92,8 @@ class FitOptions:
             value = getattr(self, key)
             if value <= 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"max_steps must be > 0 (or null: every step of every epoch), got {self.max_steps}")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads must be > 0, got {self.threads}")
         if not 0.0 <= self.val_split < 1.0:
