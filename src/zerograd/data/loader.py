@@ -320,8 +320,7 @@ def _read_sample(dataset: Any, index: int) -> Any:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def fits_on_device(tensors: Sequence[torch.Tensor], device: torch.device, share: float = 0.5) -> bool:
@@ -363,8 +362,6 @@ def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
         y = y.long()  # class indices: NumPy's int32 (Windows' default) would fail in cross_entropy
     if x.dtype == torch.uint8:
         x = x.float()  # raw pixels: layers take floats (other integer inputs may be token ids: kept)
-    if len(x) != len(y):
-        raise DataError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input row")
     return x, y
 
 
@@ -391,7 +388,9 @@ def make_loader(
     `float_dtype` (the model's, float32): in-memory float64 tensors are converted to it, with a note."""
     if isinstance(data, (TensorLoader, TorchLoader, DataLoader)):
         return data
-    if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (image folders)
+    if isinstance(data, Subset) and callable(getattr(data.dataset, "take", None)):  # part of MNIST or an image folder
+        data = data.dataset.take(torch.as_tensor(data.indices, dtype=torch.long), training=training)
+    if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (MNIST, image folders)
         return data.make_loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                 training=training)
     tensors = in_memory_tensors(data)
@@ -471,6 +470,8 @@ def num_samples(loader: TensorLoader | TorchLoader | DataLoader) -> int | None:
 def input_batches(inputs: Any, batch_size: int) -> Iterator[torch.Tensor]:
     """The inputs of `inputs` (a tensor, an array, an (X, y) pair or a Dataset) in batches, for
     prediction. A Dataset's items may be (input, target) pairs or bare inputs."""
+    if callable(getattr(inputs, "make_loader", None)):  # uint8 images (MNIST, a folder): converted a chunk at a time
+        return (batch[0] for batch in inputs.make_loader(batch_size, shuffle=False, training=False))
     if isinstance(inputs, Dataset) and in_memory_tensors(inputs) is None:
         return (b[0] if isinstance(b, (tuple, list)) else b for b in DataLoader(inputs, batch_size=batch_size))
     tensors = in_memory_tensors(inputs)
@@ -491,6 +492,8 @@ def split_validation(train_data: Any, val_data: Any, val_split: float, seed: int
         raise ConfigError(f"val_split={val_split} of {n} samples leaves an empty training or validation set")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
     train_index, val_index = order[n_val:], order[:n_val]
+    if callable(getattr(train_data, "take", None)):  # uint8 images stay uint8 (and the validation part unaugmented)
+        return train_data.take(train_index, training=True), train_data.take(val_index, training=False)
     if tensors is not None:
         return TensorDataset(*(t[train_index] for t in tensors)), TensorDataset(*(t[val_index] for t in tensors))
     return Subset(train_data, train_index.tolist()), Subset(train_data, val_index.tolist())
