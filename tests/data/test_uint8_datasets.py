@@ -15,7 +15,7 @@ from zerograd.data import cached, datasets
 from zerograd.data.cached import ImageBatches
 from zerograd.data.datasets import MNIST, FashionMNIST
 from zerograd.data.idx import write_idx
-from zerograd.data.loader import TensorLoader, input_batches, make_loader, split_validation
+from zerograd.data.loader import TensorLoader, in_memory_tensors, input_batches, make_loader, split_validation
 
 N_TRAIN = 103  # not a multiple of the batch sizes below: a short last batch
 
@@ -112,3 +112,11 @@ def test_fit_ends_with_bitwise_the_weights_of_the_float_data_set(files: Path, op
         histories.append([{k: v for k, v in r.items() if "seconds" not in k} for r in history.records])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
     assert histories[0] == histories[1]
+
+
+def test_only_a_small_set_is_converted_whole_for_reports(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = MNIST(files, train=False, normalize=True, download=False)
+    tensors = in_memory_tensors(test)
+    assert tensors is not None and torch.equal(tensors[0], float_dataset(test).tensors[0])
+    monkeypatch.setattr(cached, "WHOLE_BYTES", 4 * 784 * 36)  # one image less than the 37 there are
+    assert in_memory_tensors(test) is None

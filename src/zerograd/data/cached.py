@@ -19,6 +19,7 @@ from zerograd.data.loader import TensorLoader, epoch_permutation
 from zerograd.errors import ConfigError, did_you_mean
 
 CHUNK_BYTES = 8 << 20  # float32 bytes converted at a time by ImageBatches (at least one batch)
+WHOLE_BYTES = 64 << 20  # a data set this small as float32 is handed out whole (`whole_tensors`): a test set
 
 
 class PixelTransform(Protocol):
@@ -142,6 +143,13 @@ class CachedImages(Dataset):
         return ImageBatches(self.images, self.labels, batch_size, transform=self.transform,
                             train=self.train and training,
                             shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+
+    def whole_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(float32 inputs, labels) of all samples when they take at most WHOLE_BYTES (what reports
+        read of a test set at once), else None: a training set is never converted whole."""
+        if 4 * self.images.numel() > WHOLE_BYTES:
+            return None
+        return self.transform.convert(self.images), self.labels
 
     def take(self, index: torch.Tensor, *, training: bool) -> CachedImages:
         """The samples `index` as a data set of the same kind (uint8 still); `training=False` turns the
