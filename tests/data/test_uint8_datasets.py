@@ -120,3 +120,11 @@ def test_only_a_small_set_is_converted_whole_for_reports(files: Path, monkeypatc
     assert tensors is not None and torch.equal(tensors[0], float_dataset(test).tensors[0])
     monkeypatch.setattr(cached, "WHOLE_BYTES", 4 * 784 * 36)  # one image less than the 37 there are
     assert in_memory_tensors(test) is None
+
+
+def test_a_report_asking_twice_for_the_whole_set_gets_one_copy(files: Path) -> None:
+    test = MNIST(files, train=False, download=False)
+    first = in_memory_tensors(test)
+    assert first is not None and in_memory_tensors(test)[0] is first[0]  # type: ignore[index]
+    del first  # let go: converted anew next time, not held by the data set
+    assert test.converted is not None and test.converted() is None and in_memory_tensors(test) is not None

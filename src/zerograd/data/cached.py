@@ -8,6 +8,7 @@ the floats are the same bits as converting each batch, or the whole data set, on
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -130,6 +131,7 @@ class CachedImages(Dataset):
                  classes: Sequence[str] = ()) -> None:
         self.images, self.labels, self.transform, self.train = images, labels, transform, train
         self.classes = list(classes)  # the class names, as MNIST's data sets have them
+        self.converted: weakref.ref[torch.Tensor] | None = None  # the last whole_tensors, while its user holds it
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -149,7 +151,11 @@ class CachedImages(Dataset):
         read of a test set at once), else None: a training set is never converted whole."""
         if 4 * self.images.numel() > WHOLE_BYTES:
             return None
-        return self.transform.convert(self.images), self.labels
+        inputs = self.converted() if self.converted is not None else None
+        if inputs is None:  # not converted, or its last user let it go: a report asking twice gets one copy
+            inputs = self.transform.convert(self.images)
+            self.converted = weakref.ref(inputs)
+        return inputs, self.labels
 
     def take(self, index: torch.Tensor, *, training: bool) -> CachedImages:
         """The samples `index` as a data set of the same kind (uint8 still); `training=False` turns the
