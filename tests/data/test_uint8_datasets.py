@@ -55,6 +55,9 @@ def test_images_are_held_as_uint8_and_tensors_are_the_old_floats(files: Path, no
     want = float_dataset(train).tensors
     assert torch.equal(train.tensors[0], want[0]) and torch.equal(train.tensors[1], want[1])
     assert torch.equal(train[5][0], want[0][5]) and int(train[5][1]) == int(want[1][5])
+    assert torch.equal(train[-1][0], want[0][-1]) and int(train[-1][1]) == int(want[1][-1])
+    with pytest.raises(IndexError):
+        train[N_TRAIN]
 
 
 @pytest.mark.parametrize("shuffle", [False, True])

@@ -137,7 +137,7 @@ class CachedImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index:index + 1])[0], self.labels[index]
+        return self.transform(self.images[index].unsqueeze(0))[0], self.labels[index]  # [-1] too, as a TensorDataset
 
     def make_loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
                     training: bool = True) -> ImageBatches:
