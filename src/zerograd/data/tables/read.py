@@ -158,7 +158,9 @@ def read_blocks(reader: Any, size: int) -> CsvBlocks | None:
     kinds = list(reader.schema.types)
     blocks = CsvBlocks(kinds, [np.empty(0) if is_number_type(kind) else [] for kind in kinds])
     try:
-        for batch in reader:
+        for number, batch in enumerate(reader):
+            if number % 8 == 7:  # the parsed blocks' memory goes back now, not when Arrow's allocator decides
+                pa.default_memory_pool().release_unused()
             count = batch.num_rows
             if blocks.rows + count > blocks.capacity:  # first a guess from the file's size, then 25% more at a time
                 guess = count * size // CSV_BLOCK_BYTES + count if blocks.rows == 0 else blocks.capacity * 5 // 4
@@ -174,6 +176,7 @@ def read_blocks(reader: Any, size: int) -> CsvBlocks | None:
         if "conversion error" in str(error):
             return None
         raise
+    pa.default_memory_pool().release_unused()
     return blocks
 
 
