@@ -57,7 +57,7 @@ def _idx_images(name: str) -> Callable[..., DataBundle]:
         train = load_dataset(name, train=True, root=root, normalize=normalize, download=download)
         test = load_dataset(name, train=False, root=root, normalize=normalize, download=download)
         info = {"mean": train.mean, "std": train.std} if normalize else {}
-        shape = list(train.tensors[0].shape[1:])
+        shape = list(train.images.shape[1:])
         preprocessing = {
             "kind": "image", "task": "classification", "class_names": list(train.classes), "input_shape": shape,
             "size": shape[1:], "mode": "grayscale", "fit": "pad",

@@ -222,7 +222,8 @@ def check_schedule(spec: dict[str, Any] | str | None, *, lr: float, epochs: int)
     one-parameter optimizer)."""
     if spec is None:
         return
-    dummy = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr)
+    # build_optimizer's lean Adam, as the run's: torch's own imports torch._dynamo (~70 MB, ~1 s) on construction
+    dummy = build_optimizer([torch.zeros(1, requires_grad=True)], "adam", lr=lr)
     build_schedule(dummy, spec, steps_per_epoch=100, epochs=epochs)  # the run's real size is checked at fit
 
 

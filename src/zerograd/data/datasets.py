@@ -1,7 +1,9 @@
 """MNIST and Fashion-MNIST as in-memory tensor data sets, found locally or downloaded.
 
-Both load the four IDX files into two tensors at once (no per-sample work), so the fast loader can
-cut batches straight from `.tensors`. The files are looked for, in order, in an explicit `root`,
+Both load the four IDX files into two tensors at once (no per-sample work): the images stay uint8
+(47 MB for MNIST's training set, not 188 MB of float32) and become float32 a chunk of batches at a
+time as the fast loader hands them out (`data.cached`), with the same bits as converting them all.
+The files are looked for, in order, in an explicit `root`,
 `$ZEROGRAD_DATA/<name>/`, Debian's `/usr/share/datasets/<name>/` and the user cache; only when
 they are nowhere is anything downloaded (into the cache), and every download is checksummed.
 """
@@ -13,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
+from zerograd.data.cached import CachedImages
 from zerograd.data.download import download_first
 from zerograd.data.idx import read_idx
 from zerograd.errors import DataError, DatasetNotFoundError, DownloadError, did_you_mean
@@ -108,8 +110,30 @@ def _missing_files(directory: Path) -> list[str]:
     return [stem for stem in ALL_FILES if find_idx_file(directory, stem) is None]
 
 
-class _IdxImageDataset(TensorDataset):
-    """An MNIST-like data set: 28x28 grey images and labels 0..9 from four IDX files."""
+class PixelScale:
+    """uint8 pixels -> float32 in [0, 1], then (x - mean) / std when normalising: MNIST's tensors,
+    with in-place scalar ops (the bits zerograd has always given these data sets)."""
+
+    augment = None  # MNIST's own data have no augmentation (`tta` refuses them)
+
+    def __init__(self, mean: float, std: float, normalize: bool) -> None:
+        self.mean, self.std, self.normalize = mean, std, normalize
+
+    def __call__(self, images: torch.Tensor, *, train: bool = False, epoch: int = 0, batch: int = 0) -> torch.Tensor:
+        return self.convert(images)
+
+    def convert(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).div_(255.0)
+        return x.sub_(self.mean).div_(self.std) if self.normalize else x
+
+    def augmented(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        return x
+
+
+class _IdxImageDataset(CachedImages):
+    """An MNIST-like data set: 28x28 grey images and labels 0..9 from four IDX files.
+
+    Held as uint8 (see the module doc); `tensors` gives the float32 images a TensorDataset had."""
 
     name: str = ""
     title: str = ""
@@ -126,8 +150,8 @@ class _IdxImageDataset(TensorDataset):
         normalize: bool = False,
         download: bool = True,
     ) -> None:
-        self.classes = list(type(self).classes)  # per instance: the class keeps an immutable tuple
-        self.train = bool(train)
+        classes = list(type(self).classes)  # per instance: the class keeps an immutable tuple
+        self.train = bool(train)  # which split (CachedImages reads it as "augment": PixelScale has none)
         self.normalize = bool(normalize)
         self.files_dir = self._locate(root, download)
         image_file, label_file = self._split_files()
@@ -139,7 +163,14 @@ class _IdxImageDataset(TensorDataset):
                 f"{len(labels)} labels; one of them is from another data set or damaged, "
                 f"re-download them or delete them so zerograd fetches fresh copies"
             )
-        super().__init__(images, labels)
+        super().__init__(images, labels, PixelScale(self.mean, self.std, self.normalize), train=self.train,
+                         classes=classes)
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float32 images [N, 1, 28, 28], int64 labels), converted afresh on each call (4x the
+        memory of the uint8 images: training does not need them)."""
+        return self.transform.convert(self.images), self.labels
 
     # The two hooks read the module-level tables at call time, so monkeypatching them works.
     @staticmethod
@@ -208,10 +239,7 @@ class _IdxImageDataset(TensorDataset):
                 f"{path}: expected {self.title} images (uint8, shape [N, 28, 28]), found "
                 f"{array.dtype} with shape {list(array.shape)}; check that this is the right file"
             )
-        images = torch.from_numpy(array).unsqueeze(1).to(torch.float32).div_(255.0)
-        if self.normalize:
-            images.sub_(self.mean).div_(self.std)
-        return images
+        return torch.from_numpy(array).unsqueeze(1)
 
     def _load_labels(self, path: Path) -> torch.Tensor:
         array = read_idx(path)
@@ -286,7 +314,7 @@ def load_dataset(
     root: str | os.PathLike[str] | None = None,
     normalize: bool = False,
     download: bool = True,
-) -> TensorDataset:
+) -> _IdxImageDataset:
     """Build data set `name` ("mnist" or "fashion-mnist"; case and _/- do not matter)."""
     key = name.strip().lower().replace("_", "-")
     if key not in DATASETS:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from zerograd.data.images import CachedImages, StreamedImages
+from zerograd.data.cached import CachedImages
+from zerograd.data.images import StreamedImages
 from zerograd.data.loader import in_memory_tensors
 from zerograd.errors import ConfigError, DataError, did_you_mean
 
@@ -98,9 +99,8 @@ def take_rows(dataset: Any, rows: np.ndarray, *, training: bool) -> Any:
     """The samples `rows` of `dataset`, as a data set of the same kind where it can be (see the
     module doc); `training=False` turns an image folder's augmentation off."""
     index = torch.as_tensor(rows, dtype=torch.long)
-    if isinstance(dataset, CachedImages):
-        return CachedImages(dataset.images[index], dataset.labels[index], dataset.transform,
-                            train=dataset.train and training, classes=dataset.classes)
+    if isinstance(dataset, CachedImages):  # an image folder's or MNIST's
+        return dataset.take(index, training=training)
     if isinstance(dataset, StreamedImages):
         raw = dataset.raw
         return StreamedImages([raw.files[i] for i in rows], [raw.labels[i] for i in rows], raw.spec, dataset.transform,

@@ -25,8 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from zerograd.data.cached import Augment, BatchTransform, CachedImages
+from zerograd.data.cached import ImageBatches as ImageBatches  # re-exported: they lived here before data.cached
+from zerograd.data.cached import augmentation_of as augmentation_of
+from zerograd.data.cached import random_crop as random_crop
+from zerograd.data.cached import random_flip as random_flip
 from zerograd.data.image_decode import ImageSpec, channel_stats, check_readable, choose_mode, choose_size, decode_all
-from zerograd.data.loader import TensorLoader, TorchLoader
+from zerograd.data.loader import TorchLoader
 from zerograd.data.tables.split import PART_CODES, row_parts
 from zerograd.errors import ConfigError, DataError, did_you_mean
 
@@ -38,127 +43,7 @@ STATS_SAMPLE = 2000  # images decoded to fit the normalisation when the folder i
 MEMORY_SHARE = 0.5  # cache the decoded images when they need at most this share of the machine's memory
 
 
-# -- per-batch transform --------------------------------------------------------------------------
-
-@dataclass
-class Augment:
-    """Light training-only augmentation: random crops after `crop` pixels of padding, random
-    horizontal flips."""
-
-    crop: int = 0
-    flip: bool = False
-
-    @classmethod
-    def parse(cls, spec: bool | dict[str, Any] | None, size: tuple[int, int]) -> Augment | None:
-        if spec is None or spec is False:
-            return None
-        if spec is True:
-            return cls(crop=max(1, min(size) // 8), flip=True)
-        if not isinstance(spec, dict):
-            raise ConfigError(f"augment must be true/false or a mapping like {{crop: 4, flip: true}}, got {spec!r}")
-        for key in spec:
-            if key not in ("crop", "flip"):
-                raise ConfigError(f'augment has no option "{key}"{did_you_mean(str(key), ("crop", "flip"))}; valid: '
-                                  'crop, flip')
-        crop, flip = spec.get("crop", 0), spec.get("flip", False)
-        if not isinstance(crop, int) or isinstance(crop, bool) or crop < 0:
-            raise ConfigError(f"augment crop is the padding in pixels (an integer >= 0), got {crop!r}")
-        augment = cls(crop=crop, flip=bool(flip))
-        return augment if augment.crop or augment.flip else None
-
-
-class BatchTransform:
-    """uint8 images [B, C, H, W] -> normalised float32, augmented when asked (training batches).
-
-    The random crops and flips of batch `b` in epoch `e` come from a generator seeded with
-    (seed, e, b): the same run gives the same batches, also after resuming.
-    """
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: Augment | None = None,
-                 seed: int = 0) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.augment = augment
-        self.seed = seed
-
-    def __call__(self, images: torch.Tensor, *, train: bool = False, epoch: int = 0, batch: int = 0) -> torch.Tensor:
-        device = images.device
-        x = images.to(torch.float32).div_(255.0)
-        x = (x - self.mean.to(device)) / self.std.to(device)
-        if train and self.augment is not None and len(x):
-            generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch * 10_007 + batch)
-            x = random_crop(x, self.augment.crop, generator) if self.augment.crop else x
-            x = random_flip(x, generator) if self.augment.flip else x
-        return x
-
-
-def augmentation_of(data: Any) -> tuple[int, bool] | None:
-    """(crop, flip) of the augmentation of an image folder's data set (the training set's, which
-    its validation and test sets share), None for other data or none set."""
-    augment = getattr(getattr(data, "transform", None), "augment", None)
-    return (augment.crop, augment.flip) if isinstance(augment, Augment) else None
-
-
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to `padding` pixels (zero-filled, i.e. the mean colour after normalising)."""
-    batch, _, height, width = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=x.device)
-    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=x.device)
-    rows = (top[:, None] + torch.arange(height, device=x.device))[:, :, None]  # [B, H, 1]
-    cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, :]  # [B, 1, W]
-    index = torch.arange(batch, device=x.device)[:, None, None]
-    return padded[index, :, rows, cols].permute(0, 3, 1, 2).contiguous()  # advanced indexing puts C last
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
 # -- data sets ------------------------------------------------------------------------------------
-
-class CachedImages(Dataset):
-    """Decoded images held in memory as one uint8 tensor; batched by `make_loader`."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform, *, train: bool = False,
-                 classes: Sequence[str] = ()) -> None:
-        self.images, self.labels, self.transform, self.train = images, labels, transform, train
-        self.classes = list(classes)  # the class names, as MNIST's data sets have them
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index:index + 1])[0], self.labels[index]
-
-    def make_loader(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                    training: bool = True) -> ImageBatches:
-        """The loader `fit` uses (see `data.loader.make_loader`); only training batches are augmented."""
-        return ImageBatches(self.images, self.labels, batch_size, transform=self.transform,
-                            train=self.train and training,
-                            shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-
-
-class ImageBatches(TensorLoader):
-    """The in-memory fast loader over uint8 images: each batch becomes float (and augmented) only
-    when it is used, on whatever device the loader was moved to."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, transform: BatchTransform,
-                 train: bool, **options: Any) -> None:
-        super().__init__((images, labels), batch_size, **options)
-        self.transform, self.train = transform, train
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        first, epoch = self.start_batch, self.epoch
-        for index, (images, labels) in enumerate(super().__iter__(), start=first):
-            yield self.transform(images, train=self.train, epoch=epoch, batch=index), labels
-
-    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first samples as the model gets them (not augmented: no RNG), for `fit`'s pre-flight check."""
-        images, labels = (t[:self.batch_size] for t in self.tensors)
-        return self.transform(images), labels
-
 
 class StreamedImages(Dataset):
     """Image files decoded when a batch needs them, by DataLoader worker processes."""

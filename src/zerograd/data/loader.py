@@ -83,12 +83,10 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class TensorLoader:
-    """Iterates over batches of in-memory tensors.
-
-    `batch_size` is the global batch: with `world_size` > 1 each rank takes its own contiguous share
-    of every global batch (the tail batch is split as evenly as possible), so the set of samples per
-    step, and so the averaged gradient, does not depend on the number of processes.
-    """
+    """Iterates over batches of in-memory tensors. `batch_size` is the global batch: with
+    `world_size` > 1 each rank takes its own contiguous share of every global batch (the tail batch
+    is split as evenly as possible), so the set of samples per step, and so the averaged gradient,
+    does not depend on the number of processes."""
 
     def __init__(
         self,
@@ -320,8 +318,7 @@ def _read_sample(dataset: Any, index: int) -> Any:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def fits_on_device(tensors: Sequence[torch.Tensor], device: torch.device, share: float = 0.5) -> bool:
@@ -337,6 +334,8 @@ def in_memory_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
     """The tensors behind `data` when it is held in memory as whole tensors, else None."""
     if isinstance(data, TensorDataset):
         return tuple(data.tensors)
+    if callable(getattr(data, "whole_tensors", None)):  # uint8 images (data.cached): converted only when small
+        return data.whole_tensors()
     if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset):
         index = torch.as_tensor(data.indices, dtype=torch.long)
         return tuple(t[index] for t in data.dataset.tensors)
@@ -363,8 +362,6 @@ def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
         y = y.long()  # class indices: NumPy's int32 (Windows' default) would fail in cross_entropy
     if x.dtype == torch.uint8:
         x = x.float()  # raw pixels: layers take floats (other integer inputs may be token ids: kept)
-    if len(x) != len(y):
-        raise DataError(f"inputs have {len(x)} rows but targets have {len(y)}; give one target per input row")
     return x, y
 
 
@@ -391,7 +388,9 @@ def make_loader(
     `float_dtype` (the model's, float32): in-memory float64 tensors are converted to it, with a note."""
     if isinstance(data, (TensorLoader, TorchLoader, DataLoader)):
         return data
-    if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (image folders)
+    if isinstance(data, Subset) and callable(getattr(data.dataset, "take", None)):  # part of MNIST or an image folder
+        data = data.dataset.take(torch.as_tensor(data.indices, dtype=torch.long), training=training)
+    if callable(getattr(data, "make_loader", None)):  # data sets that batch themselves (MNIST, image folders)
         return data.make_loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                                 training=training)
     tensors = in_memory_tensors(data)
@@ -469,11 +468,13 @@ def num_samples(loader: TensorLoader | TorchLoader | DataLoader) -> int | None:
 
 
 def input_batches(inputs: Any, batch_size: int) -> Iterator[torch.Tensor]:
-    """The inputs of `inputs` (a tensor, an array, an (X, y) pair or a Dataset) in batches, for
-    prediction. A Dataset's items may be (input, target) pairs or bare inputs."""
-    if isinstance(inputs, Dataset) and in_memory_tensors(inputs) is None:
-        return (b[0] if isinstance(b, (tuple, list)) else b for b in DataLoader(inputs, batch_size=batch_size))
+    """The inputs of `inputs` (a tensor, an array, an (X, y) pair or a Dataset of such pairs or of
+    bare inputs) in batches, for prediction."""
+    if callable(getattr(inputs, "make_loader", None)):  # uint8 images (MNIST, a folder): converted a chunk at a time
+        return (batch[0] for batch in inputs.make_loader(batch_size, shuffle=False, training=False))
     tensors = in_memory_tensors(inputs)
+    if tensors is None and isinstance(inputs, Dataset):
+        return (b[0] if isinstance(b, (tuple, list)) else b for b in DataLoader(inputs, batch_size=batch_size))
     x = tensors[0] if tensors is not None else as_tensors(inputs, np.zeros(len(inputs)))[0]
     return (x[i:i + batch_size] for i in range(0, len(x), batch_size))
 
@@ -484,13 +485,16 @@ def split_validation(train_data: Any, val_data: Any, val_split: float, seed: int
         return train_data, val_data
     if val_data is not None:
         raise ConfigError("give either val_data or val_split, not both")
-    tensors = in_memory_tensors(train_data)
+    take = getattr(train_data, "take", None)  # uint8 images (data.cached) stay uint8, the validation part unaugmented
+    tensors = None if callable(take) else in_memory_tensors(train_data)
     n = len(tensors[0]) if tensors is not None else len(train_data)
     n_val = int(round(n * val_split))
     if n_val == 0 or n_val == n:
         raise ConfigError(f"val_split={val_split} of {n} samples leaves an empty training or validation set")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
     train_index, val_index = order[n_val:], order[:n_val]
+    if callable(take):
+        return take(train_index, training=True), take(val_index, training=False)
     if tensors is not None:
         return TensorDataset(*(t[train_index] for t in tensors)), TensorDataset(*(t[val_index] for t in tensors))
     return Subset(train_data, train_index.tolist()), Subset(train_data, val_index.tolist())

@@ -64,8 +64,8 @@ def arrow_column(name: str, array: Any, report: CellReport, *, comma_is_decimal:
     import pyarrow as pa
 
     kind = array.type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        return _numbers(name, array.cast(pa.float64()).to_numpy(zero_copy_only=False), report)
+    if is_number_type(kind):
+        return finite_numbers(name, array.cast(pa.float64()).to_numpy(zero_copy_only=False), report)
     if pa.types.is_null(kind):  # no value in any row
         return np.full(len(array), np.nan)
     if pa.types.is_dictionary(kind):
@@ -75,7 +75,15 @@ def arrow_column(name: str, array: Any, report: CellReport, *, comma_is_decimal:
     return _text_or_numbers(name, array, report, comma_is_decimal)
 
 
-def _numbers(name: str, values: np.ndarray, report: CellReport) -> np.ndarray:
+def is_number_type(kind: Any) -> bool:
+    """Whether an Arrow column of type `kind` becomes float64 numbers by a plain cast."""
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind))
+
+
+def finite_numbers(name: str, values: np.ndarray, report: CellReport) -> np.ndarray:
+    """`values` with infinities as missing (NaN), counted in `report`."""
     infinite = np.isinf(values)
     if infinite.any():
         report.infinite[name] = int(infinite.sum())
@@ -98,7 +106,7 @@ def _text_or_numbers(name: str, array: Any, report: CellReport, comma_is_decimal
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     else:
-        return _numbers(name, numbers.to_numpy(zero_copy_only=False), report)
+        return finite_numbers(name, numbers.to_numpy(zero_copy_only=False), report)
     with_comma = pc.match_substring(present, ",")
     if not pc.any(with_comma).as_py():
         return texts.to_numpy(zero_copy_only=False)
@@ -109,7 +117,7 @@ def _text_or_numbers(name: str, array: Any, report: CellReport, comma_is_decimal
             found.append((name, example))
             plain = pc.replace_substring(texts, ",", "") if found is report.thousands else \
                 pc.replace_substring(pc.replace_substring(texts, ".", ""), ",", ".")
-            return _numbers(name, plain.cast(pa.float64()).to_numpy(zero_copy_only=False), report)
+            return finite_numbers(name, plain.cast(pa.float64()).to_numpy(zero_copy_only=False), report)
     return texts.to_numpy(zero_copy_only=False)
 
 
@@ -147,5 +155,5 @@ def frame_column(series: Any, name: str, report: CellReport) -> np.ndarray:
 
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype) \
             and not pd.api.types.is_complex_dtype(series.dtype):
-        return _numbers(name, series.to_numpy(dtype=np.float64, na_value=np.nan), report)
+        return finite_numbers(name, series.to_numpy(dtype=np.float64, na_value=np.nan), report)
     return _text_or_numbers(name, pa.array(series.astype("str")), report, comma_is_decimal=False)
