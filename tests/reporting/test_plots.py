@@ -109,7 +109,9 @@ def test_prediction_grid_draws_the_images_themselves_at_one_scale() -> None:
     scale = image_grid.TILE_PX // 28
     assert len(dark) == (8 * scale) ** 2 and dark[:, 1].min() > pixels.shape[1] // 2  # in the second tile only
     big = plots.plot_image_grid(np.zeros((1, 500, 300, 3)), [0], [0], FASHION_NAMES)
-    assert max(big.images[0].get_array().shape[:2]) < 2 * image_grid.TILE_PX  # large photos are shrunk
+    assert big.images[0].get_array().shape[0] < 2 * image_grid.TILE_PX  # large photos are shrunk (one row)
+    lone = plots.plot_image_grid(np.zeros((1, 28, 28)), [1], [0], FASHION_NAMES, title="The 1 most confidently wrong")
+    assert lone.get_size_inches()[0] > 10  # eight columns wide, as with 32 images: room for the title
 
 
 def test_images_are_shown_unnormalized() -> None:

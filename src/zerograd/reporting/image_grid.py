@@ -61,7 +61,7 @@ def compose_tiles(images: np.ndarray, wrong: Sequence[bool], columns: int) -> tu
     framed_h, framed_w = tile_h + 2 * FRAME_PX, tile_w + 2 * FRAME_PX
     cell_w, cell_h = framed_w + GAP_PX, LABEL_PX + framed_h + ROW_GAP_PX
     rows = max(1, math.ceil(len(tiles) / columns))
-    canvas = np.ones((rows * cell_h, min(columns, max(1, len(tiles))) * cell_w, 3), dtype=np.float32)
+    canvas = np.ones((rows * cell_h, columns * cell_w, 3), dtype=np.float32)  # full width: room for the title
     for index, (tile, is_wrong) in enumerate(zip(tiles, wrong)):
         row, column = divmod(index, columns)
         top, left = row * cell_h + LABEL_PX, column * cell_w + GAP_PX // 2
