@@ -13,7 +13,7 @@ import zerograd
 from zerograd import runs
 from zerograd.cli import main
 from zerograd.errors import RunDirError
-from zerograd.reporting import plots
+from zerograd.reporting import image_grid, plots
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle "
                                                                                                              "boot"]
@@ -80,11 +80,42 @@ def test_confusion_matrix_plot_names_the_ten_fashion_classes() -> None:
 def test_prediction_grid_marks_the_wrong_ones_in_red_with_the_true_label() -> None:
     images = np.zeros((4, 28, 28))
     figure = plots.plot_image_grid(images, [0, 1, 2, 9], [0, 3, 2, 8], FASHION_NAMES, columns=4)
-    titles = [ax.title for ax in figure.axes]
-    assert [t.get_text().strip() for t in titles] == ["T-shirt/top", "Trouser\ntrue: Dress", "Pullover",
-                                                      "Ankle boot\ntrue: Bag"]
-    wrong = [t.get_color() == plots.WRONG_COLOR for t in titles]
+    labels = figure.texts
+    assert [t.get_text() for t in labels] == ["T-shirt/top", "Trouser\ntrue: Dress", "Pullover",
+                                              "Ankle boot\ntrue: Bag"]
+    wrong = [t.get_color() == plots.WRONG_COLOR for t in labels]
     assert wrong == [False, True, False, True]
+    # one image holds the tiles; a wrong one is framed in red, a right one is not
+    pixels = grid_pixels(figure)
+    red = np.array([int(plots.WRONG_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
+    cell = pixels.shape[1] // 4
+    top = image_grid.LABEL_PX + 1  # the frame's top edge, just below each label
+    framed = [bool(np.all(pixels[top, k * cell + cell // 2, :3] == red)) for k in range(4)]
+    assert framed == [False, True, False, True]
+    # the labels sit above their own tile, left to right
+    xs = [t.get_position()[0] for t in labels]
+    assert xs == sorted(xs) and all(abs(x - (k + 0.5) / 4) < 0.01 for k, x in enumerate(xs))
+
+
+def test_prediction_grid_draws_the_images_themselves_at_one_scale() -> None:
+    ink = np.zeros((2, 28, 28))
+    ink[1, 10:18, 10:18] = 1.0  # a black square in the second image (gray_r: 1 is ink)
+    figure = plots.plot_image_grid(ink, [0, 1], [0, 1], FASHION_NAMES, columns=2, title="Two")
+    pixels = grid_pixels(figure)
+    width, height = figure.get_size_inches() * figure.dpi
+    assert (round(width), round(height)) == (pixels.shape[1], pixels.shape[0] + image_grid.TITLE_PX)  # pixel for pixel
+    dark = np.argwhere(pixels[..., :3].sum(axis=-1) == 0)
+    scale = image_grid.TILE_PX // 28
+    assert len(dark) == (8 * scale) ** 2 and dark[:, 1].min() > pixels.shape[1] // 2  # in the second tile only
+    big = plots.plot_image_grid(np.zeros((1, 500, 300, 3)), [0], [0], FASHION_NAMES)
+    assert grid_pixels(big).shape[0] < 2 * image_grid.TILE_PX  # large photos are shrunk (one row)
+    lone = plots.plot_image_grid(np.zeros((1, 28, 28)), [1], [0], FASHION_NAMES, title="The 1 most confidently wrong")
+    assert lone.get_size_inches()[0] > 10  # eight columns wide, as with 32 images: room for the title
+
+
+def grid_pixels(figure) -> np.ndarray:
+    (grid,) = [a for a in figure.artists if isinstance(a, image_grid.Pixels)]
+    return grid.rgba
 
 
 def test_images_are_shown_unnormalized() -> None:

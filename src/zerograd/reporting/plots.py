@@ -15,7 +15,6 @@ no GUI backend) with one shared style, and written atomically.
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,15 +36,13 @@ from zerograd.experiment import build_data, data_spec
 from zerograd.files import write_atomic, writing
 from zerograd.losses import loss_name, task_of
 from zerograd.models import check_trusted
+from zerograd.reporting.image_grid import DPI, WRONG_COLOR, plot_image_grid
 from zerograd.state import History
 
 PLOTS_DIR = "plots"
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 SPLIT_LABELS = {"train": "train (in-sample)", "val": "validation", "test": "test (out-of-sample)"}
-WRONG_COLOR = "#C44E52"
-RIGHT_COLOR = "#2F6B3A"
 PERCENT_METRICS = ("accuracy", "top3_accuracy", "top5_accuracy", "precision", "recall", "f1")
-DPI = 110
 STYLE: dict[str, Any] = {
     "font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold", "axes.labelsize": 11,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "grid.linestyle": "-",
@@ -214,41 +211,6 @@ def as_images(inputs: torch.Tensor, mean: float | None = None, std: float | None
     if low < 0 or high > 1:  # not in [0, 1]: stretch for display
         x = (x - low) / max(high - low, 1e-12)
     return x.numpy()
-
-
-def plot_image_grid(images: np.ndarray, predicted: Sequence[int], targets: Sequence[int], class_names: Sequence[str],
-                    *, confidences: Sequence[float] | None = None, columns: int = 8, title: str = "") -> Figure:
-    """Images with the predicted label above each; wrong ones in red with a red frame and the
-    true label."""
-    count = len(images)
-    rows = math.ceil(count / columns)
-    width, height = 1.95 * columns, 2.25 * rows + (0.5 if title else 0)
-    # A fixed layout, and axes made without ticks or grid lines: with up to 32 axes, constrained
-    # layout and the ticks that `grid(False)` creates to hide took most of the run's plotting time.
-    figure = Figure(figsize=(width, height))
-    top = 1 - (0.55 + (0.5 if title else 0)) / height  # room for the first row's two-line titles
-    with matplotlib.rc_context({"axes.grid": False}):
-        axes = figure.subplots(rows, columns, squeeze=False, subplot_kw={"xticks": [], "yticks": []},
-                               gridspec_kw={"left": 0.1 / width, "right": 1 - 0.1 / width, "bottom": 0.1 / height,
-                                            "top": top, "wspace": 0.12, "hspace": 0.55 / 1.7})
-    for index, ax in enumerate(axes.flat):
-        if index >= count:
-            ax.set_axis_off()
-            continue
-        ax.imshow(images[index], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        guess, truth = class_names[predicted[index]], class_names[targets[index]]
-        confidence = f" {100 * confidences[index]:.0f}%" if confidences is not None else ""
-        wrong = predicted[index] != targets[index]
-        label = f"{guess}{confidence}\ntrue: {truth}" if wrong else f"{guess}{confidence}\n"
-        ax.set_title(label, fontsize=9.5, color=WRONG_COLOR if wrong else RIGHT_COLOR,
-                     fontweight="bold" if wrong else "normal")
-        for spine in ax.spines.values():
-            spine.set_visible(True)
-            spine.set_color(WRONG_COLOR if wrong else "#BBBBBB")
-            spine.set_linewidth(3.0 if wrong else 0.8)
-    if title:
-        figure.suptitle(title, fontsize=14, fontweight="bold")
-    return figure
 
 
 # -- regression --------------------------------------------------------------------------------
