@@ -131,3 +131,27 @@ def test_a_report_asking_twice_for_the_whole_set_gets_one_copy(files: Path) -> N
     assert first is not None and in_memory_tensors(test)[0] is first[0]  # type: ignore[index]
     del first  # let go: converted anew next time, not held by the data set
     assert test.converted is not None and test.converted() is None and in_memory_tensors(test) is not None
+
+
+def test_plots_convert_only_the_images_they_show(files: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The confusion matrix and image grids of a uint8 test set read its labels and the 48 images shown,
+    never the whole set as float32 (that copy was most of what the plots added to a run's peak memory)."""
+    import zerograd
+
+    converted = []
+    whole_tensors = cached.CachedImages.whole_tensors
+
+    def whole(self):
+        converted.append(("train" if self.train else "test", len(self)))
+        return whole_tensors(self)
+    monkeypatch.setattr(cached.CachedImages, "whole_tensors", whole)
+    monkeypatch.setenv("ZEROGRAD_DATA", str(files.parent))
+    (files.parent / "mnist").symlink_to(files)
+    config = {"data": {"dataset": "mnist", "normalize": True}, "model": {"name": "mlp", "sizes": [784, 10]},
+              "loss": "cross_entropy", "batch_size": 16, "epochs": 1}
+    run = zerograd.train(config, out=tmp_path / "run", quiet=True)
+    assert {p.stem for p in (run.dir / "plots").iterdir()} >= {"confusion_matrix", "predictions",
+                                                                     "confident_mistakes"}
+    # only the images shown (32 and the mistakes) are converted; the summary's sample batch reads training images
+    assert [n for split, n in converted if split == "test"] and all(n <= 32 for split, n in converted
+                                                                    if split == "test"), converted

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from zerograd.data.loader import in_memory_tensors
 
@@ -173,6 +174,8 @@ def split_sizes(train: Any, test: Any = None, val_split: float = 0.0, val: Any =
 
 
 def _length(data: Any) -> int | None:
+    if isinstance(data, Dataset):  # counted, not converted (uint8 images would be made float32 whole)
+        return len(data)
     tensors = in_memory_tensors(data)  # an (X, y) pair has len 2, not the number of samples
     if tensors is not None:
         return len(tensors[0])

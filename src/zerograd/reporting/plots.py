@@ -357,6 +357,26 @@ def _evaluation_split(run: RunInputs) -> tuple[str, Any]:
     return "training", data.train
 
 
+def _targets(dataset: Any) -> torch.Tensor:
+    """The targets alone: uint8 image sets (data.cached) hand over their labels without converting
+    every image to float (a test set's 31 MB for MNIST, most of what the plots added to a run's peak)."""
+    if callable(getattr(dataset, "take", None)) and isinstance(getattr(dataset, "labels", None), torch.Tensor):
+        return dataset.labels
+    return _inputs_and_targets(dataset)[1]
+
+
+def _inputs_at(dataset: Any, index: torch.Tensor) -> torch.Tensor:
+    """The model inputs of the samples `index` (in that order), converting only those."""
+    if callable(getattr(dataset, "take", None)):
+        part = in_memory_tensors(dataset.take(index, training=False))
+        if part is not None:
+            return part[0]
+    tensors = in_memory_tensors(dataset)
+    if tensors is not None:
+        return tensors[0][index]
+    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in index])
+
+
 def _inputs_and_targets(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     tensors = in_memory_tensors(dataset)
     if tensors is not None:
@@ -375,7 +395,7 @@ def across_classes(targets: torch.Tensor, count: int) -> torch.Tensor:
 def _classification_figures(run: RunInputs, device: str) -> Iterator[tuple[str, Figure]]:
     split, dataset = _evaluation_split(run)
     outputs = predict(run.model, dataset, batch_size=1000, device=device)
-    inputs, targets = _inputs_and_targets(dataset)
+    targets = _targets(dataset)
     targets = targets.argmax(dim=1) if targets.dim() > 1 else targets.long()
     classes = outputs.shape[1]
     names = list(run.data.class_names or run.summary.get("class_names") or [str(i) for i in range(classes)])
@@ -387,7 +407,7 @@ def _classification_figures(run: RunInputs, device: str) -> Iterator[tuple[str, 
                                                     title=f"Confusion matrix, {split} set")
     info = run.data.info or {}
     picked = across_classes(targets, 32)  # a folder's test images come sorted by class: not all of the first one
-    images = as_images(inputs[picked], info.get("mean"), info.get("std"))
+    images = as_images(_inputs_at(dataset, picked), info.get("mean"), info.get("std"))
     if images is None:
         return
     wrong_count = int((predicted[picked] != targets[picked]).sum())
@@ -397,12 +417,7 @@ def _classification_figures(run: RunInputs, device: str) -> Iterator[tuple[str, 
     wrong = torch.nonzero(predicted != targets).flatten()
     if len(wrong):
         order = wrong[confidence[wrong].argsort(descending=True)][:16]
-        tensors = in_memory_tensors(dataset)
-        if tensors is not None:
-            picked = tensors[0][order]
-        else:
-            picked = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in order])
-        mistakes = as_images(picked, info.get("mean"), info.get("std"))
+        mistakes = as_images(_inputs_at(dataset, order), info.get("mean"), info.get("std"))
         if mistakes is not None:
             yield "confident_mistakes", plot_image_grid(
                 mistakes, predicted[order].tolist(), targets[order].tolist(), names,
