@@ -37,6 +37,7 @@ from zerograd.data.images import augmentation_of
 from zerograd.data.loader import BatchSource, batch_source, input_batches, split_validation
 from zerograd.distributed import check_global_batch
 from zerograd.errors import DataError
+from zerograd.fast.denormals import flushed_denormals
 from zerograd.fast.heap import retained_heap
 from zerograd.finetune import Freezing, parameter_groups
 from zerograd.losses import build_loss, is_summed, task_of
@@ -102,8 +103,9 @@ def run_fit(model: nn.Module, train_data: Any, *, eval_data: Any = None, val_dat
     """`fit`, returning the whole `FitResult` (what `zerograd.train` writes into summary.json)."""
     opts = FitOptions.from_kwargs(options)
     # retained_heap: glibc keeps the memory each step frees, for the whole loop (a process-wide
-    # allocator setting, put back afterwards; zerograd/fast/heap.py)
-    with _torch_threads(opts.threads), retained_heap():
+    # allocator setting, put back afterwards; zerograd/fast/heap.py); flushed_denormals: Adam's
+    # decaying moments do not crawl through denormal maths (zerograd/fast/denormals.py)
+    with _torch_threads(opts.threads), retained_heap(), flushed_denormals(opts.flush_denormals):
         return _Training(model, train_data, eval_data, val_data, list(callbacks), opts).run()
 
 

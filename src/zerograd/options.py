@@ -58,6 +58,7 @@ class FitOptions:
     on_nan: str = "error"  # a NaN/Inf loss: "error" stops with a message, "skip" leaves the batch out
     preflight: bool = True  # check data, model and loss on one batch before training
     fused_mlp: bool = True  # plain Linear/activation MLPs: hand-derived gradients, bitwise autograd's (zerograd.fast)
+    flush_denormals: bool = True  # fp32 below ~1.2e-38 reads as 0 while training, as in TensorFlow (fast/denormals.py)
     # Fine-tuning and weight averaging (zerograd/finetune.py, transfer.py, callbacks/averaging.py)
     init: str | None = None  # start from a run's weights (RUN_DIR) or a weights file, tensors matched by name
     freeze: list | str | None = None  # parameter-name patterns (fnmatch, e.g. "features.*") that do not train

@@ -6,12 +6,14 @@
   the kernels autograd would call, without its graph; bitwise autograd's gradients.
 - `heap`: glibc's malloc keeps the memory a step frees, instead of page-faulting it in again
   every step (a process-wide allocator setting, held while `fit` runs and put back after).
+- `denormals`: values below ~1.2e-38 read as 0 on every thread while `fit` runs
+  (`flush_denormals: true`), as TensorFlow and JAX do on CPU; IEEE behaviour is put back after.
 
 The first two use private torch names (`torch._fused_adam_`, optimizer hook tables, module hook
 tables) that a new torch may change without notice. So they run only on the torch versions
 listed in `VERIFIED_TORCH` (where `tests/test_performance_options.py` and
 `tests/test_mlp_step.py` check them bitwise); on any other version zerograd uses torch's public
-optimizers and autograd, and says so once. `ZEROGRAD_FAST_PATHS=0` turns all three off.
+optimizers and autograd, and says so once. `ZEROGRAD_FAST_PATHS=0` turns all four off.
 """
 from __future__ import annotations
 
