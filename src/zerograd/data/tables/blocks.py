@@ -25,6 +25,13 @@ RANGE_BYTES = 4 << 20  # the byte ranges after the first block: big enough that 
 RELEASE_EVERY = 8  # blocks between handing Arrow's freed memory back (not when its allocator decides)
 
 
+def worker_count(tasks: int | None = None) -> int:
+    """Threads for work that lets go of the GIL: the CPUs this process may use, at most 4 (and
+    at most `tasks`, at least 1)."""
+    count = max(1, min(4, len(os.sched_getaffinity(0))))
+    return max(1, min(count, tasks)) if tasks is not None else count
+
+
 @dataclass
 class CsvBlocks:
     """A CSV file's columns as read block by block: number columns already in float64 arrays
@@ -109,7 +116,7 @@ def read_ranges(path: Path, block_bytes: int, parse_options: Any, convert: dict[
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    threads = threads or max(1, min(4, len(os.sched_getaffinity(0))))
+    threads = threads or worker_count()
     size = path.stat().st_size
     with path.open("rb") as handle:
         data = handle.read(block_bytes)
@@ -162,15 +169,20 @@ def _cut(data: bytes, *, at_end: bool) -> tuple[bytes, bytes]:
 
 
 def _pieces(handle: Any, rest: bytes) -> Any:
-    """The file from where `rest` was read on, in ranges of whole lines of about RANGE_BYTES."""
+    """The file from where `rest` was read on, in ranges of whole lines of about RANGE_BYTES:
+    views of a buffer read into after `rest`, so no range's bytes are copied again."""
     while True:
-        data = handle.read(RANGE_BYTES)
-        at_end = len(data) < RANGE_BYTES
-        piece, rest = _cut(rest + data, at_end=at_end)
-        if b'"' in piece:
+        buffer = bytearray(len(rest) + RANGE_BYTES)
+        buffer[:len(rest)] = rest
+        got = handle.readinto(memoryview(buffer)[len(rest):])
+        filled = len(rest) + got
+        at_end = got < RANGE_BYTES  # a file's reader fills the buffer unless the file ends
+        end = filled if at_end else buffer.rfind(b"\n", 0, filled) + 1
+        if buffer.find(b'"', 0, end) >= 0:
             raise _Uncuttable
-        if piece.strip(b"\r\n"):  # Arrow skips empty lines; a range of nothing else is no CSV to parse
-            yield piece
+        rest = bytes(buffer[end:filled])
+        if end:  # no newline in the range: its line goes on in the next one
+            yield memoryview(buffer)[:end]
         if at_end:
             return
 
@@ -183,7 +195,7 @@ class _Ranges:
     parse_options: Any
     convert_options: Any
 
-    def parse(self, piece: bytes) -> tuple[int, list[Any]]:
+    def parse(self, piece: memoryview) -> tuple[int, list[Any]]:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
