@@ -10,7 +10,6 @@ the file whole peaks at about three times the table).
 """
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,15 +19,16 @@ from typing import Any
 import numpy as np
 
 from zerograd.data.tables.cells import is_number_type
+from zerograd.performance import usable_cores
 
 RANGE_BYTES = 4 << 20  # the byte ranges after the first block: big enough that each costs little Python
 RELEASE_EVERY = 8  # blocks between handing Arrow's freed memory back (not when its allocator decides)
 
 
 def worker_count(tasks: int | None = None) -> int:
-    """Threads for work that lets go of the GIL: the CPUs this process may use, at most 4 (and
-    at most `tasks`, at least 1)."""
-    count = max(1, min(4, len(os.sched_getaffinity(0))))
+    """Threads for work that lets go of the GIL: the cores this process may use (its share under
+    `zerograd train --nproc N`), at most 4 (and at most `tasks`, at least 1)."""
+    count = max(1, min(4, usable_cores()))
     return max(1, min(count, tasks)) if tasks is not None else count
 
 
