@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 
-from zerograd.data.tables import read
+from zerograd.data.tables import blocks, read
 from zerograd.data.tabular import TableSplits, load_table_data
 
 ROWS = 3000
@@ -32,7 +32,8 @@ def frame(rows: int = ROWS) -> pd.DataFrame:
 
 def whole_file(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make zerograd read files whole, as it did before reading them in blocks / columns."""
-    monkeypatch.setattr(read, "read_blocks", lambda reader, size: None)
+    monkeypatch.setattr(read, "read_ranges", lambda *args: None)
+    monkeypatch.setattr(read, "read_blocks", lambda reader, size, block_bytes: None)
     by_column = read.read_parquet
     monkeypatch.setattr(read, "read_parquet", lambda path: by_column(path, by_column=False))
 
@@ -55,15 +56,25 @@ def load(path: Path, **options: object) -> TableSplits:
     return splits
 
 
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make zerograd read a CSV with Arrow's streaming reader, as it did before byte ranges."""
+    monkeypatch.setattr(read, "read_ranges", lambda *args: None)
+
+
+@pytest.mark.parametrize("ranges", [True, False])
 @pytest.mark.parametrize("block_bytes", [4096, 1 << 20])
 def test_a_csv_read_in_blocks_is_bitwise_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        block_bytes: int) -> None:
+                                                        block_bytes: int, ranges: bool) -> None:
     path = tmp_path / "t.csv"
     frame().to_csv(path, index=False)
     monkeypatch.setattr(read, "CSV_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(blocks, "RANGE_BYTES", 8192)
+    if not ranges:
+        one_thread(monkeypatch)
     seen = []
-    original = read.read_blocks
-    monkeypatch.setattr(read, "read_blocks", lambda reader, size: seen.append(1) or original(reader, size))
+    reader = "read_ranges" if ranges else "read_blocks"
+    original = getattr(read, reader)
+    monkeypatch.setattr(read, reader, lambda *args: seen.append(1) or original(*args))
     got = load(path)
     assert seen and got.train.tensors[0].dtype == torch.float32
     with monkeypatch.context() as m:
@@ -71,20 +82,22 @@ def test_a_csv_read_in_blocks_is_bitwise_the_whole_file(tmp_path: Path, monkeypa
         assert_same_splits(got, load(path))
 
 
-def test_more_rows_than_the_first_block_promised_grow_the_columns(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("ranges", [True, False])
+def test_more_rows_than_the_first_block_promised_grow_the_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  ranges: bool) -> None:
     """Long rows first, short rows after: more rows than guessed from the first block."""
     data = frame()
     data.loc[:200, "colour"] = "a very long name of a colour, " * 8
     path = tmp_path / "t.csv"
     data.to_csv(path, index=False)
     monkeypatch.setattr(read, "CSV_BLOCK_BYTES", 16384)
-    capacities = []
-    original = read.read_blocks
-    monkeypatch.setattr(read, "read_blocks",
-                        lambda reader, size: (b := original(reader, size)) and capacities.append(b.capacity) or b)
+    if not ranges:
+        one_thread(monkeypatch)
+    grown = []
+    original = blocks.grow
+    monkeypatch.setattr(blocks, "grow", lambda found, capacity: grown.append(found.rows) or original(found, capacity))
     got = load(path)
-    assert capacities and capacities[0] >= ROWS
+    assert len(grown) > 1 and grown[0] == 0  # the first guess, then grown
     with monkeypatch.context() as m:
         whole_file(m)
         assert_same_splits(got, load(path))
@@ -100,12 +113,23 @@ def test_a_type_that_changes_after_the_first_block_is_read_whole(tmp_path: Path,
     path = tmp_path / "t.csv"
     data.to_csv(path, index=False)
     monkeypatch.setattr(read, "CSV_BLOCK_BYTES", 4096)
-    assert read.read_blocks(pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=4096)), 1) is None
+    assert read.read_blocks(pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=4096)), 1, 4096) is None
     got = load(path)
     assert got.encoder.feature_names[-2:] == ["late", "widening"]
     with monkeypatch.context() as m:
         whole_file(m)
         assert_same_splits(got, load(path))
+
+
+def test_a_type_that_changes_after_the_first_range_is_read_whole(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    data = frame()
+    data["late"] = [None] * (ROWS - 10) + [1.5] * 10
+    path = tmp_path / "t.csv"
+    data.to_csv(path, index=False)
+    parse, convert = pacsv.ParseOptions(), {"null_values": read.NULL_VALUES, "strings_can_be_null": True}
+    schema, found = blocks.read_ranges(path, 4096, parse, convert)
+    assert found is None and str(schema.field("late").type) == "null"
 
 
 @pytest.mark.parametrize("index", [False, True])

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from zerograd.data.tables.blocks import worker_count
 from zerograd.data.tables.cells import NUMBER_PATTERN, column_texts, count_numbers, missing_mask
 from zerograd.data.tables.read import RawTable
 from zerograd.errors import DataError, ZerogradWarning
@@ -61,9 +63,21 @@ class TableEncoder:
     @classmethod
     def fit(cls, table: RawTable, features: Sequence[str], *, standardize: bool = True,
             rows: np.ndarray | None = None) -> TableEncoder:
-        """Fitted on `rows` of `table` (all rows when None): the training rows."""
-        columns = [_fit_column(name, table.columns[name] if rows is None else table.columns[name][rows], table.source,
-                               standardize) for name in features]
+        """Fitted on `rows` of `table` (all rows when None): the training rows. Number columns
+        are fitted on several threads for a big table (each column's steps are those of one thread);
+        text columns in order on this one (their warnings come from here)."""
+        def fitted(name: str) -> Column:
+            return _fit_column(name, table.columns[name] if rows is None else table.columns[name][rows], table.source,
+                               standardize)
+
+        numbers = [name for name in features if table.columns[name].dtype.kind in "biuf"]
+        threads = worker_count(min(len(numbers), (len(table) if rows is None else len(rows)) // BLOCK_ROWS))
+        if threads == 1:
+            columns = [fitted(name) for name in features]
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="zerograd-encode") as pool:
+                found = {name: pool.submit(fitted, name) for name in numbers}
+                columns = [found[name].result() if name in found else fitted(name) for name in features]
         return cls(columns=columns, input_shape=[sum(c.width for c in columns)])
 
     @classmethod
@@ -208,25 +222,41 @@ def _standardise_into(out: np.ndarray, numbers: list[tuple[int, Column, np.ndarr
                       n: int) -> None:
     """Standardised numbers into their places in `out` (missing ones: 0, the training mean), a
     block of rows at a time: the block's rows stay in the CPU cache while every column is written
-    into them (one column down a million rows touches a cache line per value)."""
+    into them (one column down a million rows touches a cache line per value). The blocks are
+    shared among threads (NumPy lets go of the GIL in each step); each value takes the same
+    steps whichever thread does it, so the bits do not depend on the threads."""
     places = [offset for offset, _, _ in numbers]
+    # Numbers side by side (the usual table) are written through a slice, not a fancy index.
+    target = slice(places[0], places[0] + len(places)) if places == list(range(places[0], places[0] + len(places))) \
+        else places
     mean = np.array([column.mean for _, column, _ in numbers])[:, None]
     std = np.array([column.std for _, column, _ in numbers])[:, None]
-    buffer = np.empty((len(numbers), min(n, BLOCK_ROWS)))
-    for start in range(0, n, BLOCK_ROWS):
-        stop = min(n, start + BLOCK_ROWS)
-        scaled = buffer[:, :stop - start]
-        for j, (_, _, values) in enumerate(numbers):
-            if rows is None:
-                scaled[j] = values[start:stop]
-            else:
-                np.take(values, rows[start:stop], out=scaled[j])
-        scaled -= mean
-        scaled /= std
-        gaps = ~np.isfinite(scaled)
-        if gaps.any():
-            scaled[gaps] = 0.0
-        out[start:stop, places] = scaled.T
+    columns = [values for _, _, values in numbers]
+
+    def blocks(first: int, last: int) -> None:
+        buffer = np.empty((len(numbers), min(last - first, BLOCK_ROWS)))
+        for start in range(first, last, BLOCK_ROWS):
+            stop = min(last, start + BLOCK_ROWS)
+            scaled = buffer[:, :stop - start]
+            for j, values in enumerate(columns):
+                if rows is None:
+                    scaled[j] = values[start:stop]
+                else:  # "clip": unbuffered (row numbers are in range); "raise" copies through a buffer
+                    np.take(values, rows[start:stop], out=scaled[j], mode="clip")
+            scaled -= mean
+            scaled /= std
+            gaps = ~np.isfinite(scaled)
+            if gaps.any():
+                scaled[gaps] = 0.0
+            out[start:stop, target] = scaled.T
+
+    spans = np.linspace(0, n, worker_count(n // BLOCK_ROWS) + 1).astype(int)
+    if len(spans) == 2:
+        blocks(0, n)
+        return
+    with ThreadPoolExecutor(len(spans) - 1, thread_name_prefix="zerograd-encode") as pool:
+        for done in [pool.submit(blocks, int(a), int(b)) for a, b in zip(spans, spans[1:])]:
+            done.result()
 
 
 def _parse_numbers(column: Column, values: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@ or without a BOM, UTF-16 with its BOM, or the encoding you name. Dates, times an
 text (zerograd decides what is a category, not the reader). Parquet and Feather files are read by
 pyarrow with their own column types. Memory: a CSV is read block by block, its numbers written
 straight into their float64 columns, and a Parquet file a column at a time, so loading peaks at
-about twice the float64 table, not three to four times (Arrow's whole-file readers).
+about twice the float64 table, not three to four times (Arrow's whole-file readers). Time: a UTF-8
+CSV without quotes is cut into ranges at line ends that are parsed on several threads (blocks.py),
+and a Parquet file's columns are read on several threads.
 """
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ import codecs
 import csv
 import io
 import math
+import threading
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zerograd.data.tables.blocks import CsvBlocks, read_blocks, read_ranges, worker_count
 from zerograd.data.tables.cells import (
     MISSING,
     CellReport,
@@ -29,7 +34,6 @@ from zerograd.data.tables.cells import (
     column_texts,
     finite_numbers,
     frame_column,
-    is_number_type,
     missing_mask,
 )
 from zerograd.errors import ConfigError, DataError
@@ -42,7 +46,7 @@ DELIMITERS = (",", "\t", ";", "|")
 SAMPLE_BYTES = 1 << 16  # the delimiter and encoding are sniffed from this much of the file
 SNIFF_ROWS = 200
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-CSV_BLOCK_BYTES = 2 << 20  # a CSV is read in blocks this big (see read_blocks)
+CSV_BLOCK_BYTES = 2 << 20  # a CSV's types are taken from its first block this big (see blocks.py)
 
 
 @dataclass
@@ -104,14 +108,22 @@ def read_csv(path: str | Path, *, encoding: str = "auto") -> RawTable:
     delimiter = sniff_delimiter(sample, complete, path.suffix.lower())
     # No invalid_row_handler: a Python callable held by Arrow's reader can outlive Arrow at exit
     # and abort the interpreter ("terminate called without an active exception").
+    convert = {"null_values": NULL_VALUES, "strings_can_be_null": True, "true_values": [], "false_values": [],
+               "timestamp_parsers": []}
     options = {"parse_options": pacsv.ParseOptions(delimiter=delimiter, newlines_in_values='"' in sample),
-               "convert_options": pacsv.ConvertOptions(null_values=NULL_VALUES, strings_can_be_null=True,
-                                                       true_values=[], false_values=[], timestamp_parsers=[])}
+               "convert_options": pacsv.ConvertOptions(**convert)}
     encoding = "utf8" if codec in ("utf-8", "utf-8-sig") else codec
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(encoding=encoding, block_size=CSV_BLOCK_BYTES),
-                                **options)
-        blocks = read_blocks(reader, path.stat().st_size)
+        # UTF-8 without quotes (a quoted value may hold a newline) is cut at line ends and parsed on
+        # several threads; other files by Arrow's streaming reader, on one thread.
+        ranged = read_ranges(path, CSV_BLOCK_BYTES, options["parse_options"], convert) \
+            if encoding == "utf8" and _cuttable(sample) else None
+        if ranged is not None:
+            schema, blocks = ranged
+        else:
+            reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(encoding=encoding,
+                                                                         block_size=CSV_BLOCK_BYTES), **options)
+            schema, blocks = reader.schema, read_blocks(reader, path.stat().st_size, CSV_BLOCK_BYTES)
         table = None if blocks is not None else pacsv.read_csv(path, read_options=pacsv.ReadOptions(encoding=encoding),
                                                                **options)
     except pa.ArrowInvalid as error:
@@ -122,7 +134,7 @@ def read_csv(path: str | Path, *, encoding: str = "auto") -> RawTable:
         raise DataError(f"{path} is not a CSV file zerograd can read ({str(error).splitlines()[0]})") from None
     except UnicodeDecodeError:
         raise not_text_error(path, codec) from None
-    schema = reader.schema if blocks is not None else table.schema  # type: ignore[union-attr]
+    schema = schema if blocks is not None else table.schema  # type: ignore[union-attr]
     if (blocks.rows if blocks is not None else table.num_rows) == 0:  # type: ignore[union-attr]
         raise _no_rows(path)
     names = header_names(list(schema.names), path)
@@ -137,56 +149,10 @@ def read_csv(path: str | Path, *, encoding: str = "auto") -> RawTable:
     return _from_arrow(arrays, names, str(path), comma_is_decimal=delimiter != ",")
 
 
-@dataclass
-class CsvBlocks:
-    """A CSV file's columns as read block by block: number columns already in float64 arrays
-    (`capacity` long, the first `rows` filled), the others as lists of Arrow arrays."""
-
-    kinds: list[Any]
-    columns: list[Any]
-    rows: int = 0
-    capacity: int = 0
-
-
-def read_blocks(reader: Any, size: int) -> CsvBlocks | None:
-    """Every block of an open Arrow CSV reader, its number columns written straight into float64
-    arrays: no Arrow table of the whole file is ever held beside them (reading the file whole
-    peaks at about three times the table). None when a later block holds a value that the types
-    the reader took from the first block cannot hold (the whole-file reader widens the type then)."""
-    import pyarrow as pa
-
-    kinds = list(reader.schema.types)
-    blocks = CsvBlocks(kinds, [np.empty(0) if is_number_type(kind) else [] for kind in kinds])
-    try:
-        for number, batch in enumerate(reader):
-            if number % 8 == 7:  # the parsed blocks' memory goes back now, not when Arrow's allocator decides
-                pa.default_memory_pool().release_unused()
-            count = batch.num_rows
-            if blocks.rows + count > blocks.capacity:  # first a guess from the file's size, then 25% more at a time
-                guess = count * size // CSV_BLOCK_BYTES + count if blocks.rows == 0 else blocks.capacity * 5 // 4
-                _grow(blocks, max(blocks.rows + count, guess))
-            for i, column in enumerate(batch.columns):
-                if isinstance(blocks.columns[i], np.ndarray):
-                    blocks.columns[i][blocks.rows:blocks.rows + count] = column.cast(pa.float64()).to_numpy(
-                        zero_copy_only=False)
-                else:
-                    blocks.columns[i].append(column)
-            blocks.rows += count
-    except pa.ArrowInvalid as error:
-        if "conversion error" in str(error):
-            return None
-        raise
-    pa.default_memory_pool().release_unused()
-    return blocks
-
-
-def _grow(blocks: CsvBlocks, capacity: int) -> None:
-    for i, column in enumerate(blocks.columns):
-        if isinstance(column, np.ndarray):
-            grown = np.empty(capacity)
-            grown[:blocks.rows] = column[:blocks.rows]
-            blocks.columns[i] = grown
-    blocks.capacity = capacity
+def _cuttable(sample: str) -> bool:
+    """Whether the file sampled may be cut after any newline: no quotes (the ranges check the rest
+    of the file), and no line ended by a carriage return alone (a Mac file of old has no newline)."""
+    return '"' not in sample and sample.count("\r") == sample.count("\r\n")
 
 
 def _from_blocks(blocks: CsvBlocks, names: list[str], source: str, *, comma_is_decimal: bool) -> RawTable:
@@ -314,7 +280,16 @@ def read_parquet(path: str | Path, *, by_column: bool = True) -> RawTable:
         schema = parquet.schema_arrow
         if len(set(schema.names)) < len(schema.names) or len(schema.names) != len(parquet.schema.names):
             return pq.read_table(file)  # repeated or nested columns: no column-by-column read
-        columns = [parquet.read(columns=[name]).column(0) for name in schema.names]
+        opened = threading.local()
+
+        def column(name: str) -> Any:  # a ParquetFile per thread: one is not to be shared
+            if not hasattr(opened, "file"):
+                opened.file = pq.ParquetFile(file)
+            return opened.file.read(columns=[name], use_threads=False).column(0)
+
+        # Columns on several threads (Arrow lets go of the GIL as it decodes), at most one per thread at a time
+        with ThreadPoolExecutor(worker_count(len(schema.names)), thread_name_prefix="zerograd-parquet") as pool:
+            columns = list(pool.map(column, schema.names))
         return pa.Table.from_arrays(columns, names=schema.names).replace_schema_metadata(schema.metadata)
 
     return _read_arrow_file(path, "Parquet", columns_read if by_column else pq.read_table)
