@@ -171,6 +171,7 @@ def _work(worker: int, paths: Sequence[Path], decode: Decode, out: np.ndarray, c
           lock: Any, write: int) -> None:
     """A worker process: decode chunks until none is left, then send its report down `write`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the workers
+    parent = os.getppid()
     report: dict[str, Any]
     try:
         failures: list[str] = []
@@ -180,7 +181,7 @@ def _work(worker: int, paths: Sequence[Path], decode: Decode, out: np.ndarray, c
                 with lock:
                     start = int(counters[0])
                     counters[0] = start + CHUNK
-                if start >= len(paths):
+                if start >= len(paths) or os.getppid() != parent:  # done, or the parent was killed: stop
                     break
                 stop = min(start + CHUNK, len(paths))
                 for index in range(start, stop):
