@@ -132,8 +132,13 @@ def test_processes_decode_in_workers_and_threads_in_this_process() -> None:
     assert failures == [] and os.getpid() not in decoders(pixels) and len(decoders(pixels)) <= 2
     pixels, _ = decode_many(paths, pid_bytes, (4,), way="threads", workers=2)
     assert decoders(pixels) == {os.getpid()}
-    pixels, _ = decode_many(paths[:10], pid_bytes, (4,), workers=2)  # auto: a few files are not worth a fork
+    many = [Path(f"{i}.png") for i in range(decode_pool.PROCESS_MIN)]
+    pixels, _ = decode_many(many[:10], pid_bytes, (4,), workers=8)  # auto: a few files are not worth a fork
     assert decoders(pixels) == {os.getpid()}
+    pixels, _ = decode_many(many, pid_bytes, (4,), workers=2)  # auto: on 2 CPUs threads are as fast
+    assert decoders(pixels) == {os.getpid()}
+    pixels, _ = decode_many(many, pid_bytes, (4,), workers=decode_pool.PROCESS_CPUS)
+    assert os.getpid() not in decoders(pixels)
 
 
 @needs_fork

@@ -1,10 +1,14 @@
-"""Decoding many files on every core: forked worker processes writing into shared memory, or threads.
+"""Decoding many files on every core: threads, or forked worker processes writing into shared memory.
 
 Pillow releases the GIL only inside the decoder itself; opening a file, parsing its headers and
-converting the pixels hold it, about half of a small JPEG's time. So threads scale badly: on 2
-cores a folder of 256px JPEGs decoded at 1/4 scale took ~280 us an image on one thread, ~210 with
-a thread pool and ~145 with two threads each looping over its own share, while two forked
-processes share nothing and approach half of one thread's time.
+converting the pixels hold it: for a 256px JPEG decoded at 1/4 scale, roughly 90 of ~230 us on
+one thread (all but the decoder's ~130). So n threads are capped near one image per GIL-held
+part (~2.5x one thread, whatever n), while n processes share nothing. On 2 cores two threads are
+not yet at that cap, and measured here (a shared 2-core machine, load 3-8) two threads each
+looping over chunks of files were as fast as two forked workers or faster (medians 300 vs 324,
+444 vs 469, 671 vs 831 us an image; the old pool of 4 threads with a future an image: 414, 442,
+789). So "auto" uses threads below PROCESS_CPUS CPUs, where they are enough, and processes from
+there (not measured on such a machine: it follows from the cap above).
 
 The process path (Linux, where `fork` is cheap and the children need no imports) forks the
 workers after the output exists: an anonymous shared mapping (`mmap(-1, n)`), which the children
@@ -13,9 +17,10 @@ can be left behind, whatever happens. The workers take chunks of files from a sh
 a worker slowed by other load takes fewer of them. The children run only the `decode` given (no
 torch), ignore Ctrl-C (the parent ends them), never print (their warnings are sent back and
 raised in the parent, as the threads' would be), and leave with `os._exit`; so forking while other
-threads run (torch's pool, the progress bar) is safe: a child needs no lock those threads hold. If no worker can be
-started or one dies without reporting, every file is decoded again with threads, so a bug is
-raised in the caller with its own type. Both paths call `decode` on each file once: the same bits.
+threads run (torch's pool, the progress bar) is safe: a child needs no lock those threads hold.
+If no worker can be started or one dies without reporting, every file is decoded again with
+threads, so a bug is raised in the caller with its own type. Both paths call `decode` on each file
+once: the same bits.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from zerograd.errors import DataError
 
 CHUNK = 16  # files a worker takes at a time: few trips to the shared counter, a small tail at the end
 PROCESS_MIN = 256  # fewer files: forking the workers costs about what they would save
+PROCESS_CPUS = 4  # fewer CPUs: threads are as fast (see the module doc)
 THREADS_MAX = 4  # more threads only fight over the GIL
 WAYS = ("auto", "processes", "threads")
 POLL_S = 0.1  # how often the progress callback hears the count
@@ -65,7 +71,7 @@ def decode_many(paths: Sequence[Path], decode: Decode, shape: tuple[int, ...], *
     """(uint8 array [len(paths), *shape], the messages of the DataErrors `decode` raised).
 
     `way`: "processes" (forked workers; threads where fork is not available or fails), "threads",
-    or "auto" (processes from PROCESS_MIN files on a machine with 2 or more CPUs). `on_progress`
+    or "auto" (processes from PROCESS_MIN files and PROCESS_CPUS usable CPUs). `on_progress`
     hears the number of files done every POLL_S seconds, in the calling thread.
     """
     if way not in WAYS:
@@ -73,7 +79,7 @@ def decode_many(paths: Sequence[Path], decode: Decode, shape: tuple[int, ...], *
     cpus = workers or usable_cpus()
     if not paths:
         return np.empty((0, *shape), dtype=np.uint8), []
-    processes = way == "processes" or (way == "auto" and len(paths) >= PROCESS_MIN and cpus > 1)
+    processes = way == "processes" or (way == "auto" and len(paths) >= PROCESS_MIN and cpus >= PROCESS_CPUS)
     if processes and can_fork():
         found = _in_processes(paths, decode, shape, max(1, min(cpus, math.ceil(len(paths) / CHUNK))), on_progress)
         if found is not None:

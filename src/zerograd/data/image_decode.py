@@ -134,9 +134,9 @@ def _rounded_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def decode_all(files: Sequence[Path], spec: ImageSpec, *, progress: bool = True, way: str = "auto") -> torch.Tensor:
-    """All images as one uint8 tensor [N, C, H, W], decoded on every core (`decode_pool`: forked
-    workers for a folder, threads for a few files; `way` forces one, for tests); every unreadable
-    file is named in one error."""
+    """All images as one uint8 tensor [N, C, H, W], decoded on every core (`decode_pool`: threads
+    looping over chunks of files; forked workers for a folder on 4 or more CPUs; `way` forces one,
+    for tests); every unreadable file is named in one error."""
     console = Console(stderr=True)
     with ExitStack() as stack:
         on_progress = None
