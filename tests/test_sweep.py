@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from zerograd import cli, runs
+from zerograd.cores import affinity_cores
 from zerograd.errors import ConfigError, RunDirError
 from zerograd.sweep import load_sweep, sweep
-from zerograd.sweep.jobs import MedianStopping, available_cores, default_metric, resolve_metric
+from zerograd.sweep.jobs import MedianStopping, default_metric, resolve_metric
 from zerograd.sweep.space import grid_points, parse_grid, parse_space, random_points
 
 # The first tutorial (y = 2x + 1 from three points): 100 epochs take a few milliseconds, and with
@@ -271,7 +272,7 @@ def test_two_jobs_in_processes_give_the_same_results_with_one_thread_each(tmp_pa
     assert [r.params for r in parallel.configs] == [r.params for r in serial.configs]
     assert [r.mean for r in parallel.configs] == pytest.approx([r.mean for r in serial.configs], rel=1e-5)
     threads = {runs.read_config(d)["threads"] for d in (tmp_path / "parallel").glob("0*")}
-    assert threads == {max(1, available_cores() // 2)}  # the cores shared out, so jobs do not oversubscribe
+    assert threads == {max(1, affinity_cores() // 2)}  # the cores shared out, so jobs do not oversubscribe
     # one job: `threads: null` chose for the (tiny) model, and the run's config says what it chose
     assert runs.read_config(next((tmp_path / "serial").glob("000-*")))["threads"] == 1
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from zerograd.cores import CPU_SHARE, usable_cores
 from zerograd.distributed import LAUNCHED_MARK, WorkerEnv, reads_as_peer_failure
 from zerograd.errors import ConfigError
-from zerograd.performance import CPU_SHARE, THREAD_ENV_VARS, environment, usable_cores
+from zerograd.performance import THREAD_ENV_VARS, environment
 
 _INTERRUPTED = "TrainingInterrupted: "  # how a worker's error file names a graceful stop
 _NO_REPORT = "it wrote no error report (see its output above)"

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from zerograd.accelerator import unwrap
+from zerograd.cores import CPU_SHARE, usable_cores
 from zerograd.rng import preserved_rng
 
 # Training FLOPs per step (forward + backward, ~3x the forward's matmul/conv FLOPs) below which
@@ -39,9 +40,8 @@ IDLE_SAMPLE_SECONDS = 0.1  # how long /proc/stat is watched to count idle cores
 # Environment variables with which a user or a launcher (torchrun, the sweep's workers) has
 # already chosen the thread count: automatic choice leaves it alone then.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# The cores each worker of `zerograd train --nproc N` may use, set by its launcher (which then
-# set the thread variables above itself: they are not the user's choice).
-CPU_SHARE = "ZEROGRAD_CPU_SHARE"
+# (cores.CPU_SHARE: the cores each worker of `zerograd train --nproc N` may use, set by its launcher,
+# which then sets the thread variables above itself: they are not the user's choice)
 
 
 def training_flops(model: nn.Module, inputs: torch.Tensor) -> float | None:
@@ -102,17 +102,6 @@ def threads_pinned_by_environment(environ: Mapping[str, str] = os.environ) -> bo
     """True when the user (or a launcher other than zerograd's) chose the thread count through
     OMP_NUM_THREADS / MKL_NUM_THREADS."""
     return CPU_SHARE not in environ and any(name in environ for name in THREAD_ENV_VARS)
-
-
-def usable_cores(environ: Mapping[str, str] = os.environ) -> int:
-    """The cores this process may use: its share under `zerograd train --nproc N`, else its CPU
-    affinity (a container's or `taskset`'s limit), else all of the machine's."""
-    share = environ.get(CPU_SHARE, "").strip()
-    if share.isdigit() and int(share) > 0:
-        return int(share)
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def busy_cores(threads: int, seconds: float = IDLE_SAMPLE_SECONDS) -> int:

@@ -7,9 +7,8 @@ folder's worth of files at once, and `choose_size` / `choose_mode` pick `size: a
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.console import Console
-from rich.progress import track
+from rich.progress import Progress
 
+from zerograd.data.decode_pool import decode_many
 from zerograd.errors import ConfigError, DataError
 
 AUTO_MAX_SIDE = 64  # `size: auto` keeps small images as they are and scales larger ones to this
@@ -133,28 +133,24 @@ def _rounded_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(array + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_all(files: Sequence[Path], spec: ImageSpec, *, progress: bool = True) -> torch.Tensor:
-    """All images as one uint8 tensor [N, C, H, W], decoded by a few threads (Pillow releases the
-    GIL while decoding); every unreadable file is named in one error."""
-    out = np.empty((len(files), spec.channels, *spec.size), dtype=np.uint8)
-    failures: list[str] = []
-
-    def decode(index: int) -> None:
-        try:
-            out[index] = spec.decode(files[index])
-        except DataError as error:
-            failures.append(str(error))
-
-    threads = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(threads) as pool:
-        jobs = pool.map(decode, range(len(files)))
-        console = Console(stderr=True)
+def decode_all(files: Sequence[Path], spec: ImageSpec, *, progress: bool = True, way: str = "auto") -> torch.Tensor:
+    """All images as one uint8 tensor [N, C, H, W], decoded on every core (`decode_pool`: threads
+    looping over chunks of files; forked workers for a folder on 4 or more CPUs; `way` forces one,
+    for tests); every unreadable file is named in one error."""
+    console = Console(stderr=True)
+    with ExitStack() as stack:
+        on_progress = None
         if progress and len(files) >= 100 and console.is_terminal:  # piped, rich would leave an empty line
-            jobs = track(jobs, total=len(files), description="decoding images", console=console, transient=True)
-        for _ in jobs:
-            pass
+            bar = stack.enter_context(Progress(*Progress.get_default_columns(), console=console, transient=True))
+            task = bar.add_task("decoding images", total=len(files))
+
+            def on_progress(done: int) -> None:
+                bar.update(task, completed=done)
+
+        pixels, failures = decode_many(files, spec.decode, (spec.channels, *spec.size), way=way,
+                                       on_progress=on_progress)
     raise_unreadable(failures)
-    return torch.from_numpy(out)
+    return torch.from_numpy(pixels)
 
 
 def check_readable(files: Sequence[Path]) -> None:

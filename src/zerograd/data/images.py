@@ -286,13 +286,17 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _image_files(d)),
+    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                   and any(_is_image(p) for p in d.rglob("*"))),  # the first image will do: not a sorted list of all
                   key=lambda d: d.name)
 
 
 def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in directory.rglob("*") if _is_image(p))
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
 
 
 def _test_files(test_root: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:

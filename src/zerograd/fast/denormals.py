@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zerograd.cores import affinity_cores
 from zerograd.fast import switched_on
 
 _TINY = 1e-39  # a denormal in fp32 (the smallest normal is ~1.18e-38)
@@ -49,7 +49,7 @@ def set_flush(enabled: bool) -> bool:
         return False
     gomp = _libgomp()
     if gomp is not None:
-        threads = max(torch.get_num_threads(), len(os.sched_getaffinity(0)))
+        threads = max(torch.get_num_threads(), affinity_cores())
 
         def on_each_thread(_: Any) -> None:
             torch.set_flush_denormal(enabled)

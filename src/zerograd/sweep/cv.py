@@ -34,6 +34,7 @@ from rich.table import Table
 from zerograd import config as configs
 from zerograd import runs
 from zerograd.console import make_console, plain, print_whole
+from zerograd.cores import affinity_cores
 from zerograd.errors import ConfigError, RunDirError, TrainingError, WriteError
 from zerograd.files import write_atomic, writing
 from zerograd.ownership import LOCK_FILE, DirectoryLock
@@ -42,7 +43,6 @@ from zerograd.sweep.jobs import (
     Job,
     Outcome,
     Plan,
-    available_cores,
     check_metric_name,
     default_metric,
     execute,
@@ -117,7 +117,7 @@ def cross_validate(
     metric_name = metric or default_metric(base)
     check_metric_name(metric_name, base | {"cv": {"folds": folds, "fold": 1}})
     cv_dir = Path(out) if out else runs.new_run_dir(f"cv-{base['name']}")
-    threads = max(1, available_cores() // jobs)
+    threads = max(1, affinity_cores() // jobs)
     extra = run_defaults(source, overrides, jobs, threads) | cv_defaults(base)
 
     def make_job(fold: int) -> Job:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
-import os
 import re
 import shutil
 import statistics
@@ -360,12 +359,6 @@ def worker_pool(jobs: int, threads: int) -> Iterator[Executor]:
 def _worker_start() -> None:
     """A worker's warnings read as the main process's do: one line each (see `one_line_warnings`)."""
     warnings.showwarning = one_line_warnings(warnings.showwarning)
-
-
-def available_cores() -> int:
-    with contextlib.suppress(AttributeError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def execute(plan: Plan, pool: Executor, jobs: int,

@@ -14,6 +14,7 @@ from rich.console import Console
 from zerograd import config as configs
 from zerograd import own_data, runs
 from zerograd.console import make_console, plain
+from zerograd.cores import affinity_cores
 from zerograd.errors import ConfigError, DataError, RunDirError, TrainingError, WriteError
 from zerograd.experiment import DATA_SOURCES, build_data, data_spec, own_data_kind
 from zerograd.files import write_atomic, writing
@@ -27,7 +28,6 @@ from zerograd.sweep.jobs import (
     OptunaPlan,
     Outcome,
     Plan,
-    available_cores,
     check_metric_name,
     default_metric,
     execute,
@@ -93,7 +93,7 @@ def sweep(
     check_metric_name(metric_name, base | ({"cv": {"folds": cv, "fold": 1}} if cv else {}))
     mode = metric_mode(metric_name)
     sweep_dir = Path(out) if out else runs.new_run_dir(f"sweep-{base['name']}")
-    threads = max(1, available_cores() // jobs)
+    threads = max(1, affinity_cores() // jobs)
     seed_list = [base["seed"] + k for k in range(seeds)]
 
     extra = run_defaults(source, spec["overrides"], jobs, threads) | (cv_defaults(base) if cv else {})

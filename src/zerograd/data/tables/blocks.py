@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from zerograd.cores import usable_cores
 from zerograd.data.tables.cells import is_number_type
-from zerograd.performance import usable_cores
 
 RANGE_BYTES = 4 << 20  # the byte ranges after the first block: big enough that each costs little Python
 RELEASE_EVERY = 8  # blocks between handing Arrow's freed memory back (not when its allocator decides)
