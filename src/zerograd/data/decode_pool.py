@@ -54,6 +54,15 @@ Decode = Callable[[Path], np.ndarray]
 Progress = Callable[[int], None]
 
 
+def decode_chunk(paths: Sequence[Path], decode: Decode, out: np.ndarray, indices: range, failures: list[str]) -> None:
+    """Decode `paths[indices]` into `out`; an unreadable file's message goes to `failures`."""
+    for index in indices:
+        try:
+            out[index] = decode(paths[index])
+        except DataError as error:
+            failures.append(str(error))
+
+
 def can_fork() -> bool:
     """Forked workers are used on Linux only: macOS's system libraries are not safe after fork."""
     return sys.platform.startswith("linux") and hasattr(os, "fork")
@@ -90,11 +99,7 @@ def _in_threads(paths: Sequence[Path], decode: Decode, shape: tuple[int, ...], w
     def work(worker: int) -> None:  # one loop a thread, not one future an image: a future costs GIL time too
         for start in chunks:
             stop = min(start + CHUNK, len(paths))
-            for index in range(start, stop):
-                try:
-                    out[index] = decode(paths[index])
-                except DataError as error:
-                    failures.append(str(error))
+            decode_chunk(paths, decode, out, range(start, stop), failures)
             done[worker] += stop - start
 
     with ThreadPoolExecutor(workers) as pool:
@@ -183,11 +188,7 @@ def _work(worker: int, paths: Sequence[Path], decode: Decode, out: np.ndarray, c
                 if start >= len(paths) or os.getppid() != parent:  # done, or the parent was killed: stop
                     break
                 stop = min(start + CHUNK, len(paths))
-                for index in range(start, stop):
-                    try:
-                        out[index] = decode(paths[index])
-                    except DataError as error:
-                        failures.append(str(error))
+                decode_chunk(paths, decode, out, range(start, stop), failures)
                 counters[1 + worker] += stop - start  # one writer per slot; the parent only reads it
         seen = {(w.category.__module__, w.category.__qualname__, str(w.message)) for w in caught}
         report = {"failures": failures, "warnings": sorted(seen)}
