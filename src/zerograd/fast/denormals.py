@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def flushed_denormals(enabled: bool = True) -> Iterator[None]:
 _PARALLEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
+@functools.cache  # torch loads its OpenMP runtime when it is imported: one look at the maps per process
 def _libgomp() -> Any:
     """The OpenMP runtime torch loaded (its own copy in a pip wheel), or None (another runtime,
     not Linux): then only the calling thread is set, which is all a single-threaded run needs."""
