@@ -33,7 +33,7 @@ loss: cross_entropy
 optimizer: adam
 lr: 0.002
 batch_size: 200
-epochs: 2
+epochs: 3
 schedule: onecycle
 threads: 1
 checkpoint_every: 23
@@ -111,20 +111,21 @@ def test_kill_9_at_random_steps_then_resume_ends_bit_identical(tmp_path: Path) -
 
     seed = int(os.environ.get("ZEROGRAD_KILL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    targets = [rng.randint(30, 170), rng.randint(230, 370), rng.randint(430, 560)]  # of 600 steps
+    # of 900 steps: the last kill leaves 340+ steps, which outlast the random wait below on a fast machine
+    targets = [rng.randint(30, 170), rng.randint(230, 370), rng.randint(430, 560)]
     run_dir, command, killed = tmp_path / "killed", zerograd("train", "mnist.yaml", "--out", "killed", "--progress",
                                                              "none"), []
     for target in targets:
         process = subprocess.Popen(command, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         wait_for_step(run_dir, target, process)
-        time.sleep(rng.uniform(0.0, 0.15))  # a random moment: mid-step, mid-checkpoint, mid-eval
+        time.sleep(rng.uniform(0.0, 0.05))  # a random moment (steps take ~1 ms): mid-step, mid-checkpoint, mid-eval
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=60)
         assert process.returncode == -signal.SIGKILL, f"seed {seed}: the run ended before the kill"
         killed.append(newest_step(run_dir))
         command = zerograd("resume", "killed", "--progress", "none")
-    assert killed == sorted(killed) and killed[-1] < 600, f"seed {seed}: killed after steps {killed}"
+    assert killed == sorted(killed) and killed[-1] < 900, f"seed {seed}: killed after steps {killed}"
     assert not (run_dir / "summary.json").exists()  # killed runs are not mistaken for finished ones
 
     run_to_end(command, tmp_path)

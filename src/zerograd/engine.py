@@ -146,7 +146,10 @@ class _Training:
                                                 epochs=opts.epochs, max_steps=opts.max_steps), self.optimizer, opts)
         train_loss = acc.prepare_loss(self.loss_fn)  # DDP: 0, not NaN, for a rank's empty share of a tiny tail batch
         self.unit_scale = target_unit_scale(given_train)  # a standardised regression target: errors in its units
-        self.totals = EpochTotals(acc.device, self.metrics(), summed=is_summed(train_loss))
+        # grouped: the count metrics updated once per group of small batches (state.py); zerograd's own
+        # in-memory batches on the CPU only, which nothing changes in place after their step
+        self.totals = EpochTotals(acc.device, self.metrics(), summed=is_summed(train_loss),
+                                  grouped=acc.device.type == "cpu" and self.source.in_memory() is not None)
         self.state = LoopState(self.model, self.optimizer, acc, opts, self.schedule, batches_per_epoch=batches,
                                totals=self.totals)
         self.guard = NonFiniteGuard(opts.on_nan, acc, self.totals)
@@ -278,7 +281,7 @@ class _Training:
                     schedule.after_step()
                 state.global_step += 1
             if usable:
-                totals.record(loss.detach(), outputs.detach(), targets)
+                totals.record(loss, outputs, targets)
             state.batch = index + 1
             for callback in hooks:
                 callback.on_batch_end(state)
@@ -321,6 +324,7 @@ def stateful_callbacks(callbacks: Sequence[Callback]) -> dict[str, Callback]:
 def epoch_logs(totals: EpochTotals, acc: Accelerator, *, prefix: str, suffix: str = "") -> dict[str, float]:
     """Sum the epoch's totals over ranks and turn them into plain numbers (metrics named
     prefix + name + suffix)."""
+    totals.settle()
     count = acc.all_reduce_sum(torch.tensor(float(totals.count), device=acc.device))
     loss_sum = acc.all_reduce_sum(totals.loss_sum.detach().clone())
     for metric in totals.metrics:

@@ -28,15 +28,28 @@ class Metric:
     def compute(self) -> float:
         raise NotImplementedError
 
+    # True: the running sums are integer counts, the same whichever batches they are summed over,
+    # so updates may wait and run on several batches at once (EpochTotals' `grouped`)
+    sums_are_counts = False
+
     def state(self) -> list[torch.Tensor]:
-        """The running sums, for summing across ranks and for checkpoints."""
-        return [value for value in vars(self).values() if isinstance(value, torch.Tensor)]
+        """The running sums, for summing across ranks."""
+        return list(self.state_dict().values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The running sums by name, for checkpoints (a mid-epoch resume goes on with them)."""
+        return {name: value for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            setattr(self, name, tensor)
 
 
 class Accuracy(Metric):
     """Top-k accuracy for class-index targets (k=1: plain accuracy)."""
 
     reads_classes = True
+    sums_are_counts = True
 
     def __init__(self, k: int = 1) -> None:
         if k < 1:
@@ -50,15 +63,17 @@ class Accuracy(Metric):
         self.count = torch.zeros((), dtype=torch.long)
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        labels = _class_targets(target)
+        labels = target.argmax(dim=1) if target.dim() > 1 else target  # (_class_targets, inlined: once a batch)
+        # count_nonzero, not sum: the same count in half the time of a sum over bools (a batch of 10
+        # pays ~1.5 us per op, and this runs after every step)
         if self.k == 1:
-            hits = (output.argmax(dim=1) == labels).sum()
+            hits = torch.count_nonzero(torch.eq(output.argmax(dim=1), labels))
         elif self.k > output.shape[1]:
             raise ConfigError(f"metric {self.name} needs at least {self.k} classes, but the model outputs "
                               f"{output.shape[1]}")
         else:
             topk = output.topk(self.k, dim=1).indices
-            hits = (topk == labels.unsqueeze(1)).any(dim=1).sum()
+            hits = torch.count_nonzero((topk == labels.unsqueeze(1)).any(dim=1))
         if self.correct.device != hits.device:  # the sums live where the outputs are
             self.correct, self.count = self.correct.to(hits.device), self.count.to(hits.device)
         self.correct.add_(hits)  # in place: no new tensors per batch
@@ -73,6 +88,7 @@ class _ConfusionMetric(Metric):
     predicted has precision 0, as in scikit-learn's `zero_division=0`)."""
 
     reads_classes = True
+    sums_are_counts = True
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -174,11 +190,18 @@ class BinaryOutputs(Metric):
         labels = (target.reshape(-1) > 0.5).long()
         self.inner.update(two_class, labels)
 
+    @property
+    def sums_are_counts(self) -> bool:  # type: ignore[override]
+        return self.inner.sums_are_counts
+
     def compute(self) -> float:
         return self.inner.compute()
 
-    def state(self) -> list[torch.Tensor]:
-        return self.inner.state()
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)
 
 
 def _class_targets(target: torch.Tensor) -> torch.Tensor:
