@@ -31,8 +31,9 @@ from zerograd.cores import CPU_SHARE, usable_cores
 from zerograd.rng import preserved_rng
 
 # Training FLOPs per step (forward + backward, ~3x the forward's matmul/conv FLOPs) below which
-# `threads: null` trains with one intra-op thread on the CPU.
-SMALL_STEP_FLOPS = 100e6
+# `threads: null` trains with one intra-op thread on the CPU. Measured on 2 idle cores (docs/performance.md,
+# section 3): two threads break even at ~6 MFLOP and are 1.2-1.25x faster at ~25 MFLOP, MLP or CNN.
+SMALL_STEP_FLOPS = 20e6
 # The layers counted besides Linear (torch's own base class of these, _ConvNd, is private).
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 IDLE_SAMPLE_SECONDS = 0.1  # how long /proc/stat is watched to count idle cores
