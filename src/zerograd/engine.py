@@ -30,7 +30,7 @@ from torch import nn
 
 from zerograd.accelerator import Accelerator, unwrap
 from zerograd.callbacks.averaging import evaluated, weight_averaging_from, with_swa
-from zerograd.callbacks.base import Callback
+from zerograd.callbacks.base import Callback, check_callbacks
 from zerograd.callbacks.early_stopping import EarlyStopping, early_stopping_from
 from zerograd.callbacks.init_weights import InitFrom
 from zerograd.data.images import augmentation_of
@@ -114,6 +114,7 @@ class _Training:
 
     def __init__(self, model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
                  callbacks: list[Callback], opts: FitOptions) -> None:
+        check_callbacks(callbacks)  # a hook that cannot take its arguments fails here, not mid-epoch
         acc = Accelerator.create(opts.device, opts.precision)
         self.profiler = Profiler(acc.device) if opts.profile else None  # where the time goes (profiling.py)
         check_global_batch(opts.batch_size, acc.world_size)  # batch_size is global: per rank = batch / world

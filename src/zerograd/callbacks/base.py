@@ -14,9 +14,16 @@ A callback with `state_dict()` / `load_state_dict()` is saved in checkpoints and
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import inspect
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
+from zerograd.errors import ConfigError
 from zerograd.state import LoopState
+
+# Each hook and the arguments the loop passes it.
+HOOK_ARGUMENTS = {"on_fit_start": ("state",), "on_epoch_start": ("state",), "on_batch_end": ("state",),
+                  "on_epoch_end": ("state", "logs"), "on_fit_end": ("state",)}
 
 
 class Callback:
@@ -33,3 +40,25 @@ class Callback:
     def on_epoch_end(self, state: LoopState, logs: dict[str, float]) -> None: ...
 
     def on_fit_end(self, state: LoopState) -> None: ...
+
+
+def check_callbacks(callbacks: Sequence[Any]) -> None:
+    """Raise a ConfigError before training when a callback lacks a hook or one of its hooks cannot
+    take the arguments the loop passes (a TypeError from deep inside the loop, mid-run, otherwise)."""
+    for callback in callbacks:
+        name = type(callback).__name__
+        for hook, arguments in HOOK_ARGUMENTS.items():
+            method = getattr(callback, hook, None)
+            if method is None:
+                raise ConfigError(f"callback {name} has no {hook}(): subclass zerograd.Callback, whose hooks do "
+                                  "nothing until overridden")
+            try:
+                signature = inspect.signature(method)
+            except (TypeError, ValueError):  # a builtin or C callable: nothing to read, trust it
+                continue
+            try:
+                signature.bind(*arguments)
+            except TypeError:
+                wanted, has = ", ".join(arguments), ", ".join(str(p) for p in signature.parameters.values())
+                raise ConfigError(f"callback {name}.{hook}({has}) cannot be called as {hook}({wanted}); "
+                                  f"define it as def {hook}(self, {wanted})") from None
