@@ -54,3 +54,8 @@ def test_flexible_and_correct_hooks_pass() -> None:
 
     train(Flexible(), epochs=2)
     assert calls == [2, 2]
+
+
+def test_a_callback_class_instead_of_an_instance_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"callbacks take instances: pass Callback\(\), not the class Callback"):
+        check_callbacks([zerograd.Callback])

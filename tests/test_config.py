@@ -220,3 +220,22 @@ def test_deep_merge_merges_mappings_and_replaces_the_rest() -> None:
     merged = configs.deep_merge(base, {"a": {"y": 3}, "b": [3], "c": {"name": "sgd"}})
     assert merged == {"a": {"x": 1, "y": 3}, "b": [3], "c": {"name": "sgd"}}
     assert base["a"] == {"x": 1, "y": 2}
+
+
+def test_lr_moves_the_one_cycle_recipes() -> None:
+    # their schedules take max_lr from the lr, so --lr changes every step's lr
+    for recipe in ("mnist-mlp-fast", "mnist-fast"):
+        resolved = configs.resolve(recipe, {"lr": 1e-9})
+        assert resolved["lr"] == 1e-9 and "max_lr" not in resolved["schedule"]
+    assert configs.resolve("mnist-mlp-fast", {"schedule.name": "cosine"})["schedule"] == {"name": "cosine"}
+
+
+def test_an_lr_a_parent_configs_max_lr_would_ignore_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "parent.yaml").write_text("extends: mnist-mlp-fast\nschedule: {name: onecycle, max_lr: 0.02}\n")
+    (tmp_path / "child.yaml").write_text(f"extends: {tmp_path / 'parent.yaml'}\n")
+    with pytest.raises(ConfigError, match=r"lr 0.5 would change nothing.*max_lr \(0.02\).*schedule.max_lr"):
+        configs.resolve(str(tmp_path / "child.yaml"), {"lr": 0.5})
+    assert configs.resolve(str(tmp_path / "child.yaml"), {"schedule.max_lr": 0.5})["schedule"]["max_lr"] == 0.5
+    # a config that sets both itself is the user's own choice
+    (tmp_path / "both.yaml").write_text("extends: mnist-mlp-fast\nlr: 0.1\nschedule: {name: onecycle, max_lr: 0.02}\n")
+    assert configs.resolve(str(tmp_path / "both.yaml"))["lr"] == 0.1

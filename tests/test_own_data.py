@@ -265,3 +265,15 @@ def test_a_regression_table_says_its_target_is_1_value(tmp_path: Path, capsys: p
     assert main(["train", "--data", str(tmp_path / "houses.csv"), "--epochs", "1", "--out", str(tmp_path / "run"),
                  "--progress", "none", "--set", "plots=false"]) == 0
     assert "data: houses.csv with 2 input values per row; target price: 1 value\n" in capsys.readouterr().out
+
+
+def test_a_table_too_small_to_validate_trains_a_fixed_schedule(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # 3 rows: 2 to train, 1 to test, none to validate; the early stopping zerograd would choose
+    # could watch nothing
+    (tmp_path / "tiny.csv").write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n")
+    code = main(["train", "--data", str(tmp_path / "tiny.csv"), "--target", "y", "--epochs", "3",
+                 "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert "2 training rows leave none to validate on, so no early stopping" in capsys.readouterr().out
+    assert read_summary(tmp_path / "run")["epochs_completed"] == 3

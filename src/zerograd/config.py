@@ -96,11 +96,23 @@ def resolve(source: str | Path | dict[str, Any], overrides: dict[str, Any] | Non
     # type and range checks, with clear messages; a fine_tune plan fills in epochs and unfreeze_after
     checked = FitOptions.from_kwargs(options, given=[key for key in config if key in options and key in given])
     options |= {key: getattr(checked, key) for key in ("epochs", "unfreeze_after")}
+    check_lr_reaches_schedule(options, given)
     resolved = {"name": config.get("name", "custom"), "description": config.get("description", "")}
     resolved |= {"data": config["data"], "model": config["model"]}
     resolved |= {key: config[key] for key in META_KEYS if key in config and key not in resolved and key != "extends"}
     resolved |= options
     return resolved
+
+
+def check_lr_reaches_schedule(options: dict[str, Any], given: Collection[str]) -> None:
+    """An lr the user gives must change the run: a onecycle schedule with its own `max_lr` (from a
+    recipe or a parent config the user did not write) sets every step's lr, and `--lr` would be a
+    silent no-op."""
+    schedule = options.get("schedule")
+    if ("lr" in given and "schedule" not in given and isinstance(schedule, dict)
+            and schedule.get("name") == "onecycle" and "max_lr" in schedule):
+        raise ConfigError(f"lr {options['lr']} would change nothing: the config's onecycle schedule sets every "
+                          f"step's lr from its max_lr ({schedule['max_lr']}); give --set schedule.max_lr=VALUE instead")
 
 
 def fit_options(config: dict[str, Any]) -> dict[str, Any]:

@@ -140,7 +140,8 @@ def build_schedule(
         if key not in SCHEDULE_OPTIONS[name]:
             valid = SCHEDULE_OPTIONS[name]
             raise ConfigError(f'schedule {name} has no option "{key}"{did_you_mean(key, valid)}; valid: '
-                              f'{", ".join(valid)}')
+                              f'{", ".join(valid)} (to replace a schedule with its options, set it whole: '
+                              f"--set 'schedule={{name: {name}}}')")
     try:
         total = steps_per_epoch * epochs if max_steps is None else min(steps_per_epoch * epochs, max_steps)
         return _SCHEDULE_BUILDERS[name](optimizer, options, max(1, total))

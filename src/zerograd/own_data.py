@@ -137,12 +137,21 @@ def complete(raw: dict[str, Any], *, trust_code: bool = True,
     if "val_split" not in data and not config.get("val_split") and not config.get("cv"):
         data["val_split"] = VAL_SPLIT  # (a cross-validation fold validates on the fold it holds out instead)
     validated = bool(data.get("val_split") or config.get("val_split") or config.get("cv"))
-    if validated and "early_stopping" not in config:
+    chose_stopping = validated and "early_stopping" not in config
+    if chose_stopping:
         config["early_stopping"] = {"monitor": "val_loss", "patience": PATIENCE[kind]}
     if not _needs_sizes(config.get("model")) and all(key in config for key in ("loss", "batch_size", "epochs")):
         return config, []  # nothing left to read from the data
     facts = _image_facts(data) if kind == "images" else _table_facts(data, config)
     notes = facts.pop("notes")
+    if chose_stopping and facts.pop("val_rows") == 0 and not config.get("cv"):
+        # a handful of rows leaves none to validate on: the early stopping chosen for the user would
+        # watch a val_loss the run never logs; train the fixed budget instead, and say so
+        del config["early_stopping"]
+        data["val_split"] = 0.0
+        validated = False
+        notes.append(f"data: {facts['rows']} training rows leave none to validate on, so no early stopping: "
+                     "a fixed number of epochs (more rows, or --epochs, to choose)")
     if _needs_sizes(config.get("model")):
         config["model"] = _model_spec(config.get("model"), kind, facts["input_shape"], facts["outputs"],
                                       trust_code=trust_code)
@@ -191,7 +200,8 @@ def _table_facts(data: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
     notes = [f"data: {source} with {inputs}; target {splits.target or 'the targets'}: {described}"]
     notes += [note for note in splits.notes if note.startswith(("task:", "column", "data:"))]
     task = task_of(config["loss"]) if "loss" in config else splits.task
-    return {"task": task, "input_shape": shape, "outputs": outputs, "rows": len(splits.train), "notes": notes}
+    return {"task": task, "input_shape": shape, "outputs": outputs, "rows": len(splits.train),
+            "val_rows": len(splits.val) if splits.val is not None else 0, "notes": notes}
 
 
 def _image_facts(data: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +217,7 @@ def _image_facts(data: dict[str, Any]) -> dict[str, Any]:
     notes = [f"data: image folder {root.name or root} with {len(class_names)} classes ({shown}); task: "
              f"classification (one folder per class); {held} (seed {data['seed']}, stratified by class)"]
     return {"task": "classification", "input_shape": [channels, height, width], "outputs": len(class_names),
-            "rows": len(parts["train"]), "notes": notes}
+            "rows": len(parts["train"]), "val_rows": len(parts["val"]), "notes": notes}
 
 
 def _model_spec(model: str | dict[str, Any] | None, kind: str, input_shape: list[int], outputs: int, *,

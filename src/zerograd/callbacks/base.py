@@ -46,6 +46,9 @@ def check_callbacks(callbacks: Sequence[Any]) -> None:
     """Raise a ConfigError before training when a callback lacks a hook or one of its hooks cannot
     take the arguments the loop passes (a TypeError from deep inside the loop, mid-run, otherwise)."""
     for callback in callbacks:
+        if isinstance(callback, type):
+            cls = callback.__name__
+            raise ConfigError(f"callbacks take instances: pass {cls}(), not the class {cls}")
         name = type(callback).__name__
         for hook, arguments in HOOK_ARGUMENTS.items():
             method = getattr(callback, hook, None)
