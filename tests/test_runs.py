@@ -163,3 +163,22 @@ def test_initial_weights_do_not_depend_on_what_ran_before(tmp_path: Path) -> Non
     torch.manual_seed(5)
     b = zerograd.train("linear-regression", overrides={"epochs": 1}, out=tmp_path / "b", quiet=True)
     assert without_timing(a.summary) == without_timing(b.summary)
+
+
+def test_a_resume_refuses_data_that_splits_otherwise(tmp_path: Path) -> None:
+    from zerograd.data.tabular import load_table_data
+    from zerograd.errors import DataError
+    from zerograd.runs import check_same_split, write_split
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(40)))
+    def split() -> dict:
+        return load_table_data(table, target="y", val_split=0.2, seed=0).split_record()
+
+    write_split(tmp_path, split())
+    check_same_split(tmp_path, split())  # unchanged: fine
+    table.write_text("a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(38)))  # two rows fewer
+    wanted = r"the data changed since .* now splits into 24 / 6 / 8 train / val / test rows, against 26 / 6 / 8"
+    with pytest.raises(DataError, match=wanted):
+        check_same_split(tmp_path, split())
+    check_same_split(tmp_path / "no-run-yet", None)  # nothing recorded, nothing to compare

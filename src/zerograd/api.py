@@ -168,6 +168,8 @@ def _train_in(run_dir: Path, config: dict[str, Any], experiment: Experiment, eve
     go_on = f"then continue with `zerograd resume {run_dir}`{distributed.relaunch_flags()}"
     if not resumed:
         runs.refuse_existing_run(run_dir)  # never write over an earlier run's files
+    else:
+        runs.check_same_split(run_dir, experiment.data.split)  # (every rank: read only, so all stop together)
     if distributed.is_main():  # one writer: rank 0 owns the run directory
         try:
             if not resumed:

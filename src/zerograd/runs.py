@@ -33,7 +33,7 @@ from zerograd.callbacks.loggers import FINISHED, RunInfo, RunLogger
 from zerograd.checkpoint_format import CHECKPOINTS, checkpoint_dirs
 from zerograd.config import dump
 from zerograd.distributed import WorkerEnv
-from zerograd.errors import ConfigError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
+from zerograd.errors import ConfigError, DataError, RunDirError, UntrustedCodeError, WeightsMismatchError, WriteError
 from zerograd.files import load_safetensors, to_plain, write_atomic, writing, yaml_load, yaml_problem
 from zerograd.models import build_model, weights_mismatch
 from zerograd.options import FitOptions
@@ -198,6 +198,26 @@ def write_preprocessing(run_dir: Path, preprocessing: dict[str, Any] | None) -> 
 def write_split(run_dir: Path, split: dict[str, Any] | None) -> None:
     if split is not None:
         write_atomic(run_dir / SPLIT, json.dumps(to_plain(split), indent=1) + "\n")
+
+
+def check_same_split(run_dir: Path, split: dict[str, Any] | None) -> None:
+    """Before a resume: the data must split as it did when the run started. A table or folder that
+    changed since (rows added, removed or reordered) would put other rows into training and test,
+    so resuming would silently mix two data sets (and could train on test rows)."""
+    recorded = read_json_object(Path(run_dir) / SPLIT) if split is not None else {}
+    if not recorded:
+        return
+    keys = ("counts", "row_parts")
+    if all(recorded.get(key) == to_plain(split).get(key) for key in keys):
+        return
+    was, now = recorded.get("counts", {}), to_plain(split).get("counts", {})
+    parts = ("train", "val", "test")
+    raise DataError(f"the data changed since {run_dir} started: {split.get('source', 'it')} now splits into "
+                    f"{' / '.join(str(now.get(p, 0)) for p in parts)} train / val / test rows, against "
+                    f"{' / '.join(str(was.get(p, 0)) for p in parts)} recorded in {SPLIT}"
+                    + ("" if now != was else " (the same counts, other rows)")
+                    + "; resuming would train and test on other rows. Put the original data back to resume, "
+                    "or start a new run on the new data (zerograd train ... --out NEW_DIR)")
 
 
 def read_preprocessing(run_dir: Path) -> dict[str, Any]:
