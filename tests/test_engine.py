@@ -354,3 +354,14 @@ def test_bad_training_data_is_a_data_error() -> None:
         zerograd.fit(small_net(3), (np.zeros((8, 8)), np.zeros(7)), device="cpu")
     with pytest.raises(DataError, match="cannot train on a str"):
         zerograd.fit(small_net(3), "train.csv", device="cpu")
+
+
+def test_predict_and_evaluate_explain_inputs_the_model_cannot_take() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(DataError, match=r"the inputs have 3 values per sample .* Linear\(4, 8\)"):
+        zerograd.predict(model, np.zeros((5, 3), dtype=np.float32))
+    with pytest.raises(DataError, match="the inputs are int64 but the model computes in floating point"):
+        zerograd.predict(model, np.zeros((5, 4), dtype=np.int64))
+    with pytest.raises(DataError, match=r"the inputs have 5 values per sample .* Linear\(4, 8\)"):
+        zerograd.evaluate(model, (np.zeros((6, 5), dtype=np.float32), np.zeros(6, dtype=np.int64)))
+    assert zerograd.predict(model, np.zeros((5, 4), dtype=np.float32)).shape == (5, 3)

@@ -47,7 +47,7 @@ from zerograd.nan_guard import NonFiniteGuard, check_finite_weights
 from zerograd.optim import build_optimizer, build_schedule, current_lr
 from zerograd.options import FitOptions
 from zerograd.performance import auto_threads
-from zerograd.preflight import first_batch, parameter_dtype, preflight
+from zerograd.preflight import first_batch, forward_or_explain, parameter_dtype, preflight
 from zerograd.profiling import Profiler, ProfileReport, show_profile
 from zerograd.rng import RandomState, rank_seed, seed_everything
 from zerograd.state import CheckpointParts, EpochTotals, History, LoopState
@@ -343,10 +343,12 @@ def evaluate_source(model: nn.Module, source: BatchSource, loss_fn: nn.Module, m
     """Loss and metrics of `model` over one pass of `source`, in eval mode, without gradients."""
     model.eval()
     totals = EpochTotals(acc.device, metrics, summed=is_summed(loss_fn))
-    for inputs, targets in source:
+    dtype = parameter_dtype(model)
+    for index, (inputs, targets) in enumerate(source):
         inputs, targets = acc.to_device((inputs, targets))
         with acc.autocast():
-            outputs = model(inputs)
+            # the first batch says what is wrong when the model cannot take the data, not torch's words
+            outputs = forward_or_explain(model, inputs, dtype) if index == 0 else model(inputs)
             loss = loss_fn(outputs, targets)
         totals.record(loss.float(), outputs.float(), targets)
     return epoch_logs(totals, acc, prefix=prefix)
@@ -380,7 +382,9 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1000, device: st
     """The model's outputs for `inputs` (a tensor, an array, or a Dataset), on the CPU."""
     acc = Accelerator.create(device)
     model.to(acc.device).eval()
-    outputs = [model(batch.to(acc.device)).float().cpu() for batch in input_batches(inputs, batch_size)]
+    dtype = parameter_dtype(model)
+    outputs = [(forward_or_explain(model, batch.to(acc.device), dtype) if index == 0 else model(batch.to(acc.device)))
+               .float().cpu() for index, batch in enumerate(input_batches(inputs, batch_size))]
     if not outputs:
         raise DataError("predict got no inputs")
     return torch.cat(outputs)

@@ -166,7 +166,7 @@ def explain_forward_error(model: nn.Module, inputs: torch.Tensor, model_dtype: t
         if inputs.shape[1] != first.in_channels:
             return (f"the inputs have {inputs.shape[1]} channels but the model's first layer {type(first).__name__} "
                     f"takes {first.in_channels}: set in_channels: {inputs.shape[1]} or convert the images [{detail}]")
-    return f"the model cannot take the training inputs ({per_sample} per sample): {detail}"
+    return f"the model cannot take the inputs ({per_sample} per sample): {detail}"
 
 
 def check_class_targets(model: nn.Module, outputs: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
