@@ -363,3 +363,13 @@ def test_a_checkpoint_from_a_newer_zerograd_is_refused_in_one_line(tmp_path: Pat
     with pytest.raises(CheckpointError, match="written by a newer zerograd \\(checkpoint format 99"):
         fit(small_classifier(), NoisyDataset(), callbacks=[ResumeFrom(tmp_path / "ckpt")], epochs=3, batch_size=16,
             lr=0.01, seed=5, threads=1)
+
+
+def test_a_finished_run_is_not_offered_a_resume(tmp_path: Path) -> None:
+    from zerograd.runs import refuse_existing_run
+
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="already holds a finished training run; choose another --out") as caught:
+        refuse_existing_run(tmp_path)
+    assert "resume" not in str(caught.value)

@@ -365,3 +365,26 @@ def test_predict_and_evaluate_explain_inputs_the_model_cannot_take() -> None:
     with pytest.raises(DataError, match=r"the inputs have 5 values per sample .* Linear\(4, 8\)"):
         zerograd.evaluate(model, (np.zeros((6, 5), dtype=np.float32), np.zeros(6, dtype=np.int64)))
     assert zerograd.predict(model, np.zeros((5, 4), dtype=np.float32)).shape == (5, 3)
+
+
+def test_what_fit_cannot_train_is_named_before_training() -> None:
+    x, y = torch.rand(40, 4), torch.randint(0, 3, (40,))
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.linear(inputs), inputs
+
+    frozen = nn.Linear(4, 3).requires_grad_(False)
+    with pytest.raises(DataError, match="the model returns a tuple, but the loss needs one tensor"):
+        zerograd.fit(Pair(), (x, y), batch_size=10, epochs=1, progress="none")
+    with pytest.raises(ConfigError, match="fit trains a torch.nn.Module; got a function"):
+        zerograd.fit(lambda t: t, (x, y), batch_size=10, epochs=1, progress="none")
+    for model in (nn.Identity(), frozen):
+        with pytest.raises(ConfigError, match="has no trainable parameters"):
+            zerograd.fit(model, (x, y), batch_size=10, epochs=1, progress="none")
+    with pytest.raises(ConfigError, match="it comes from validation data, which this run has none of"):
+        zerograd.fit(nn.Linear(4, 3), (x, y), batch_size=10, epochs=1, early_stopping=True, progress="none")

@@ -36,7 +36,7 @@ from zerograd.callbacks.init_weights import InitFrom
 from zerograd.data.images import augmentation_of
 from zerograd.data.loader import BatchSource, batch_source, input_batches, split_validation
 from zerograd.distributed import check_global_batch
-from zerograd.errors import DataError
+from zerograd.errors import ConfigError, DataError
 from zerograd.fast.denormals import flushed_denormals
 from zerograd.fast.heap import retained_heap
 from zerograd.finetune import Freezing, parameter_groups
@@ -115,6 +115,7 @@ class _Training:
     def __init__(self, model: nn.Module, train_data: Any, eval_data: Any, val_data: Any,
                  callbacks: list[Callback], opts: FitOptions) -> None:
         check_callbacks(callbacks)  # a hook that cannot take its arguments fails here, not mid-epoch
+        check_trainable(model, unfreezes=opts.unfreeze_after is not None)
         acc = Accelerator.create(opts.device, opts.precision)
         self.profiler = Profiler(acc.device) if opts.profile else None  # where the time goes (profiling.py)
         check_global_batch(opts.batch_size, acc.world_size)  # batch_size is global: per rank = batch / world
@@ -308,6 +309,18 @@ class _Training:
                          stopper.best_epoch if stopper else None, stopper.restored_epoch if stopper else None,
                          self.step.name, init, self.averaging.applied if self.averaging is not None else None,
                          self.profiler.finish() if self.profiler is not None else None)
+
+
+def check_trainable(model: Any, *, unfreezes: bool = False) -> None:
+    """`fit` trains an nn.Module with at least one parameter that takes gradients (or frozen ones
+    that `unfreeze_after` will let train)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"fit trains a torch.nn.Module; got a {type(model).__name__}: wrap the computation in an "
+                          "nn.Module whose layers hold the weights")
+    parameters = list(model.parameters())
+    if not parameters or not (unfreezes or any(p.requires_grad for p in parameters)):
+        raise ConfigError(f"the model ({type(model).__name__}) has no trainable parameters (none, or all frozen "
+                          "with requires_grad=False): there is nothing to train")
 
 
 def stateful_callbacks(callbacks: Sequence[Callback]) -> dict[str, Callback]:

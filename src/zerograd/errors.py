@@ -105,3 +105,13 @@ def one_line_warnings(show: Any) -> Any:
             show(message, category, filename, lineno, file, line)
 
     return show_warning
+
+
+def validation_hint(monitor: str, logs: Iterable[str]) -> str:
+    """For a monitored `val_` quantity a run does not log because it has no validation data: how to
+    get some ('' when that is not the reason)."""
+    logged = list(logs)
+    if not monitor.startswith("val_") or any(key.startswith("val_") for key in logged):
+        return ""
+    return (": it comes from validation data, which this run has none of; hold some out with val_split (e.g. "
+            "--set val_split=0.1, fit(..., val_split=0.1)) or give val_data")

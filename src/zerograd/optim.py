@@ -16,7 +16,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import SWALR
 
 from zerograd import fast
-from zerograd.errors import ConfigError, did_you_mean
+from zerograd.errors import ConfigError, did_you_mean, validation_hint
 from zerograd.fast import optimizers as lean
 from zerograd.metrics import resolve_mode
 
@@ -98,7 +98,7 @@ class Schedule:
             if self.monitor not in logs:
                 raise ConfigError(
                     f'schedule plateau monitors "{self.monitor}", which this run does not log'
-                    f'{did_you_mean(str(self.monitor), logs)}; '
+                    f'{validation_hint(str(self.monitor), logs) or did_you_mean(str(self.monitor), logs)}; '
                     f'logged: {", ".join(sorted(logs))}'
                 )
             self.scheduler.step(logs[self.monitor])

@@ -54,6 +54,10 @@ def preflight(model: nn.Module, source: BatchSource, loss_fn: nn.Module, *, task
         raw.eval()  # no dropout draws, no BatchNorm statistics updated by this look-ahead
         with preserved_rng(acc.device), torch.no_grad(), acc.autocast():
             outputs = forward_or_explain(raw, inputs, model_dtype)
+            if not isinstance(outputs, torch.Tensor):
+                raise DataError(f"the model returns a {type(outputs).__name__}, but the loss needs one tensor of "
+                                "outputs: return that tensor alone from forward (e.g. the logits), or wrap the model "
+                                "in an nn.Module whose forward picks it")
             name = loss_name(opts.loss)
             if name in CLASS_INDEX_LOSSES:
                 labels = whole[1] if whole is not None and len(whole) > 1 else targets

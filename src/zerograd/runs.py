@@ -424,6 +424,9 @@ def refuse_existing_run(run_dir: str | Path) -> None:
     path = Path(run_dir)
     metrics = path / METRICS
     logged = metrics.is_file() and metrics.stat().st_size
+    if (path / SUMMARY).is_file() and (path / WEIGHTS).is_file():
+        raise ConfigError(f"{path} already holds a finished training run; choose another --out so its files are not "
+                          "overwritten")
     if checkpoint_dirs(path / CHECKPOINTS) or logged or (path / WEIGHTS).is_file():
         raise ConfigError(
             f"{path} already holds a training run; continue it with `zerograd resume {path}` "

@@ -6,7 +6,7 @@ import math
 from typing import Any, ClassVar
 
 from zerograd.callbacks.base import Callback
-from zerograd.errors import ConfigError, did_you_mean
+from zerograd.errors import ConfigError, did_you_mean, validation_hint
 from zerograd.options import check_early_stopping, early_stopping_options
 from zerograd.state import LoopState
 
@@ -44,7 +44,8 @@ class EarlyStopping(Callback):
         if self.monitor not in logs:
             raise ConfigError(
                 f'early_stopping monitors "{self.monitor}", which this run does not log'
-                f'{did_you_mean(self.monitor, logs)}; logged: {", ".join(sorted(logs))}'
+                f'{validation_hint(self.monitor, logs) or did_you_mean(self.monitor, logs)}; '
+                f'logged: {", ".join(sorted(logs))}'
             )
         value = logs[self.monitor]
         if self.improved(value):
@@ -74,3 +75,4 @@ def early_stopping_from(spec: dict[str, Any] | bool | None) -> EarlyStopping | N
     """The `EarlyStopping` an `early_stopping:` option asks for (None: none)."""
     options = early_stopping_options(spec)
     return None if options is None else EarlyStopping(**options)
+
