@@ -184,6 +184,17 @@ def test_float64_regression_targets_become_float32() -> None:
     assert x.dtype == y.dtype == torch.float32
 
 
+def test_a_dataframes_whole_number_and_bool_columns_become_float32() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"rooms": [3, 4, 2], "floors": [1, 2, 1], "garden": [True, False, True]})
+    x, y = as_tensors(frame, pd.Series([0, 1, 0]))
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.tolist() == [[3.0, 1.0, 1.0], [4.0, 2.0, 0.0], [2.0, 1.0, 1.0]]
+    ids, _ = as_tensors(np.array([[3, 1], [4, 2]]), np.array([0, 1]))  # an array of whole numbers may be token ids
+    assert ids.dtype == torch.int64
+
+
 def test_non_contiguous_arrays_are_accepted() -> None:
     x = np.arange(40, dtype=np.float32).reshape(10, 4)[:, ::2]
     tensors = in_memory_tensors((x, np.arange(10)))

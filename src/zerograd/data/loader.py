@@ -347,7 +347,9 @@ def in_memory_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
 
 def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert (X, y) arrays to tensors: float64 and uint8 inputs become float32 (what models
-    expect), small integer targets int64 (what class-index losses expect)."""
+    expect), small integer targets int64 (what class-index losses expect). A DataFrame's
+    whole-number (and bool) columns become float32 too: a table's values, not token ids."""
+    table = hasattr(inputs, "columns") and hasattr(inputs, "to_numpy")
     inputs, targets = as_array(inputs, "inputs"), as_array(targets, "targets")
     if len(inputs) != len(targets):
         raise DataError(f"inputs have {len(inputs)} rows but targets have {len(targets)}; give one target per input "
@@ -360,8 +362,8 @@ def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
         y = y.float()
     if y.dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
         y = y.long()  # class indices: NumPy's int32 (Windows' default) would fail in cross_entropy
-    if x.dtype == torch.uint8:
-        x = x.float()  # raw pixels: layers take floats (other integer inputs may be token ids: kept)
+    if x.dtype == torch.uint8 or (table and not x.is_floating_point()):
+        x = x.float()  # raw pixels, a table's counts: layers take floats (other integer inputs may be token ids: kept)
     return x, y
 
 
