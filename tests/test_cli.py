@@ -317,3 +317,13 @@ def test_python_dash_m_trains_and_reports_mistakes(tmp_path: Path) -> None:
         'zerograd: error: unknown recipe "linear-regresion" (did you mean "linear-regression"?); '
         'run "zerograd recipes" to list them, or give a .yaml file'
     ]
+
+
+def test_plot_of_a_run_without_a_finished_epoch_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zerograd.runs import write_config
+
+    write_config(tmp_path, configs.resolve("linear-regression"))  # stopped before its first epoch ended
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert main(["plot", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "no plots: " in err and "has no finished epoch yet" in err

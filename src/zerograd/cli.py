@@ -378,8 +378,12 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from zerograd.reporting.plots import write_plots  # matplotlib: loaded by the commands that draw
 
-    for path in write_plots(args.run_dir, out_dir=args.out, device=args.device, trust_code=args.trust_code):
+    written = write_plots(args.run_dir, out_dir=args.out, device=args.device, trust_code=args.trust_code)
+    for path in written:
         print(path)
+    if not written:  # e.g. a run stopped inside its first epoch: no epoch record, no weights yet
+        print(f"no plots: {args.run_dir} has no finished epoch yet (its curves start with the first one); "
+              f"continue it with `zerograd resume {args.run_dir}`", file=sys.stderr)
     return 0
 
 
