@@ -43,8 +43,9 @@ def probe(*args: str) -> dict:
     (["sweep", "--help"], 0, "--median-stop"),
     (["recipes"], 0, "mnist-mlp"),
     (["train", "--epochs", "many"], 2, "invalid int value"),
-    (["trian"], 2, "invalid choice"),
-    (["train", "mnist-mlp", "--no-such-flag"], 2, "unrecognized arguments"),
+    (["trian"], 2, 'unknown command \'trian\' (did you mean "train"?)'),
+    (["train", "mnist-mlp", "--no-such-flag"], 2, "zerograd train: error: unrecognized arguments: --no-such-flag"),
+    (["predict", "RUN", "x.csv", "--jsn"], 2, 'unrecognized arguments: --jsn (did you mean "--json"?)'),
 ])
 def test_light_commands_answer_without_importing_torch(args: list[str], code: int, says: str) -> None:
     result = probe(*args)
