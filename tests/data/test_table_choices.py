@@ -76,6 +76,7 @@ def test_features_and_drop_choose_the_inputs_and_size_the_model(iris: pd.DataFra
     ({"drop": ["colour"]}, 'has no column "colour"'),
     ({"drop": ["species"]}, 'the target column "species" cannot be dropped'),
     ({"drop": list(load_iris().feature_names)}, "has no feature columns besides the target 'species'"),
+    ({"features": "sepal width (cm),sepal width (cm)"}, "features names 'sepal width (cm)' more than once"),
 ])
 def test_feature_mistakes_are_named(iris: pd.DataFrame, kwargs: dict, message: str) -> None:
     with pytest.raises((ConfigError, DataError)) as raised:

@@ -42,10 +42,15 @@ def column_list(value: str | Sequence[str] | None, key: str) -> list[str] | None
     if value is None:
         return None
     if isinstance(value, str):
-        return [name.strip() for name in value.split(",") if name.strip()]
-    if not isinstance(value, (list, tuple)):
+        names = [name.strip() for name in value.split(",") if name.strip()]
+    elif isinstance(value, (list, tuple)):
+        names = [str(name) for name in value]
+    else:
         raise ConfigError(f"{key} is a list of column names, got {value!r}")
-    return [str(name) for name in value]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # a column twice would be two identical inputs (or a typo for another column)
+        raise ConfigError(f"{key} names {', '.join(repr(n) for n in repeated)} more than once; list each column once")
+    return names
 
 
 def choose_features(table: RawTable, target: str, features: str | Sequence[str] | None = None,
