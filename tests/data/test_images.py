@@ -20,7 +20,7 @@ from zerograd.data.images import (
     stratified_split,
 )
 from zerograd.data.loader import make_loader
-from zerograd.errors import ConfigError, DataError
+from zerograd.errors import ConfigError, DataError, ZerogradWarning
 
 
 def save(path: Path, array: np.ndarray) -> Path:
@@ -46,6 +46,14 @@ def test_class_names_are_the_sorted_folder_names(grey_folder: Path) -> None:
     assert splits.input_shape == [1, 10, 12]
     assert (len(splits.train), len(splits.test)) == (16, 4)
     assert sorted(splits.test.labels.tolist()) == [0, 0, 1, 1]  # each class in the test split in its share
+
+
+def test_a_class_folder_without_images_is_named(grey_folder: Path) -> None:
+    (grey_folder / "cloudy").mkdir()
+    wanted = r"folder\(s\) 'cloudy' hold no images and are not classes; training on 2"
+    with pytest.warns(ZerogradWarning, match=wanted):
+        splits = load_image_folder(grey_folder, test_split=0.2, progress=False)
+    assert splits.class_names == ["bright", "dark"]
 
 
 def test_images_are_held_as_one_uint8_tensor_and_batches_become_normalised_floats(grey_folder: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from zerograd.data.cached import random_flip as random_flip
 from zerograd.data.image_decode import ImageSpec, channel_stats, check_readable, choose_mode, choose_size, decode_all
 from zerograd.data.loader import TorchLoader
 from zerograd.data.tables.split import PART_CODES, row_parts
-from zerograd.errors import ConfigError, DataError, did_you_mean
+from zerograd.errors import ConfigError, DataError, ZerogradWarning, did_you_mean
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MODES = ("auto", "grayscale", "rgb")
@@ -276,6 +277,10 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     if len(class_dirs) < 2:
         raise DataError(f"{root} has only one class folder ({class_dirs[0].name}); a classifier needs at least two "
                         "classes")
+    empty = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d not in class_dirs)
+    if empty:  # a class the user meant to train on would otherwise vanish without a word
+        warnings.warn(f"{root}: folder(s) {', '.join(repr(n) for n in empty)} hold no images and are not classes; "
+                      f"training on {len(class_dirs)} classes", ZerogradWarning, stacklevel=2)
     files: list[Path] = []
     labels: list[int] = []
     for label, directory in enumerate(class_dirs):
