@@ -26,8 +26,9 @@ from zerograd.cli_flags import (
     add_training_arguments,
     add_trust_argument,
     add_tta_argument,
+    parse_arguments,
 )
-from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, did_you_mean, one_line_warnings
+from zerograd.errors import ConfigError, DataError, TrainingInterrupted, ZerogradError, one_line_warnings
 
 if TYPE_CHECKING:
     from zerograd.launch import LaunchOptions
@@ -80,22 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         distributed.record_error(error)
         raise
-
-
-def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """argparse's parse, with a did-you-mean for a mistyped command or flag, and a flag error shown
-    with the usage of the command it was given to (argparse shows the top level's)."""
-    commands: dict[str, argparse.ArgumentParser] = parser.commands  # type: ignore[attr-defined]
-    if argv and not argv[0].startswith("-") and argv[0] not in commands:
-        parser.error(f"unknown command {argv[0]!r}{did_you_mean(argv[0], commands)}; commands: {', '.join(commands)}")
-    args, extras = parser.parse_known_args(argv)
-    if extras:
-        command = commands.get(getattr(args, "command", None) or "", parser)
-        # argparse lists a parser's flags only in its (private) actions; reading them here is the cheap way
-        flags = [flag for action in command._actions for flag in action.option_strings]
-        first = next((e.split("=")[0] for e in extras if e.startswith("-")), extras[0])
-        command.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(first, flags)}")
-    return args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from zerograd.defaults import DIST_TIMEOUT_S, MEDIAN_STOP_MIN_RUNS
+from zerograd.errors import did_you_mean
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,3 +111,19 @@ def add_own_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 OWN_DATA_FLAGS = {"--target": "target", "--model": "model", "--task": "task", "--features": "features",
                   "--drop": "drop", "--max-classes": "max_classes", "--encoding": "encoding"}
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse's parse, with a did-you-mean for a mistyped command or flag, and a flag error shown
+    with the usage of the command it was given to (argparse shows the top level's)."""
+    commands: dict[str, argparse.ArgumentParser] = parser.commands  # type: ignore[attr-defined]
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        parser.error(f"unknown command {argv[0]!r}{did_you_mean(argv[0], commands)}; commands: {', '.join(commands)}")
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = commands.get(getattr(args, "command", None) or "", parser)
+        # argparse lists a parser's flags only in its (private) actions; reading them here is the cheap way
+        flags = [flag for action in command._actions for flag in action.option_strings]
+        first = next((e.split("=")[0] for e in extras if e.startswith("-")), extras[0])
+        command.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(first, flags)}")
+    return args

@@ -347,10 +347,8 @@ def in_memory_tensors(data: Any) -> tuple[torch.Tensor, ...] | None:
 
 def as_tensors(inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert (X, y) arrays to tensors: float64 and uint8 inputs become float32 (what models
-    expect), small integer targets int64 (what class-index losses expect). A DataFrame's
-    whole-number (and bool) columns become float32 too: a table's values, not token ids."""
-    table = hasattr(inputs, "columns") and hasattr(inputs, "to_numpy")
-    inputs, targets = as_array(inputs, "inputs"), as_array(targets, "targets")
+    expect), small integer targets int64 (what class-index losses expect); a DataFrame's int/bool columns too."""
+    inputs, targets, table = as_array(inputs, "inputs"), as_array(targets, "targets"), hasattr(inputs, "columns")
     if len(inputs) != len(targets):
         raise DataError(f"inputs have {len(inputs)} rows but targets have {len(targets)}; give one target per input "
                         "row")
