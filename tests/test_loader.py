@@ -193,6 +193,8 @@ def test_a_dataframes_whole_number_and_bool_columns_become_float32() -> None:
     assert x.tolist() == [[3.0, 1.0, 1.0], [4.0, 2.0, 0.0], [2.0, 1.0, 1.0]]
     ids, _ = as_tensors(np.array([[3, 1], [4, 2]]), np.array([0, 1]))  # an array of whole numbers may be token ids
     assert ids.dtype == torch.int64
+    with pytest.raises(DataError, match="the targets are text labels"):  # a Series of text is not a table of numbers
+        as_tensors(frame, pd.Series(["cat", "dog", "cat"]))
 
 
 def test_non_contiguous_arrays_are_accepted() -> None:

@@ -39,9 +39,10 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose read
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parse_arguments(parser, list(sys.argv[1:] if argv is None else argv))
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` re-runs in each worker
+    args = parse_arguments(parser, given)
+    args.argv = given  # what `--nproc` re-runs in each worker
     args.owns_process = argv is None  # run as the `zerograd` command itself, not called from Python code
     if not getattr(args, "command", None):
         parser.print_help()

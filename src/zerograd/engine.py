@@ -395,9 +395,11 @@ def predict(model: nn.Module, inputs: Any, *, batch_size: int = 1000, device: st
     """The model's outputs for `inputs` (a tensor, an array, or a Dataset), on the CPU."""
     acc = Accelerator.create(device)
     model.to(acc.device).eval()
-    dtype = parameter_dtype(model)
-    outputs = [(forward_or_explain(model, batch.to(acc.device), dtype) if index == 0 else model(batch.to(acc.device)))
-               .float().cpu() for index, batch in enumerate(input_batches(inputs, batch_size))]
+    dtype, outputs = parameter_dtype(model), []
+    for batch in input_batches(inputs, batch_size):
+        batch = batch.to(acc.device)
+        # the first batch says what is wrong when the model cannot take the inputs, not torch's words
+        outputs.append((model(batch) if outputs else forward_or_explain(model, batch, dtype)).float().cpu())
     if not outputs:
         raise DataError("predict got no inputs")
     return torch.cat(outputs)

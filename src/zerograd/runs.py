@@ -207,10 +207,10 @@ def check_same_split(run_dir: Path, split: dict[str, Any] | None) -> None:
     recorded = read_json_object(Path(run_dir) / SPLIT) if split is not None else {}
     if not recorded:
         return
-    keys = ("counts", "row_parts")
-    if all(recorded.get(key) == to_plain(split).get(key) for key in keys):
+    current = to_plain(split)
+    if all(recorded.get(key) == current.get(key) for key in ("counts", "row_parts")):
         return
-    was, now = recorded.get("counts", {}), to_plain(split).get("counts", {})
+    was, now = recorded.get("counts", {}), current.get("counts", {})
     parts = ("train", "val", "test")
     raise DataError(f"the data changed since {run_dir} started: {split.get('source', 'it')} now splits into "
                     f"{' / '.join(str(now.get(p, 0)) for p in parts)} train / val / test rows, against "

@@ -75,4 +75,3 @@ def early_stopping_from(spec: dict[str, Any] | bool | None) -> EarlyStopping | N
     """The `EarlyStopping` an `early_stopping:` option asks for (None: none)."""
     options = early_stopping_options(spec)
     return None if options is None else EarlyStopping(**options)
-

@@ -30,9 +30,9 @@ def as_array(value: Any, what: str) -> Any:
                             "encode them first (pandas.get_dummies(X)), or train on the table with "
                             "zerograd.train({'data': {'train': 'file.csv', 'target': COLUMN}}) or `zerograd train "
                             "--data`, which encode text columns and keep the encoding for predict")
-        frame = value
-        value = np.array(frame.to_numpy())  # a copy: pandas hands out read-only views
-        if value.dtype == object and not text and dtypes is not None:  # bool beside number columns: one float array
+        numeric_frame = hasattr(dtypes, "items") and not text  # a DataFrame of number (and bool) columns only
+        frame, value = value, np.array(value.to_numpy())  # a copy: pandas hands out read-only views
+        if value.dtype == object and numeric_frame:  # bool beside number columns: one float array
             value = np.array(frame.to_numpy(dtype=np.float32))
     array = np.asarray(value) if isinstance(value, list) else value
     if isinstance(array, np.ndarray) and not array.flags.writeable:
